@@ -1,0 +1,72 @@
+"""Command line: ``fracturekit <command> ...``.
+
+Each subcommand lives in its own module of this package as a row of ``COMMANDS``: the module
+defines ``register(parser)`` (adds its arguments) and ``run(args) -> int`` (calls one library
+function and returns the exit code). ``main(argv)`` is callable from tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fracturekit import __version__
+
+# name -> (module, one-line help). Order is the order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "generate a synthetic crack data set with exact masks and widths"),
+    "inspect": ("inspect", "summarise a data set: counts, sizes, unreadable files, duplicates"),
+    "train": ("train", "train a classifier and write a self-describing checkpoint"),
+    "evaluate": ("evaluate", "measure a checkpoint on labelled data (metrics.json, plots, report)"),
+    "explain": ("explain", "class-activation heat maps showing where the fracture is"),
+    "width": ("width", "crack length and width profiles from masks or images"),
+    "predict": ("predict", "classify images, folders or a CSV manifest in batches"),
+    "scan": ("scan", "scan a large image tile by tile into a crack-probability map"),
+    "export": ("export", "export a checkpoint to ONNX with a parity check"),
+    "serve": ("serve", "REST API and web page (FastAPI under uvicorn)"),
+    "demo": ("demo", "the whole pipeline offline on generated data"),
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``fracturekit: error: <message>``, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fracturekit",
+        description="Find fractures and cracks in images: bone X-rays, concrete, pavement, "
+        "masonry, rock and borehole images.",
+    )
+    parser.add_argument("--version", action="version", version=f"fracturekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"fracturekit.cli.{module_name}")
+        cmd = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.register(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("fracturekit: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
+        # Library errors carry user-facing messages that name the file and the problem.
+        print(f"fracturekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2

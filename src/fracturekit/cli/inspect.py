@@ -1,0 +1,13 @@
+"""`fracturekit inspect` (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotImplementedError("fracturekit inspect is not implemented yet")
