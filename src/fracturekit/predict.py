@@ -1,0 +1,519 @@
+"""The one inference path: ``Predictor.from_checkpoint(path)``.
+
+The CLI (``predict``, ``scan``, ``evaluate``) and the web service all classify images through
+:class:`Predictor`, so a checkpoint is always run with the preprocessing, temperature and decision
+threshold stored in it. Two backends share everything but the forward pass: PyTorch (``torch``)
+and ONNX Runtime (``onnx``, from a file written by ``fracturekit export``, whose metadata carries
+the same description as the checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fracturekit._files import atomic_write
+from fracturekit.data import build_transforms
+from fracturekit.io import is_image_file, read_image
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+BACKENDS = ("torch", "onnx")
+ONNX_META_KEY = "fracturekit_meta"  # metadata_props key holding the checkpoint's JSON description
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``error`` is set (and the rest empty) when the image could not be read.
+
+    ``probabilities`` maps each class name to its calibrated probability; ``confidence`` is the
+    probability of the predicted ``label``.
+    """
+
+    path: str
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(
+    proba: np.ndarray, classes: Sequence[str], positive: str | None, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn class probabilities (N, C) into predicted class indices and their confidences.
+
+    Binary tasks with a known positive class apply the stored threshold to the positive-class
+    probability (so a screening threshold chosen for high recall takes effect); otherwise argmax.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(classes) == 2 and positive in classes and threshold is not None:
+        pos = list(classes).index(positive)
+        idx = np.where(proba[:, pos] >= threshold, pos, 1 - pos)
+    else:
+        idx = proba.argmax(axis=1)
+    return idx, proba[np.arange(len(idx)), idx]
+
+
+class Predictor:
+    """Classify images with a checkpoint's own preprocessing, temperature and threshold.
+
+    Build it with :meth:`from_checkpoint`; the constructor only stores.
+    """
+
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        *,
+        model: torch.nn.Module | None = None,
+        session: Any = None,
+        backend: str = "torch",
+        device: str = "cpu",
+        source: str = "",
+    ) -> None:
+        self.meta = meta
+        self.model = model
+        self.session = session
+        self.backend = backend
+        self.device = device
+        self.source = source
+        self._transform = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, backend: str = "torch", *, device: str = "cpu"
+    ) -> Predictor:
+        """Load a checkpoint (``.pt``) or an exported ONNX model (``.onnx``).
+
+        Args:
+            path: ``model.pt`` written by training, or ``model.onnx`` written by export. With
+                ``backend="onnx"`` and a ``.pt`` path, the ``.onnx`` file beside it is used.
+            backend: ``"torch"`` or ``"onnx"``.
+            device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (torch backend only).
+        """
+        path = Path(path)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        if path.suffix.lower() == ".onnx":
+            backend = "onnx"
+        if backend == "onnx":
+            onnx_path = path if path.suffix.lower() == ".onnx" else path.with_suffix(".onnx")
+            if not onnx_path.exists():
+                raise FileNotFoundError(
+                    f"{onnx_path}: no ONNX model here; run `fracturekit export {path} "
+                    f"--out {onnx_path}` first"
+                )
+            return cls._from_onnx(onnx_path)
+        from fracturekit.models import load_checkpoint
+
+        device = _resolve_device(device)
+        model, meta = load_checkpoint(path, map_location=device)
+        model = _prepare_for_inference(model, device)
+        return cls(meta, model=model, backend="torch", device=device, source=str(path))
+
+    @classmethod
+    def _from_onnx(cls, path: Path) -> Predictor:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - the export extra is missing
+            raise RuntimeError(
+                "the onnx backend needs onnxruntime: pip install 'fracturekit[export]'"
+            ) from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: not a loadable ONNX model ({exc})") from exc
+        raw = session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+        if raw is None:
+            raise ValueError(
+                f"{path}: this ONNX file carries no fracturekit metadata; export it with "
+                "`fracturekit export`"
+            )
+        return cls(json.loads(raw), session=session, backend="onnx", source=str(path))
+
+    # -- description --------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def positive(self) -> str | None:
+        return self.meta.get("positive")
+
+    @property
+    def threshold(self) -> float | None:
+        value = self.meta.get("threshold")
+        return None if value is None else float(value)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature") or 1.0)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.meta["img_size"])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.meta.get("in_chans", 3))
+
+    # -- preprocessing ------------------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image -> normalised CxHxW float tensor, exactly as at evaluation time."""
+        if self._transform is None:
+            self._transform = build_transforms(
+                self.img_size,
+                self.meta["mean"],
+                self.meta["std"],
+                augment="none",
+                channels=self.in_chans,
+                interpolation=self.meta.get("interpolation", "bilinear"),
+            )
+        x, _ = self._transform(image, None)
+        return x
+
+    # -- inference ----------------------------------------------------------------------------
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw logits (N, num_classes) for a preprocessed batch."""
+        import torch
+
+        if self.backend == "onnx":
+            name = self.session.get_inputs()[0].name
+            out = self.session.run(None, {name: batch.detach().cpu().numpy().astype(np.float32)})
+            return torch.from_numpy(out[0])
+        with torch.inference_mode():
+            x = batch.to(self.device)
+            if x.ndim == 4 and x.shape[-1] > 1:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().cpu()
+
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+        """Calibrated class probabilities (N, C) for a preprocessed batch."""
+        from fracturekit.models import logits_to_proba
+
+        return logits_to_proba(self.logits(batch), self.temperature).numpy()
+
+    def predict_images(
+        self, images: Sequence[Image.Image], paths: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Classify already-decoded images (one forward pass)."""
+        import torch
+
+        if not images:
+            return []
+        names = list(paths) if paths is not None else [f"image{i}" for i in range(len(images))]
+        batch = torch.stack([self.preprocess(im) for im in images])
+        return self._records(names, self.predict_proba(batch))
+
+    def predict_paths(
+        self, paths: Iterable[str | Path], batch_size: int = 32, *, strict: bool = False
+    ) -> Iterator[Prediction]:
+        """Classify files in batches, in input order; unreadable files yield an error record.
+
+        Decoding and preprocessing run on a small thread pool (PIL releases the GIL), one batch
+        ahead of the model, so reading files overlaps with inference.
+        """
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1")
+
+        def load(p: str) -> tuple[str, torch.Tensor | None, str | None]:
+            try:
+                return (
+                    p,
+                    self.preprocess(read_image(p, channels=self.in_chans, strict=strict)),
+                    None,
+                )
+            except (ValueError, OSError) as exc:
+                return p, None, str(exc)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            chunks = _chunks((str(p) for p in paths), batch_size)
+            pending = [pool.submit(load, p) for p in next(chunks, [])]
+            while pending:
+                loaded = [f.result() for f in pending]
+                # Start decoding the next batch before this one goes through the model.
+                pending = [pool.submit(load, p) for p in next(chunks, [])]
+                good = [(p, x) for p, x, err in loaded if err is None]
+                results: dict[str, Prediction] = {}
+                if good:
+                    proba = self.predict_proba(torch.stack([x for _, x in good]))
+                    for rec in self._records([p for p, _ in good], proba):
+                        results[rec.path] = rec
+                for p, _, err in loaded:
+                    if err is not None:
+                        yield Prediction(p, None, None, {}, self.threshold, error=err)
+                    else:
+                        yield results[p]
+
+    def _records(self, paths: Sequence[str], proba: np.ndarray) -> list[Prediction]:
+        classes = self.classes
+        idx, conf = decide(proba, classes, self.positive, self.threshold)
+        return [
+            Prediction(
+                path=str(p),
+                label=classes[int(i)],
+                confidence=float(c),
+                probabilities={k: float(v) for k, v in zip(classes, row, strict=True)},
+                threshold=self.threshold,
+            )
+            for p, i, c, row in zip(paths, idx, conf, proba, strict=True)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """What the service's ``GET /model`` returns: a JSON-safe summary of the model."""
+        metrics = self.meta.get("metrics") or {}
+        summary_keys = ("f1", "roc_auc", "accuracy", "balanced_accuracy", "threshold", "n")
+        return {
+            "backbone": self.meta.get("backbone"),
+            "classes": self.classes,
+            "positive": self.positive,
+            "img_size": self.img_size,
+            "in_chans": self.in_chans,
+            "mean": list(self.meta.get("mean", [])),
+            "std": list(self.meta.get("std", [])),
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "pretrained": self.meta.get("pretrained"),
+            "backend": self.backend,
+            "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value))
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _prepare_for_inference(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """Eval mode, on ``device``, channels_last memory (measured faster for conv nets on CPU)."""
+    import torch
+
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch prediction over files, folders and manifests (``fracturekit predict``)
+
+OUTPUT_SUFFIXES = (".csv", ".json")
+MANIFEST_COLUMN = "path"
+
+
+def expand_inputs(items: Iterable[str | Path]) -> list[str]:
+    """Turn files, folders and CSV manifests into the list of image paths, in the order given.
+
+    * a folder: every image file below it (recursive, by extension including ``.dcm``; see
+      ``fracturekit.io.is_image_file``), sorted; hidden files and folders and ``masks/``
+      sub-folders (a data set's per-image masks, never images to classify) are left out;
+    * a ``.csv`` file: its ``path`` column, relative paths taken from the CSV's folder;
+    * anything else, including a file that does not exist: kept as given, so that
+      :meth:`Predictor.predict_paths` reports it as a row with its error.
+
+    Raises:
+        ValueError: a manifest without a ``path`` column or with an empty path; a folder that
+            holds no image.
+    """
+    paths: list[str] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and not any(
+                    part.startswith(".") or part == "masks"
+                    for part in p.relative_to(item).parts[:-1]
+                )
+                and is_image_file(p)
+            )
+            if not found:
+                raise ValueError(f"{item}: folder holds no image files")
+            paths.extend(str(p) for p in found)
+        elif item.suffix.lower() == ".csv" and item.is_file():
+            paths.extend(_manifest_paths(item))
+        else:
+            paths.append(str(item))
+    return paths
+
+
+def _manifest_paths(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read manifest ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = {(h or "").strip().lower(): h for h in reader.fieldnames or []}
+    if MANIFEST_COLUMN not in header:
+        raise ValueError(
+            f"{path}: manifest has no '{MANIFEST_COLUMN}' column "
+            f"(columns: {', '.join(reader.fieldnames or []) or 'none'})"
+        )
+    out = []
+    for line, row in enumerate(reader, start=2):
+        value = (row.get(header[MANIFEST_COLUMN]) or "").strip()
+        if not value:
+            raise ValueError(f"{path}: line {line} has an empty '{MANIFEST_COLUMN}'")
+        p = Path(value).expanduser()
+        out.append(str(p if p.is_absolute() else path.parent / p))
+    return out
+
+
+def prediction_columns(classes: Sequence[str]) -> list[str]:
+    """CSV columns of ``fracturekit predict``: ``path,label,p_<class>...,threshold,error``."""
+    return ["path", "label", *[f"p_{c}" for c in classes], "threshold", "error"]
+
+
+def prediction_row(pred: Prediction, classes: Sequence[str]) -> dict[str, str]:
+    """One CSV row; probabilities with 6 decimals, empty cells where there is no value."""
+
+    def num(v: float | None) -> str:
+        return "" if v is None else f"{v:.6f}"
+
+    row = {"path": pred.path, "label": pred.label or ""}
+    for c in classes:
+        row[f"p_{c}"] = num(pred.probabilities.get(c))
+    row["threshold"] = num(pred.threshold)
+    row["error"] = pred.error or ""
+    return row
+
+
+@dataclass
+class BatchResult:
+    """Summary of :func:`predict_batch`.
+
+    Attributes:
+        n: images processed.
+        failed: how many of them could not be read (rows with an error).
+        out: the file written, or None.
+        predictions: every record when no file was written (for printing), else empty.
+        classes: the model's class names (column order).
+    """
+
+    n: int
+    failed: int
+    out: Path | None
+    predictions: list[Prediction]
+    classes: list[str]
+
+
+def predict_batch(
+    source: str | Path | Predictor,
+    inputs: Iterable[str | Path],
+    *,
+    out: str | Path | None = None,
+    backend: str = "torch",
+    batch_size: int = 32,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchResult:
+    """Classify files, folders and manifests in batches, streaming rows to ``out``.
+
+    Args:
+        source: a checkpoint or ONNX path, or a ready :class:`Predictor`.
+        inputs: files, folders and CSV manifests (see :func:`expand_inputs`).
+        out: ``.csv`` (columns of :func:`prediction_columns`) or ``.json`` (a list of
+            ``Prediction`` records); written under a temporary name and renamed when complete.
+            None keeps the records in the result instead.
+        backend: ``"torch"`` or ``"onnx"`` (when ``source`` is a path).
+        batch_size: images per forward pass.
+        overwrite: replace an existing ``out``.
+        strict: refuse truncated images instead of loading them.
+        progress: called as ``progress(done, total)`` before the first and after every image.
+
+    Returns:
+        A :class:`BatchResult`; unreadable images are rows with their error, never exceptions.
+
+    Raises:
+        ValueError: an unknown output format, a bad manifest, no input image.
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(f"{out}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise ValueError("no input images given")
+    predictor = (
+        source if isinstance(source, Predictor) else Predictor.from_checkpoint(source, backend)
+    )
+    classes = predictor.classes
+    counts = {"n": 0, "failed": 0}
+
+    def stream() -> Iterator[Prediction]:
+        if progress is not None:
+            progress(0, len(paths))
+        for pred in predictor.predict_paths(paths, batch_size, strict=strict):
+            counts["n"] += 1
+            counts["failed"] += pred.error is not None
+            yield pred
+            if progress is not None:
+                progress(counts["n"], len(paths))
+
+    kept: list[Prediction] = []
+    if out is None:
+        kept = list(stream())
+    elif out.suffix.lower() == ".csv":
+
+        def write_csv(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fp:
+                writer = csv.DictWriter(fp, prediction_columns(classes))
+                writer.writeheader()
+                for pred in stream():
+                    writer.writerow(prediction_row(pred, classes))
+
+        atomic_write(out, write_csv)
+    else:
+
+        def write_json(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as fp:
+                fp.write("[")
+                for i, pred in enumerate(stream()):
+                    fp.write(("," if i else "") + "\n  " + json.dumps(pred.to_dict()))
+                fp.write("\n]\n")
+
+        atomic_write(out, write_json)
+    return BatchResult(counts["n"], counts["failed"], out, kept, classes)
