@@ -1,0 +1,315 @@
+"""Decision thresholds and probability calibration, fitted on validation data.
+
+Level 0 (numpy/scipy only) so that training (which stores the threshold and temperature in the
+checkpoint) and evaluation (which reports calibration) share one implementation.
+
+- ``choose_threshold``: the binary decision threshold on the positive-class probability
+  (max F1 by default; ``target_recall`` for screening, where a missed fracture costs more than a
+  false alarm).
+- ``fit_temperature``: temperature scaling, one scalar ``T`` dividing the logits, fitted by
+  minimising the validation negative log-likelihood (Guo et al. 2017, "On Calibration of Modern
+  Neural Networks", ICML, section 4.2). It changes confidences, never the arg-max class.
+- ``reliability_bins`` / ``expected_calibration_error``: ECE with equal-width confidence bins on the
+  top-label confidence (Guo et al. 2017, eq. 3; Naeini et al. 2015).
+- ``default_positive`` / ``looks_negative``: the positive class of a binary task from its class
+  names (the one not named like ``no_crack``, ``not fractured``, ``normal``, ``negative``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Temperatures are searched in [1/20, 20]: wide enough for any network we train, and the lower
+# bound stops the fit from collapsing towards T -> 0 when validation data are perfectly separated
+# (then the NLL keeps falling as T shrinks and has no finite minimiser).
+T_MIN, T_MAX = 0.05, 20.0
+ECE_BINS = 15
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Accept numpy arrays, lists and torch tensors (without importing torch)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _binary_targets(y_true: Any, name: str = "y_true") -> np.ndarray:
+    y = _to_numpy(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {y.shape}")
+    if y.dtype == bool:
+        return y
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"{name} must hold 0/1 (1 = positive class), got values {sorted(values)}")
+    return y.astype(bool)
+
+
+# Threshold criteria: one row per criterion, each a function of the confusion counts at every
+# candidate threshold (arrays). Zero divided by zero counts as 0, as in scikit-learn.
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=float)
+    den = np.asarray(den, dtype=float)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
+    return _safe_div(2 * tp, 2 * tp + fp + fn)
+
+
+def _balanced_accuracy(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
+) -> np.ndarray:
+    return 0.5 * (_safe_div(tp, tp + fn) + _safe_div(tn, tn + fp))
+
+
+def _accuracy(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
+    return _safe_div(tp + tn, tp + fp + fn + tn)
+
+
+THRESHOLD_METRICS: dict[str, Callable[..., np.ndarray]] = {
+    "f1": _f1,
+    "balanced_accuracy": _balanced_accuracy,  # = Youden's J / 2 + 1/2
+    "accuracy": _accuracy,
+}
+
+
+def _counts_at_each_score(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Distinct scores (descending) and the confusion counts of the rule ``p >= score``."""
+    order = np.argsort(-p, kind="mergesort")
+    p_sorted, y_sorted = p[order], y[order]
+    # The last index of each run of equal scores: ties are all in or all out.
+    last = np.r_[np.flatnonzero(np.diff(p_sorted) != 0), p_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[last]
+    fp = (last + 1) - tp
+    n_pos = int(y.sum())
+    fn = n_pos - tp
+    tn = (y.size - n_pos) - fp
+    return p_sorted[last], tp, fp, fn, tn
+
+
+def choose_threshold(
+    y_true: Any, p_pos: Any, *, metric: str = "f1", target_recall: float | None = None
+) -> float:
+    """Pick the binary decision threshold on validation data.
+
+    The decision rule is ``positive if p_pos >= threshold``.
+
+    Args:
+        y_true: 0/1 or bool labels, 1 (True) for the positive class.
+        p_pos: probability of the positive class for each sample.
+        metric: criterion to maximise, a key of ``THRESHOLD_METRICS`` ("f1", "balanced_accuracy",
+            "accuracy"). The threshold returned lies halfway between the lowest validation score
+            taken as positive and the next lower score, so it does not sit on a validation sample.
+        target_recall: when given, ignore ``metric`` and return the highest threshold that keeps
+            recall >= ``target_recall`` on these data (screening: a missed fracture costs more
+            than a false alarm). That threshold is the score of the positive sample that reaches
+            the target recall.
+
+    Returns:
+        The threshold, a float in [0, 1] for probabilities.
+
+    Raises:
+        ValueError: on mismatched lengths, non-binary labels, no positive samples, an unknown
+            metric or a target recall outside (0, 1].
+    """
+    y = _binary_targets(y_true)
+    p = _to_numpy(p_pos).astype(float).ravel()
+    if p.size != y.size:
+        raise ValueError(f"y_true has {y.size} labels but p_pos has {p.size} scores")
+    if y.size == 0:
+        raise ValueError("cannot choose a threshold on zero samples")
+    if not np.isfinite(p).all():
+        raise ValueError("p_pos contains NaN or infinite values")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("cannot choose a threshold: the validation data hold no positive sample")
+
+    scores, tp, fp, fn, tn = _counts_at_each_score(y, p)
+    if target_recall is not None:
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall={target_recall}: must lie in (0, 1]")
+        recall = tp / n_pos
+        # Recall grows as the threshold falls; the first (highest) score reaching the target.
+        # A tiny tolerance so that e.g. 19/20 counts as reaching 0.95 despite rounding.
+        k = int(np.flatnonzero(recall >= target_recall - 1e-12)[0])
+        return float(scores[k])
+
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"metric={metric!r}: use one of {', '.join(THRESHOLD_METRICS)}")
+    values = THRESHOLD_METRICS[metric](tp, fp, fn, tn)
+    k = int(np.argmax(values))  # the first maximum: the highest threshold among equal scores
+    if k + 1 < scores.size:
+        return float((scores[k] + scores[k + 1]) / 2)
+    return float(scores[k])
+
+
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / T)`` (sigmoid for one logit)."""
+    z = logits / temperature
+    if z.shape[1] == 1:
+        # Single-logit binary head: p(positive) = sigmoid(z); -log sigmoid(s) = log(1 + e^-s).
+        signed = np.where(y == 1, z[:, 0], -z[:, 0])
+        return float(np.mean(np.logaddexp(0.0, -signed)))
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(z.shape[0]), y]))
+
+
+def fit_temperature(logits: Any, y_true: Any) -> float:
+    """Temperature scaling: the ``T`` minimising the validation NLL of ``softmax(logits / T)``.
+
+    Guo et al. 2017, section 4.2. The search runs over ``log T`` (so ``T`` stays positive) in
+    ``[T_MIN, T_MAX]`` with a bounded scalar minimiser; one parameter needs nothing heavier.
+
+    Args:
+        logits: (N, C) raw logits, or (N,) / (N, 1) for a single-logit (sigmoid) binary head.
+            numpy arrays or torch tensors.
+        y_true: (N,) integer class indices (0/1 for a single-logit head).
+
+    Returns:
+        The fitted temperature (> 1 softens over-confident predictions, < 1 sharpens them).
+
+    Raises:
+        ValueError: on mismatched shapes, labels out of range or non-finite logits.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = _to_numpy(logits).astype(np.float64)
+    if z.ndim == 1:
+        z = z[:, None]
+    if z.ndim != 2:
+        raise ValueError(f"logits must have shape (N, C) or (N,), got {z.shape}")
+    y = _to_numpy(y_true).astype(np.int64).ravel()
+    if y.size != z.shape[0]:
+        raise ValueError(f"logits have {z.shape[0]} rows but y_true has {y.size} labels")
+    if y.size == 0:
+        raise ValueError("cannot fit a temperature on zero samples")
+    n_classes = max(z.shape[1], 2)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"y_true holds class indices outside [0, {n_classes - 1}]")
+    if not np.isfinite(z).all():
+        raise ValueError("logits contain NaN or infinite values")
+
+    result = minimize_scalar(
+        lambda log_t: _nll(z, y, float(np.exp(log_t))),
+        bounds=(np.log(T_MIN), np.log(T_MAX)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
+    return float(np.exp(result.x))
+
+
+@dataclass
+class ReliabilityBins:
+    """Per-bin statistics of a reliability diagram (equal-width bins on [0, 1])."""
+
+    edges: np.ndarray  # (n_bins + 1,)
+    count: np.ndarray  # (n_bins,) samples per bin
+    accuracy: np.ndarray  # (n_bins,) fraction correct, NaN for an empty bin
+    confidence: np.ndarray  # (n_bins,) mean confidence, NaN for an empty bin
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: sum over bins of |B|/N * |acc(B) - conf(B)|."""
+        n = self.count.sum()
+        if n == 0:
+            return float("nan")
+        filled = self.count > 0
+        gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
+        return float(np.sum(self.count[filled] / n * gaps))
+
+
+def reliability_bins(confidence: Any, correct: Any, n_bins: int = ECE_BINS) -> ReliabilityBins:
+    """Group top-label confidences into ``n_bins`` equal-width bins.
+
+    Bin ``m`` holds confidences in ``((m-1)/M, m/M]`` as in Guo et al. 2017 (a confidence of
+    exactly 0 falls in the first bin).
+    """
+    conf = _to_numpy(confidence).astype(float).ravel()
+    ok = _to_numpy(correct).astype(bool).ravel()
+    if conf.size != ok.size:
+        raise ValueError(f"{conf.size} confidences but {ok.size} correctness flags")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    hits = np.bincount(idx, weights=ok.astype(float), minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(count > 0, hits / count, np.nan)
+        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
+    return ReliabilityBins(edges, count, accuracy, mean_conf)
+
+
+def expected_calibration_error(proba: Any, y_true: Any, n_bins: int = ECE_BINS) -> float:
+    """ECE of class probabilities (Guo et al. 2017, eq. 3).
+
+    The confidence of a sample is its largest class probability and it counts as correct when
+    that arg-max class is the true one: top-label calibration, independent of any decision
+    threshold, so that it measures the probabilities themselves.
+
+    Args:
+        proba: (N, C) class probabilities.
+        y_true: (N,) integer class indices.
+        n_bins: number of equal-width confidence bins (15 as in Guo et al.).
+    """
+    p = _to_numpy(proba).astype(float)
+    y = _to_numpy(y_true).astype(np.int64).ravel()
+    if p.ndim != 2 or p.shape[0] != y.size:
+        raise ValueError(f"proba must have shape (N, C) with N = {y.size}, got {p.shape}")
+    return reliability_bins(p.max(axis=1), p.argmax(axis=1) == y, n_bins).ece
+
+
+# --------------------------------------------------------------------------------------------
+# Positive class of a binary task (level 0 so that train, below evaluate, can use it too)
+
+# Class names that mean "nothing found": the positive class of a binary task is the other one.
+NEGATIVE_PREFIXES = ("no", "not", "non", "without")
+NEGATIVE_WORDS = frozenset(
+    {"normal", "negative", "healthy", "intact", "none", "no", "false", "0", "background"}
+)
+
+
+def _name_words(name: str) -> list[str]:
+    """Lower-case words of a class name: ``"NoCrack"``, ``"no_crack"``, ``"no crack"`` -> no, crack."""
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(name))
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
+def looks_negative(name: str) -> bool:
+    """True for class names like ``no_crack``, ``not fractured``, ``non-defect``, ``normal``."""
+    words = _name_words(name)
+    if not words:
+        return False
+    if words[0] in NEGATIVE_PREFIXES and len(words) > 1:
+        return True
+    return any(w in NEGATIVE_WORDS for w in words)
+
+
+def default_positive(classes: Any) -> str:
+    """The positive class of a binary task: the class not named like a negative.
+
+    A class is negative-looking when its name starts with ``no``/``not``/``non``/``without`` as a
+    separate word (``no_crack``, ``not fractured``, ``Non-Defective``, ``NoCrack``) or contains
+    ``normal``, ``negative``, ``healthy``, ``intact``, ``none``, ``background``, ``false`` or
+    ``0`` as a word. When neither or both names look negative, the second class is positive
+    (scikit-learn's convention that label 1 is the positive one).
+
+    Raises:
+        ValueError: when ``classes`` does not hold exactly two names.
+    """
+    classes = [str(c) for c in classes]
+    if len(classes) != 2:
+        raise ValueError(
+            f"a positive class is defined for binary tasks only; got {len(classes)} classes "
+            f"({', '.join(classes)})"
+        )
+    negative = [looks_negative(c) for c in classes]
+    if negative == [False, True]:
+        return classes[0]
+    return classes[1]

@@ -1,0 +1,996 @@
+"""Honest evaluation: metrics with bootstrap intervals, calibration, plots and the mistakes gallery.
+
+``compute_metrics`` is pure numpy (scikit-learn only for average precision) and returns the keys
+of ``METRIC_KEYS`` in that order, always; a value that is undefined on the data is ``None`` and
+``notes`` says why. ``evaluate_predictions`` writes a run's evaluation files from labels and
+probabilities; ``evaluate_checkpoint`` produces those through ``fracturekit.predict.Predictor``,
+so a checkpoint is measured with exactly the preprocessing, temperature and threshold it will be
+deployed with.
+
+Definitions (binary tasks decide ``positive if p(positive) >= threshold``; multi-class tasks take
+the arg-max class):
+
+- ``precision``/``recall``/``f1``: of the positive class (binary) or macro averages (multi-class).
+- ``roc_auc``: binary, of the positive-class probability; multi-class, the macro mean of the
+  one-vs-rest AUCs (as scikit-learn's ``multi_class="ovr", average="macro"``). ``None`` when a class
+  has no sample, since an AUC needs both a positive and a negative.
+- ``average_precision``: step-wise AP (scikit-learn's ``average_precision_score``), macro over
+  classes for multi-class tasks.
+- ``ece``: expected calibration error with 15 equal-width bins on the top-label confidence (the
+  largest class probability, counted correct when the arg-max class is true), Guo et al. 2017,
+  eq. 3. It measures the probabilities and so does not depend on the decision threshold.
+- ``ci95``: 95 % percentile intervals from a stratified bootstrap (each class resampled with
+  replacement to its own size, so every resample holds every class; Efron & Tibshirani 1993).
+  ``bootstrap`` records the number of resamples and the seed.
+- ``at_prior`` (binary, with ``prior=P``): precision and F1 at positive-class prevalence ``P`` with
+  the recall and specificity measured here: ``precision = P*TPR / (P*TPR + (1-P)*(1-TNR))``
+  (Bayes' rule; recall and specificity do not depend on prevalence, precision does).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fracturekit._files import atomic_write, atomic_write_text
+from fracturekit.calibration import (
+    ECE_BINS,
+    default_positive,
+    expected_calibration_error,
+    looks_negative,
+    reliability_bins,
+)
+
+METRIC_KEYS: tuple[str, ...] = (
+    "n",
+    "classes",
+    "positive",
+    "threshold",
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "macro_f1",
+    "weighted_f1",
+    "roc_auc",
+    "average_precision",
+    "cohen_kappa",
+    "ece",
+    "per_class",
+    "confusion_matrix",
+    "ci95",
+)
+# Keys compute_metrics adds after METRIC_KEYS (``at_prior`` only when a prior is given).
+EXTRA_KEYS: tuple[str, ...] = ("at_prior", "bootstrap", "notes")
+
+# Bootstrap resamples are processed in chunks of about this many (resample x sample) cells, so
+# memory stays bounded (~32 MB per array) however large the evaluation set.
+_BOOT_CELLS = 4_000_000
+
+SPLITS = ("auto", "test", "val", "train", "all")
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_inputs(y_true: Any, proba: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as class indices (from indices or names) and probabilities as float (N, C)."""
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise ValueError(f"need at least two classes, got {list(classes)}")
+    if len(set(classes)) != n_classes:
+        raise ValueError(f"class names must be unique, got {list(classes)}")
+    if hasattr(proba, "detach"):
+        proba = proba.detach().cpu().numpy()
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != n_classes:
+        raise ValueError(
+            f"proba must have shape (N, {n_classes}) for classes {list(classes)}, got {p.shape}"
+        )
+    y_raw = np.asarray(y_true)
+    if y_raw.ndim != 1 or y_raw.size != p.shape[0]:
+        raise ValueError(
+            f"y_true must hold {p.shape[0]} labels (one per row of proba), got {y_raw.shape}"
+        )
+    if p.shape[0] == 0:
+        raise ValueError("cannot evaluate zero samples")
+    if y_raw.dtype.kind in "USO":
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({str(v) for v in y_raw.tolist()} - set(index))
+        if unknown:
+            raise ValueError(f"y_true holds labels not among classes {list(classes)}: {unknown}")
+        y = np.array([index[str(v)] for v in y_raw.tolist()], dtype=np.int64)
+    elif y_raw.dtype.kind in "iub":
+        y = y_raw.astype(np.int64)
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"y_true holds class indices outside [0, {n_classes - 1}]")
+    else:
+        raise ValueError(f"y_true must hold class indices or class names, got dtype {y_raw.dtype}")
+    if not np.isfinite(p).all():
+        raise ValueError("proba contains NaN or infinite values")
+    if p.min() < -1e-6 or p.max() > 1 + 1e-6:
+        raise ValueError("proba must lie in [0, 1]: pass class probabilities, not logits")
+    sums = p.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+    if bad.size:
+        raise ValueError(
+            f"each row of proba must sum to 1 (row {bad[0]} sums to {sums[bad[0]]:.4f}): "
+            "pass class probabilities (softmax), not logits or independent sigmoids"
+        )
+    return y, np.clip(p, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Metric kernels, vectorised over a stack of bootstrap weightings
+# --------------------------------------------------------------------------------------------
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den == 0 (scikit-learn's ``zero_division=0``)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
+
+
+def _confusion_stack(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, c: int) -> np.ndarray:
+    """(B, C, C) confusion matrices, one per row of ``weights`` (B, N) sample multiplicities."""
+    code = y * c + pred
+    order = np.argsort(code, kind="stable")
+    sorted_code = code[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_code)) + 1]
+    # Sum the weights of the samples sharing each (true, predicted) cell: one pass over (B, N),
+    # and memory B x C^2 however many classes there are.
+    sums = np.add.reduceat(weights[:, order], starts, axis=1)
+    out = np.zeros((weights.shape[0], c * c))
+    out[:, sorted_code[starts]] = sums
+    return out.reshape(-1, c, c)
+
+
+def _f1_stack(cm: np.ndarray, pos: int | None) -> np.ndarray:
+    """F1 of class ``pos`` (binary) or macro F1 (``pos`` None) for each confusion matrix."""
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    fp = cm.sum(axis=1) - tp
+    fn = cm.sum(axis=2) - tp
+    f1 = _div(2 * tp, 2 * tp + fp + fn)
+    return f1[:, pos] if pos is not None else f1.mean(axis=1)
+
+
+def _auc_stack(weights: np.ndarray, is_pos: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC AUC for each row of ``weights`` by the Mann-Whitney statistic.
+
+    AUC = P(score of a positive > score of a negative) + 1/2 P(tie) (Hanley & McNeil 1982), the
+    area under the empirical ROC curve that scikit-learn's trapezoidal ``roc_auc_score`` gives.
+    With weights w: sum over positives i of w_i * (W_neg(s < s_i) + W_neg(s = s_i) / 2), divided by
+    W_pos * W_neg. Negatives are sorted once; each resample only needs a cumulative sum.
+    """
+    neg = np.flatnonzero(~is_pos)
+    pos = np.flatnonzero(is_pos)
+    order = neg[np.argsort(score[neg], kind="mergesort")]
+    s_neg = score[order]
+    below = np.searchsorted(s_neg, score[pos], side="left")
+    upto = np.searchsorted(s_neg, score[pos], side="right")
+    w_neg = weights[:, order]
+    cum = np.zeros((weights.shape[0], order.size + 1))
+    np.cumsum(w_neg, axis=1, out=cum[:, 1:])
+    wins = 0.5 * (cum[:, below] + cum[:, upto])  # W(s < s_i) + W(s = s_i) / 2
+    w_pos = weights[:, pos]
+    total = w_pos.sum(axis=1) * cum[:, -1]
+    return _div((w_pos * wins).sum(axis=1), total)
+
+
+def _auc_macro_stack(
+    weights: np.ndarray, y: np.ndarray, p: np.ndarray, pos: int | None
+) -> np.ndarray:
+    if pos is not None:
+        return _auc_stack(weights, y == pos, p[:, pos])
+    return np.mean([_auc_stack(weights, y == c, p[:, c]) for c in range(p.shape[1])], axis=0)
+
+
+def _bootstrap(
+    y: np.ndarray,
+    pred: np.ndarray,
+    p: np.ndarray,
+    pos: int | None,
+    *,
+    n_boot: int,
+    seed: int,
+    with_auc: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """F1 and AUC over ``n_boot`` stratified resamples, as multiplicity weights (B, N).
+
+    Resampling N indices with replacement is the same as giving each sample a multiplicity; within
+    each class the multiplicities of a resample are the bincount of n_c uniform draws.
+    """
+    n, c = y.size, p.shape[1]
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(y == k) for k in range(c)]
+    chunk = max(1, min(n_boot, _BOOT_CELLS // max(n, 1)))
+    f1s: list[np.ndarray] = []
+    aucs: list[np.ndarray] = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        weights = np.zeros((b, n))
+        rows = np.arange(b)[:, None]
+        for idx in members:
+            if idx.size == 0:
+                continue
+            draws = rng.integers(0, idx.size, size=(b, idx.size))
+            counts = np.bincount((rows * idx.size + draws).ravel(), minlength=b * idx.size)
+            weights[:, idx] = counts.reshape(b, idx.size)
+        f1s.append(_f1_stack(_confusion_stack(weights, y, pred, c), pos))
+        if with_auc:
+            aucs.append(_auc_macro_stack(weights, y, p, pos))
+    return np.concatenate(f1s), (np.concatenate(aucs) if with_auc else None)
+
+
+def _interval(samples: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _opt(x: Any) -> float | None:
+    """A JSON-safe float: NaN and infinities become None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------------------------
+# compute_metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _decide(
+    p: np.ndarray, classes: list[str], positive: str | None, threshold: float | None
+) -> tuple[np.ndarray, int | None, float | None]:
+    """Predicted class indices, the positive index (binary) and the threshold used."""
+    if len(classes) == 2:
+        name = positive if positive is not None else default_positive(classes)
+        if name not in classes:
+            raise ValueError(f"positive class {name!r} is not one of the classes {classes}")
+        if threshold is None:
+            threshold = 0.5
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold={threshold}: must lie in [0, 1]")
+        pos = classes.index(name)
+        pred = np.where(p[:, pos] >= threshold, pos, 1 - pos)
+        return pred, pos, float(threshold)
+    if positive is not None:
+        raise ValueError(
+            f"positive={positive!r} applies to binary tasks; this one has {len(classes)} classes"
+        )
+    return p.argmax(axis=1), None, None
+
+
+def compute_metrics(
+    y_true: Any,
+    proba: Any,
+    classes: Sequence[str],
+    *,
+    positive: str | None = None,
+    threshold: float | None = 0.5,
+    prior: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Classification metrics, calibration and bootstrap intervals.
+
+    Args:
+        y_true: (N,) true labels, as class indices into ``classes`` or as class names.
+        proba: (N, C) class probabilities (rows sum to 1), columns in ``classes`` order.
+        classes: the C class names.
+        positive: binary tasks: the positive class (default: ``default_positive(classes)``).
+        threshold: binary tasks: decide positive when p(positive) >= threshold. Ignored (and
+            reported as None) for multi-class tasks, which take the arg-max class.
+        prior: binary tasks: also report precision and F1 at this positive-class prevalence
+            (``at_prior``), keeping the recall and specificity measured here.
+        n_boot: bootstrap resamples for ``ci95`` (0 disables the intervals).
+        seed: seed of the bootstrap's random generator.
+
+    Returns:
+        A JSON-ready dict with the keys of ``METRIC_KEYS`` in that order, then ``at_prior`` (when
+        ``prior`` is given), ``bootstrap`` ({n_boot, seed, method, level}) and ``notes`` (why a
+        value is None, or how a default was chosen). See the module docstring for definitions.
+
+    Raises:
+        ValueError: on inconsistent shapes, labels outside ``classes``, values that are not
+            probabilities, an unknown positive class, or ``prior`` outside (0, 1) / on a
+            multi-class task.
+    """
+    classes = [str(c) for c in classes]
+    y, p = _check_inputs(y_true, proba, classes)
+    n, c = y.size, len(classes)
+    notes: list[str] = []
+    pred, pos, threshold = _decide(p, classes, positive, threshold)
+    if (
+        pos is not None
+        and positive is None
+        and looks_negative(classes[0]) == looks_negative(classes[1])
+    ):
+        notes.append(
+            f"positive class {classes[pos]!r} chosen by position (neither or both class names "
+            "look negative); pass positive= to choose"
+        )
+    if pos is None:
+        notes.append("threshold: multi-class decisions take the arg-max class")
+    if prior is not None:
+        if pos is None:
+            raise ValueError("prior= applies to binary tasks only")
+        if not 0.0 < float(prior) < 1.0:
+            raise ValueError(f"prior={prior}: must lie in (0, 1)")
+    if n_boot < 0:
+        raise ValueError(f"n_boot={n_boot}: must be >= 0")
+
+    cm = _confusion_stack(np.ones((1, n)), y, pred, c)[0]
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision_c = _div(tp, predicted)
+    recall_c = _div(tp, support)
+    f1_c = _div(2 * tp, support + predicted)
+    accuracy = float(tp.sum() / n)
+    # scikit-learn's balanced accuracy: mean recall over the classes present in y_true.
+    balanced = float(recall_c[support > 0].mean())
+    # Cohen's kappa from the confusion matrix: (p_o - p_e) / (1 - p_e) (Cohen 1960).
+    p_e = float((support * predicted).sum() / n**2)
+    if p_e < 1.0:
+        kappa: float | None = (accuracy - p_e) / (1.0 - p_e)
+    else:
+        kappa = None
+        notes.append("cohen_kappa: undefined, true and predicted labels are one single class")
+
+    absent = [classes[k] for k in range(c) if support[k] == 0]
+    if pos is not None:
+        precision, recall, f1 = precision_c[pos], recall_c[pos], f1_c[pos]
+    else:
+        precision, recall, f1 = precision_c.mean(), recall_c.mean(), f1_c.mean()
+    for k in range(c):
+        if support[k] == 0:
+            notes.append(f"per_class[{classes[k]!r}]: no sample of this class; recall and F1 are 0")
+
+    roc_auc: float | None = None
+    average_precision: float | None = None
+    if absent:
+        notes.append(
+            "roc_auc, average_precision, ci95.roc_auc: undefined, no sample of class(es) "
+            + ", ".join(repr(a) for a in absent)
+        )
+    else:
+        from sklearn.metrics import average_precision_score
+
+        roc_auc = float(_auc_macro_stack(np.ones((1, n)), y, p, pos)[0])
+        if pos is not None:
+            average_precision = float(average_precision_score(y == pos, p[:, pos]))
+        else:
+            average_precision = float(
+                np.mean([average_precision_score(y == k, p[:, k]) for k in range(c)])
+            )
+
+    ci95: dict[str, list[float] | None] = {"f1": None, "roc_auc": None}
+    if n_boot > 0:
+        f1_samples, auc_samples = _bootstrap(
+            y, pred, p, pos, n_boot=n_boot, seed=seed, with_auc=not absent
+        )
+        ci95["f1"] = _interval(f1_samples)
+        if auc_samples is not None:
+            ci95["roc_auc"] = _interval(auc_samples)
+    else:
+        notes.append("ci95: n_boot=0, no bootstrap intervals")
+
+    metrics: dict[str, Any] = {
+        "n": int(n),
+        "classes": classes,
+        "positive": classes[pos] if pos is not None else None,
+        "threshold": threshold,
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "macro_f1": float(f1_c.mean()),
+        "weighted_f1": float((f1_c * support).sum() / n),
+        "roc_auc": roc_auc,
+        "average_precision": average_precision,
+        "cohen_kappa": _opt(kappa),
+        "ece": _opt(expected_calibration_error(p, y, ECE_BINS)),
+        "per_class": {
+            classes[k]: {
+                "precision": float(precision_c[k]),
+                "recall": float(recall_c[k]),
+                "f1": float(f1_c[k]),
+                "support": int(support[k]),
+            }
+            for k in range(c)
+        },
+        "confusion_matrix": cm.astype(np.int64).tolist(),
+        "ci95": ci95,
+    }
+    if prior is not None:
+        metrics["at_prior"] = _at_prior(cm, pos, float(prior), notes)
+    metrics["bootstrap"] = {
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "method": "stratified percentile",
+        "level": 0.95,
+    }
+    metrics["notes"] = notes
+    return metrics
+
+
+def precision_at_prior(recall: float, specificity: float, prior: float) -> float | None:
+    """Precision at positive-class prevalence ``prior`` for a given recall and specificity.
+
+    Bayes' rule: PPV = P*TPR / (P*TPR + (1-P)*(1-TNR)). None when nothing would be predicted
+    positive (recall 0 and specificity 1).
+    """
+    hits = prior * recall
+    false_alarms = (1.0 - prior) * (1.0 - specificity)
+    if hits + false_alarms <= 0:
+        return None
+    return hits / (hits + false_alarms)
+
+
+def _at_prior(cm: np.ndarray, pos: int, prior: float, notes: list[str]) -> dict[str, Any]:
+    neg = 1 - pos
+    tp, fn = cm[pos, pos], cm[pos, neg]
+    tn, fp = cm[neg, neg], cm[neg, pos]
+    recall = float(_div(tp, tp + fn))
+    specificity = float(_div(tn, tn + fp))
+    precision = precision_at_prior(recall, specificity, prior)
+    if precision is None:
+        notes.append("at_prior: nothing is predicted positive, precision and F1 are undefined")
+        f1 = None
+    else:
+        f1 = float(_div(2 * precision * recall, precision + recall))
+    return {
+        "prior": prior,
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "f1": f1,
+        "evaluated_prevalence": float((tp + fn) / cm.sum()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Text report and plots
+# --------------------------------------------------------------------------------------------
+
+
+def classification_report_text(metrics: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> str:
+    """scikit-learn's per-class table plus the headline figures and the confusion matrix."""
+    from sklearn.metrics import classification_report
+
+    classes = metrics["classes"]
+    table = classification_report(
+        y,
+        pred,
+        labels=list(range(len(classes))),
+        target_names=classes,
+        digits=4,
+        zero_division=0,
+    )
+    lines = [f"n = {metrics['n']}"]
+    if metrics["positive"] is not None:
+        lines.append(
+            f"positive class = {metrics['positive']}, threshold = {metrics['threshold']:.4f}"
+        )
+    lines += ["", table.rstrip(), ""]
+
+    def fmt(key: str) -> str:
+        value = metrics[key]
+        text = "undefined" if value is None else f"{value:.4f}"
+        ci = metrics["ci95"].get(key)
+        return f"{text}  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else text
+
+    for key in ("f1", "roc_auc", "average_precision", "balanced_accuracy", "cohen_kappa", "ece"):
+        lines.append(f"{key:>18}: {fmt(key)}")
+    at_prior = metrics.get("at_prior")
+    if at_prior:
+        prec = at_prior["precision"]
+        f1 = at_prior["f1"]
+        lines.append(
+            f"{'at prior':>18}: {at_prior['prior']:.4f} positive -> precision "
+            f"{'undefined' if prec is None else f'{prec:.4f}'}, F1 "
+            f"{'undefined' if f1 is None else f'{f1:.4f}'} at recall {at_prior['recall']:.4f}"
+        )
+    width = max(len(c) for c in classes)
+    lines += ["", "confusion matrix (rows true, columns predicted):"]
+    lines.append(" " * (width + 2) + " ".join(f"{c[:10]:>10}" for c in classes))
+    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
+        lines.append(f"{name:>{width}}  " + " ".join(f"{v:>10d}" for v in row))
+    for note in metrics["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+def _figure(width: float, height: float) -> Any:
+    # Figure objects without pyplot: no global backend state, safe in threads and servers.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path) -> Path:
+    """Counts and row-normalised (per true class) confusion matrices side by side."""
+    cm = np.asarray(cm, dtype=np.float64)
+    c = len(classes)
+    norm = _div(cm, cm.sum(axis=1, keepdims=True))
+    side = min(3.0 + 0.45 * c, 12.0)
+    fig = _figure(2 * side + 0.8, side)
+    axes = fig.subplots(1, 2)
+    for ax, data, title, fmt in (
+        (axes[0], cm, "counts", "{:.0f}"),
+        (axes[1], norm, "row-normalised (recall per true class)", "{:.2f}"),
+    ):
+        image = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(data.max(), 1e-12))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(
+            range(c),
+            labels=list(classes),
+            rotation=45 if c > 3 else 0,
+            ha="right" if c > 3 else "center",
+        )
+        ax.set_yticks(range(c), labels=list(classes))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if c <= 20:
+            cut = data.max() / 2
+            for i in range(c):
+                for j in range(c):
+                    ax.text(
+                        j,
+                        i,
+                        fmt.format(data[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if data[i, j] > cut else "black",
+                    )
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, Path(path))
+
+
+def _one_vs_rest(y: np.ndarray, p: np.ndarray, classes: list[str], positive: str | None):
+    """(name, is_true, score) for the positive class (binary) or each present class."""
+    if positive is not None:
+        k = classes.index(positive)
+        yield positive, y == k, p[:, k]
+        return
+    for k, name in enumerate(classes):
+        truth = y == k
+        if 0 < truth.sum() < truth.size:
+            yield name, truth, p[:, k]
+
+
+def plot_roc(
+    y: np.ndarray, p: np.ndarray, metrics: dict[str, Any], path: str | Path
+) -> Path | None:
+    """ROC curve of the positive class (binary, with the operating point) or one per class."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
+    if not curves or any(t.all() or not t.any() for _, t, _ in curves):
+        return None
+    fig = _figure(5.2, 4.8)
+    ax = fig.subplots()
+    for name, truth, score in curves:
+        fpr, tpr, _ = roc_curve(truth, score)
+        ax.plot(fpr, tpr, lw=1.6, label=f"{name} (AUC {roc_auc_score(truth, score):.3f})")
+    if metrics["positive"] is not None:
+        k = metrics["classes"].index(metrics["positive"])
+        decided = p[:, k] >= metrics["threshold"]
+        truth = y == k
+        ax.plot(
+            decided[~truth].mean(),
+            decided[truth].mean(),
+            "o",
+            color="black",
+            label=f"threshold {metrics['threshold']:.3f}",
+        )
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate (recall)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    ax.set_title("ROC" + (" (one vs rest)" if metrics["positive"] is None else ""), fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, Path(path))
+
+
+def plot_pr(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any], path: str | Path) -> Path | None:
+    """Precision-recall curve(s) with the chance level (the prevalence) and the operating point."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
+    if not curves or any(t.all() or not t.any() for _, t, _ in curves):
+        return None
+    fig = _figure(5.2, 4.8)
+    ax = fig.subplots()
+    for name, truth, score in curves:
+        prec, rec, _ = precision_recall_curve(truth, score)
+        line = ax.step(
+            rec,
+            prec,
+            where="post",
+            lw=1.6,
+            label=f"{name} (AP {average_precision_score(truth, score):.3f})",
+        )
+        ax.axhline(truth.mean(), ls=":", lw=0.8, color=line[0].get_color())
+    if metrics["positive"] is not None:
+        ax.plot(
+            metrics["recall"],
+            metrics["precision"],
+            "o",
+            color="black",
+            label=f"threshold {metrics['threshold']:.3f}",
+        )
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title("precision-recall (dotted: prevalence)", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, Path(path))
+
+
+def plot_reliability(
+    y: np.ndarray, p: np.ndarray, path: str | Path, n_bins: int = ECE_BINS
+) -> Path:
+    """Reliability diagram (accuracy against confidence per bin) over a confidence histogram."""
+    bins = reliability_bins(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
+    centres = (bins.edges[:-1] + bins.edges[1:]) / 2
+    width = bins.edges[1] - bins.edges[0]
+    fig = _figure(5.2, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = bins.count > 0
+    top.bar(
+        centres[filled],
+        bins.accuracy[filled],
+        width=width,
+        edgecolor="black",
+        lw=0.5,
+        color="#4c72b0",
+        label="accuracy",
+    )
+    low = np.minimum(bins.accuracy, bins.confidence)[filled]
+    top.bar(
+        centres[filled],
+        np.abs(bins.confidence - bins.accuracy)[filled],
+        bottom=low,
+        width=width,
+        facecolor="none",
+        edgecolor="#c44e52",
+        hatch="//",
+        lw=0.8,
+        label="gap to mean confidence",
+    )
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.set_title(f"reliability (ECE {bins.ece:.4f}, {n_bins} bins)", fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centres, bins.count, width=width, color="grey", edgecolor="black", lw=0.5)
+    bottom.set(xlabel="confidence (largest class probability)", ylabel="images")
+    return _save(fig, Path(path))
+
+
+def _thumbnail(path: str | Path, size: int) -> np.ndarray | None:
+    """An RGB thumbnail read like every other fracturekit image, or None when unreadable."""
+    from fracturekit.io import read_image
+
+    try:
+        img = read_image(path, channels=3)
+    except (OSError, ValueError):
+        return None
+    img.thumbnail((size, size))
+    return np.asarray(img)
+
+
+def plot_mistakes(
+    paths: Sequence[str | Path],
+    y: np.ndarray,
+    pred: np.ndarray,
+    p: np.ndarray,
+    classes: Sequence[str],
+    path: str | Path,
+    *,
+    limit: int = 16,
+    size: int = 160,
+) -> Path | None:
+    """Gallery of the most confident mistakes (thumbnails with true, predicted, confidence).
+
+    The confidence of a mistake is the probability given to the (wrong) predicted class. Returns
+    None, writing nothing, when there is no mistake.
+    """
+    wrong = np.flatnonzero(pred != y)
+    if wrong.size == 0 or limit <= 0:
+        return None
+    conf = p[wrong, pred[wrong]]
+    chosen = wrong[np.argsort(-conf, kind="mergesort")[:limit]]
+    cols = min(4, chosen.size)
+    rows = math.ceil(chosen.size / cols)
+    fig = _figure(2.6 * cols, 2.9 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, chosen, strict=False):
+        thumb = _thumbnail(paths[i], size)
+        if thumb is None:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(thumb)
+        name = Path(str(paths[i])).name
+        ax.set_title(
+            f"true {classes[y[i]]}\npred {classes[pred[i]]} ({p[i, pred[i]]:.3f})\n{name[:28]}",
+            fontsize=7.5,
+        )
+    fig.suptitle(f"most confident mistakes ({chosen.size} of {wrong.size})", fontsize=10)
+    return _save(fig, Path(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing an evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _predictions_csv(
+    paths: Sequence[str] | None, y: np.ndarray, pred: np.ndarray, p: np.ndarray, classes: list[str]
+) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "true", "pred", "correct", *[f"p_{c}" for c in classes]])
+    for i in range(y.size):
+        name = str(paths[i]) if paths is not None else str(i)
+        writer.writerow(
+            [
+                name,
+                classes[y[i]],
+                classes[pred[i]],
+                int(y[i] == pred[i]),
+                *[f"{v:.6f}" for v in p[i]],
+            ]
+        )
+    return buf.getvalue()
+
+
+def evaluate_predictions(
+    y_true: Any,
+    proba: Any,
+    classes: Sequence[str],
+    out: str | Path,
+    *,
+    paths: Sequence[str | Path] | None = None,
+    positive: str | None = None,
+    threshold: float | None = 0.5,
+    prior: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    mistakes: int = 16,
+    extra: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Compute the metrics and write an evaluation folder.
+
+    Writes into ``out``: ``metrics.json`` (``compute_metrics``' keys in order, then ``extra``),
+    ``classification_report.txt``, ``predictions.csv`` (one row per image: true, predicted,
+    class probabilities), ``confusion_matrix.png``, ``roc.png``, ``pr.png`` (skipped when a class
+    has no sample), ``reliability.png`` and, given ``paths`` and at least one mistake,
+    ``mistakes.png``. Every file is written atomically.
+
+    Args:
+        y_true, proba, classes, positive, threshold, prior, n_boot, seed: as ``compute_metrics``.
+        out: output folder (created).
+        paths: image paths in the order of ``y_true``, for the gallery and ``predictions.csv``.
+        mistakes: at most this many images in the mistakes gallery.
+        extra: more top-level entries for ``metrics.json`` (e.g. ``source``, ``localisation``);
+            they may not replace a metric key.
+        notes: more lines for the ``notes`` list (e.g. images left out).
+
+    Returns:
+        The metrics dict as written to ``metrics.json``.
+    """
+    out = Path(out)
+    metrics = compute_metrics(
+        y_true,
+        proba,
+        classes,
+        positive=positive,
+        threshold=threshold,
+        prior=prior,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    if extra:
+        clash = sorted(set(extra) & (set(METRIC_KEYS) | set(EXTRA_KEYS)))
+        if clash:
+            raise ValueError(f"extra entries may not replace metric keys: {clash}")
+        metrics.update(extra)
+    metrics["notes"].extend(notes)
+    classes = metrics["classes"]
+    y, p = _check_inputs(y_true, proba, classes)
+    if paths is not None and len(paths) != y.size:
+        raise ValueError(f"paths has {len(paths)} entries but there are {y.size} labels")
+    pred, _, _ = _decide(p, classes, metrics["positive"], metrics["threshold"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(
+        out / "classification_report.txt", classification_report_text(metrics, y, pred)
+    )
+    str_paths = [str(q) for q in paths] if paths is not None else None
+    atomic_write_text(out / "predictions.csv", _predictions_csv(str_paths, y, pred, p, classes))
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
+    for name, plot in (("roc.png", plot_roc), ("pr.png", plot_pr)):
+        if plot(y, p, metrics, out / name) is None:
+            (out / name).unlink(missing_ok=True)  # a stale plot from an earlier run would mislead
+    plot_reliability(y, p, out / "reliability.png")
+    written = None
+    if str_paths is not None:
+        written = plot_mistakes(
+            str_paths, y, pred, p, classes, out / "mistakes.png", limit=mistakes
+        )
+    if written is None:
+        (out / "mistakes.png").unlink(missing_ok=True)
+    return metrics
+
+
+def _probability_row(probabilities: Any, classes: list[str]) -> np.ndarray:
+    """A Prediction's probabilities (mapping class -> p, or a sequence in class order)."""
+    if isinstance(probabilities, dict):
+        return np.array([float(probabilities[c]) for c in classes])
+    if hasattr(probabilities, "detach"):
+        probabilities = probabilities.detach().cpu().numpy()
+    return np.asarray(probabilities, dtype=np.float64).ravel()
+
+
+def _select_split(splits: Any, split: str, data: str | Path) -> tuple[list[Any], str]:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
+    if split == "auto":
+        # A held-out test split when the data define one; otherwise the folder is itself the
+        # evaluation set (e.g. a separate test folder) and every image counts.
+        if splits.test:
+            return list(splits.test), "test"
+        return [*splits.train, *splits.val, *splits.test], "all"
+    if split == "all":
+        return [*splits.train, *splits.val, *splits.test], "all"
+    samples = list(getattr(splits, split))
+    if not samples:
+        raise ValueError(
+            f"{data}: the data set has no {split} split; pass split='all' to evaluate every image "
+            "(only for images the model never saw in training)"
+        )
+    return samples, split
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    positive: str | None = None,
+    prior: float | None = None,
+    threshold: float | None = None,
+    split: str = "auto",
+    layout: str = "auto",
+    n_boot: int = 1000,
+    seed: int = 0,
+    mistakes: int = 16,
+    **load_options: Any,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on labelled data through ``Predictor`` and write the evaluation.
+
+    Args:
+        ckpt: checkpoint path (``model.pt``).
+        data: labelled data in any layout ``fracturekit.data.load_dataset`` reads.
+        out: output folder for ``evaluate_predictions``' files.
+        batch_size: inference batch size.
+        positive: binary tasks: the positive class (default: the checkpoint's, else
+            ``default_positive``).
+        prior: binary tasks: also report precision/F1 at this positive-class prevalence.
+        threshold: override the checkpoint's decision threshold (default: the stored one).
+        split: ``auto`` (the test split when the data define one, else every image), ``test``,
+            ``val``, ``train`` or ``all``.
+        layout: data layout passed to ``load_dataset``.
+        n_boot, seed: bootstrap resamples and seed.
+        mistakes: at most this many images in the mistakes gallery.
+        **load_options: more keyword arguments for ``load_dataset``.
+
+    Returns:
+        The metrics dict, with a ``source`` entry (checkpoint, data, split, unreadable images).
+
+    Raises:
+        ValueError: when the data hold a class the checkpoint does not know, or no image can be
+            read.
+    """
+    from fracturekit.data import load_dataset
+    from fracturekit.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    classes = [str(c) for c in predictor.classes]
+    splits = load_dataset(data, layout=layout, **load_options)
+    samples, used = _select_split(splits, split, data)
+    if not samples:
+        raise ValueError(f"{data}: no labelled image found")
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({s.class_name for s in samples} - set(index))
+    if unknown:
+        raise ValueError(
+            f"{data}: class(es) {unknown} are not among the checkpoint's classes {classes} ({ckpt})"
+        )
+
+    y: list[int] = []
+    rows: list[np.ndarray] = []
+    paths: list[str] = []
+    unreadable: list[dict[str, str]] = []
+    predictions = predictor.predict_paths([s.path for s in samples], batch_size)
+    # One Prediction per path, in order (an unreadable image gives one with ``error`` set).
+    for sample, prediction in zip(samples, predictions, strict=True):
+        if prediction.error is not None:
+            unreadable.append({"path": str(sample.path), "error": str(prediction.error)})
+            continue
+        paths.append(str(sample.path))
+        y.append(index[sample.class_name])
+        rows.append(_probability_row(prediction.probabilities, classes))
+    if not rows:
+        raise ValueError(f"{data}: none of the {len(samples)} images could be read")
+
+    if positive is None and len(classes) == 2:
+        positive = getattr(predictor, "positive", None)
+    if threshold is None:
+        threshold = getattr(predictor, "threshold", None)
+    if len(classes) != 2:
+        positive, threshold = None, None
+    source = {
+        "checkpoint": str(ckpt),
+        "data": str(data),
+        "split": used,
+        "images": len(samples),
+        "unreadable": unreadable,
+        # Files the loader itself left out (unreadable image or mask, row without a label).
+        "dropped": [
+            {"path": str(issue[0]), "error": str(issue[1])}
+            for issue in getattr(splits, "dropped", None) or []
+        ],
+    }
+    notes = []
+    if unreadable:
+        notes.append(
+            f"{len(unreadable)} unreadable image(s) left out of the metrics (see source.unreadable)"
+        )
+    if source["dropped"]:
+        notes.append(
+            f"{len(source['dropped'])} file(s) of {data} left out by the data loader "
+            "(see source.dropped)"
+        )
+    return evaluate_predictions(
+        np.array(y),
+        np.stack(rows),
+        classes,
+        out,
+        paths=paths,
+        positive=positive,
+        threshold=threshold,
+        prior=prior,
+        n_boot=n_boot,
+        seed=seed,
+        mistakes=mistakes,
+        extra={"source": source},
+        notes=notes,
+    )

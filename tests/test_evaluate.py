@@ -1,0 +1,556 @@
+"""Evaluation metrics, bootstrap intervals, prior re-weighting, plots and the evaluate command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from fracturekit.calibration import default_positive
+from fracturekit.evaluate import (
+    METRIC_KEYS,
+    _auc_stack,
+    _confusion_stack,
+    compute_metrics,
+    evaluate_checkpoint,
+    evaluate_predictions,
+    precision_at_prior,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _binary(p_pos: list[float] | np.ndarray) -> np.ndarray:
+    p_pos = np.asarray(p_pos, dtype=float)
+    return np.stack([1 - p_pos, p_pos], axis=1)
+
+
+def _random_proba(rng: np.random.Generator, y: np.ndarray, c: int, signal: float) -> np.ndarray:
+    logits = rng.normal(size=(y.size, c))
+    logits[np.arange(y.size), y] += signal
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    p = np.round(p, 2)  # ties, as real saturated probabilities have
+    return p / p.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# positive class
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "classes, positive",
+    [
+        (["crack", "no_crack"], "crack"),
+        (["no_crack", "crack"], "crack"),
+        (["fractured", "not fractured"], "fractured"),
+        (["not-fractured", "fractured"], "fractured"),
+        (["anomaly", "normal"], "anomaly"),
+        (["negative", "positive"], "positive"),
+        (["Positive", "Negative"], "Positive"),
+        (["NoCrack", "Crack"], "Crack"),
+        (["Non-Defective", "Defective"], "Defective"),
+        (["defect", "intact"], "defect"),
+        (["0", "1"], "1"),
+        (["nodule", "tumour"], "tumour"),  # neither looks negative: the second class
+    ],
+)
+def test_default_positive(classes: list[str], positive: str) -> None:
+    assert default_positive(classes) == positive
+
+
+def test_default_positive_needs_two_classes() -> None:
+    with pytest.raises(ValueError, match="binary tasks only; got 3 classes"):
+        default_positive(["a", "b", "c"])
+
+
+# ---------------------------------------------------------------------------------------------
+# compute_metrics
+# ---------------------------------------------------------------------------------------------
+
+# Ten images: four cracks, six without. At threshold 0.5: TP 3, FN 1, FP 1, TN 5.
+Y_SMALL = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+P_SMALL = [0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.4, 0.05, 0.35]
+
+
+def test_binary_metrics_by_hand() -> None:
+    m = compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], n_boot=0)
+    assert list(m)[: len(METRIC_KEYS)] == list(METRIC_KEYS)
+    assert m["n"] == 10 and m["positive"] == "crack" and m["threshold"] == 0.5
+    assert m["confusion_matrix"] == [[5, 1], [1, 3]]  # rows true, columns predicted
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["f1"] == pytest.approx(3 / 4)
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 5 / 6) / 2)
+    assert m["macro_f1"] == pytest.approx((3 / 4 + 5 / 6) / 2)
+    assert m["weighted_f1"] == pytest.approx((4 * 3 / 4 + 6 * 5 / 6) / 10)
+    # Pairs (crack, no crack) ranked correctly: 6 + 6 + 5 + 3 of 24.
+    assert m["roc_auc"] == pytest.approx(20 / 24)
+    # Positives at ranks 1, 2, 4, 7: AP = (1 + 1 + 3/4 + 4/7) / 4.
+    assert m["average_precision"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 7) / 4)
+    # p_o = 0.8, p_e = (6*6 + 4*4) / 100 = 0.52.
+    assert m["cohen_kappa"] == pytest.approx((0.8 - 0.52) / (1 - 0.52))
+    assert m["per_class"]["no_crack"] == pytest.approx(
+        {"precision": 5 / 6, "recall": 5 / 6, "f1": 5 / 6, "support": 6}
+    )
+    assert m["per_class"]["crack"]["support"] == 4
+    assert m["ci95"] == {"f1": None, "roc_auc": None}
+    json.dumps(m, allow_nan=False)
+
+
+def test_threshold_moves_the_decisions() -> None:
+    m = compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], threshold=0.25, n_boot=0)
+    # Positive when p >= 0.25: all four cracks, and 0.7, 0.4, 0.35 among the others.
+    assert m["confusion_matrix"] == [[3, 3], [0, 4]]
+    assert m["recall"] == 1.0 and m["precision"] == pytest.approx(4 / 7)
+    assert m["roc_auc"] == pytest.approx(20 / 24)  # ranking metrics ignore the threshold
+
+
+def test_labels_as_names_and_explicit_positive() -> None:
+    names = np.where(Y_SMALL == 1, "crack", "no_crack")
+    a = compute_metrics(names, _binary(P_SMALL), ["no_crack", "crack"], n_boot=0)
+    b = compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], n_boot=0)
+    assert a == b
+    # Choosing the other class as positive reports its figures (probability 1 - p).
+    c = compute_metrics(
+        Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], positive="no_crack", n_boot=0
+    )
+    assert c["positive"] == "no_crack" and c["f1"] == pytest.approx(5 / 6)
+    assert c["roc_auc"] == pytest.approx(20 / 24)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_binary_metrics_match_scikit_learn(threshold: float) -> None:
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400)
+    p = _random_proba(rng, y, 2, 1.2)
+    m = compute_metrics(y, p, ["intact", "cracked"], threshold=threshold, n_boot=0)
+    pred = (p[:, 1] >= threshold).astype(int)
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["weighted_f1"] == pytest.approx(skm.f1_score(y, pred, average="weighted"))
+    assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(y, p[:, 1]))
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+
+
+def test_multiclass_metrics_match_scikit_learn() -> None:
+    rng = np.random.default_rng(5)
+    classes = ["transverse", "oblique", "spiral", "comminuted"]
+    y = rng.integers(0, 4, 600)
+    p = _random_proba(rng, y, 4, 1.5)
+    m = compute_metrics(y, p, classes, n_boot=0)
+    pred = p.argmax(axis=1)
+    assert m["positive"] is None and m["threshold"] is None
+    assert any("arg-max" in note for note in m["notes"])
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["macro_f1"] == m["f1"]
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(skm.f1_score(y, pred, average="weighted"))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y, p, multi_class="ovr", average="macro")
+    )
+    onehot = np.eye(4)[y]
+    assert m["average_precision"] == pytest.approx(
+        skm.average_precision_score(onehot, p, average="macro")
+    )
+    f1s = skm.f1_score(y, pred, average=None)
+    for k, name in enumerate(classes):
+        assert m["per_class"][name]["f1"] == pytest.approx(f1s[k])
+        assert m["per_class"][name]["support"] == int((y == k).sum())
+
+
+def test_absent_class_gives_none_with_a_reason() -> None:
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 50)  # class 2 never occurs
+    p = _random_proba(rng, y, 3, 1.0)
+    m = compute_metrics(y, p, ["a", "b", "c"], n_boot=50)
+    assert set(METRIC_KEYS) <= set(m)
+    assert m["roc_auc"] is None and m["average_precision"] is None
+    assert m["ci95"]["roc_auc"] is None and m["ci95"]["f1"] is not None
+    assert any("roc_auc" in n and "'c'" in n for n in m["notes"])
+    assert m["per_class"]["c"]["support"] == 0
+    json.dumps(m, allow_nan=False)
+
+
+def test_bad_inputs_are_named() -> None:
+    p = _binary(P_SMALL)
+    with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
+        compute_metrics(Y_SMALL, p[:, :1], ["no_crack", "crack"])
+    with pytest.raises(ValueError, match="not logits"):
+        compute_metrics(Y_SMALL, p * 3 - 1, ["no_crack", "crack"])
+    with pytest.raises(ValueError, match="sum to 1"):
+        compute_metrics(Y_SMALL, np.full((10, 2), 0.2), ["no_crack", "crack"])
+    with pytest.raises(ValueError, match="not among classes"):
+        compute_metrics(["crack"] * 9 + ["hole"], p, ["no_crack", "crack"])
+    with pytest.raises(ValueError, match="'fracture' is not one of"):
+        compute_metrics(Y_SMALL, p, ["no_crack", "crack"], positive="fracture")
+    with pytest.raises(ValueError, match="prior"):
+        compute_metrics(Y_SMALL, p, ["no_crack", "crack"], prior=1.2)
+    with pytest.raises(ValueError, match="binary tasks only"):
+        compute_metrics([0, 1, 2], np.eye(3), ["a", "b", "c"], prior=0.1)
+    with pytest.raises(ValueError, match="10 labels"):
+        compute_metrics(Y_SMALL[:5], p, ["no_crack", "crack"])
+
+
+# ---------------------------------------------------------------------------------------------
+# positive-class prior
+# ---------------------------------------------------------------------------------------------
+
+
+def _from_counts(tp: int, fn: int, tn: int, fp: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (1 = crack) and probabilities realising the given confusion counts at 0.5."""
+    y = np.array([1] * (tp + fn) + [0] * (tn + fp))
+    p = np.array([0.9] * tp + [0.1] * fn + [0.1] * tn + [0.9] * fp)
+    return y, _binary(p)
+
+
+def test_prior_reproduces_the_balanced_to_rare_drop() -> None:
+    # A balanced set of 1000 + 1000 with recall 0.95 and specificity 0.993: F1 = 1900/1957
+    # = 0.971. At 3% prevalence the same operating point gives TP' = 0.03 * 0.95 = 0.0285,
+    # FP' = 0.97 * 0.007 = 0.00679, FN' = 0.03 * 0.05 = 0.0015 per image:
+    # precision = 0.0285 / 0.03529 = 0.8076, F1 = 0.057 / 0.06529 = 0.8730 (seed 5: 0.972 -> 0.875).
+    y, p = _from_counts(tp=950, fn=50, tn=993, fp=7)
+    m = compute_metrics(y, p, ["no_crack", "crack"], prior=0.03, n_boot=0)
+    assert m["f1"] == pytest.approx(1900 / 1957)
+    at = m["at_prior"]
+    assert at["prior"] == 0.03 and at["recall"] == pytest.approx(0.95)
+    assert at["specificity"] == pytest.approx(0.993)
+    assert at["precision"] == pytest.approx(0.0285 / 0.03529)
+    assert at["f1"] == pytest.approx(0.057 / 0.06529)
+    assert round(at["f1"], 3) == 0.873
+    assert at["evaluated_prevalence"] == pytest.approx(0.5)
+    # Specificity 0.995 (also F1 0.972 on the balanced set) would keep F1 at 0.900 at 3%.
+    p995 = precision_at_prior(0.95, 0.995, 0.03)
+    assert 2 * p995 * 0.95 / (p995 + 0.95) == pytest.approx(0.0570 / 0.06335)
+
+
+def test_prior_equals_counting_on_a_resampled_set() -> None:
+    # Balanced 100/100; repeating every negative four times gives prevalence 0.2 exactly, so
+    # the precision there equals at_prior's precision at prior 0.2.
+    rng = np.random.default_rng(7)
+    y = np.array([1] * 100 + [0] * 100)
+    p = _random_proba(rng, y, 2, 1.0)
+    at = compute_metrics(y, p, ["normal", "fracture"], prior=0.2, n_boot=0)["at_prior"]
+    y_rare = np.concatenate([y[:100], np.tile(y[100:], 4)])
+    p_rare = np.concatenate([p[:100], np.tile(p[100:], (4, 1))])
+    rare = compute_metrics(y_rare, p_rare, ["normal", "fracture"], n_boot=0)
+    assert at["precision"] == pytest.approx(rare["precision"])
+    assert at["f1"] == pytest.approx(rare["f1"])
+    # At the evaluated prevalence the re-weighting changes nothing.
+    same = compute_metrics(y, p, ["normal", "fracture"], prior=0.5, n_boot=0)
+    assert same["at_prior"]["precision"] == pytest.approx(same["precision"])
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrap
+# ---------------------------------------------------------------------------------------------
+
+
+def test_weighted_kernels_equal_scikit_learn_on_repeated_samples() -> None:
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 80)
+    p = _random_proba(rng, y, 3, 1.0)
+    pred = p.argmax(axis=1)
+    weights = rng.integers(0, 4, size=(5, 80)).astype(float)
+    cms = _confusion_stack(weights, y, pred, 3)
+    aucs = _auc_stack(weights, y == 1, p[:, 1])
+    for b in range(5):
+        idx = np.repeat(np.arange(80), weights[b].astype(int))
+        assert cms[b].tolist() == skm.confusion_matrix(y[idx], pred[idx], labels=[0, 1, 2]).tolist()
+        assert aucs[b] == pytest.approx(skm.roc_auc_score(y[idx] == 1, p[idx, 1]))
+
+
+def test_ci_equals_a_plain_stratified_bootstrap() -> None:
+    # The same draws, resampled index by index and scored with scikit-learn.
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 120)
+    p = _random_proba(rng, y, 2, 1.0)
+    n_boot, seed = 200, 11
+    m = compute_metrics(y, p, ["no_crack", "crack"], n_boot=n_boot, seed=seed)
+    draws = np.random.default_rng(seed)
+    members = [np.flatnonzero(y == k) for k in (0, 1)]
+    picks = [idx[draws.integers(0, idx.size, size=(n_boot, idx.size))] for idx in members]
+    f1s, aucs = [], []
+    for b in range(n_boot):
+        idx = np.concatenate([pk[b] for pk in picks])
+        f1s.append(skm.f1_score(y[idx], (p[idx, 1] >= 0.5).astype(int)))
+        aucs.append(skm.roc_auc_score(y[idx], p[idx, 1]))
+    assert m["ci95"]["f1"] == pytest.approx(list(np.percentile(f1s, [2.5, 97.5])))
+    assert m["ci95"]["roc_auc"] == pytest.approx(list(np.percentile(aucs, [2.5, 97.5])))
+    assert m["bootstrap"] == {
+        "n_boot": 200,
+        "seed": 11,
+        "method": "stratified percentile",
+        "level": 0.95,
+    }
+    lo, hi = m["ci95"]["f1"]
+    assert lo < m["f1"] < hi
+
+
+def test_bootstrap_is_seeded() -> None:
+    rng = np.random.default_rng(10)
+    y = rng.integers(0, 3, 90)
+    p = _random_proba(rng, y, 3, 1.0)
+    a = compute_metrics(y, p, ["a", "b", "c"], n_boot=100, seed=1)
+    b = compute_metrics(y, p, ["a", "b", "c"], n_boot=100, seed=1)
+    c = compute_metrics(y, p, ["a", "b", "c"], n_boot=100, seed=2)
+    assert a["ci95"] == b["ci95"] and a["ci95"] != c["ci95"]
+
+
+def test_bootstrap_of_5000_images_is_fast() -> None:
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 2, 5000)
+    p = _random_proba(rng, y, 2, 1.0)
+    compute_metrics(y[:50], p[:50], ["no_crack", "crack"], n_boot=10)  # imports out of the timing
+    start = time.perf_counter()
+    m = compute_metrics(y, p, ["no_crack", "crack"], n_boot=1000)
+    assert time.perf_counter() - start < 4.0
+    assert m["ci95"]["roc_auc"][0] < m["roc_auc"] < m["ci95"]["roc_auc"][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_predictions: files
+# ---------------------------------------------------------------------------------------------
+
+
+def _images(folder: Path, n: int) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"img_{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_evaluate_predictions_writes_everything(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "images", 10)
+    out = tmp_path / "eval"
+    m = evaluate_predictions(
+        Y_SMALL,
+        _binary(P_SMALL),
+        ["no_crack", "crack"],
+        out,
+        paths=paths,
+        prior=0.03,
+        n_boot=50,
+        extra={"localisation": {"pointing_game": 0.5}},
+    )
+    saved = json.loads((out / "metrics.json").read_text())
+    assert list(saved)[: len(METRIC_KEYS)] == list(METRIC_KEYS)
+    assert saved == m and saved["localisation"] == {"pointing_game": 0.5}
+    for name in ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png", "mistakes.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+    report = (out / "classification_report.txt").read_text()
+    assert "precision" in report and "no_crack" in report and "at prior" in report
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "path,true,pred,correct,p_no_crack,p_crack" and len(rows) == 11
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp file
+
+
+def test_undefined_curves_and_no_mistakes_write_no_plot(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "roc.png").write_bytes(b"stale")  # from an earlier evaluation
+    y = np.array([1, 1, 1])
+    m = evaluate_predictions(
+        y,
+        _binary([0.9, 0.8, 0.7]),
+        ["no_crack", "crack"],
+        out,
+        paths=_images(tmp_path / "im", 3),
+        n_boot=0,
+    )
+    assert m["roc_auc"] is None and m["accuracy"] == 1.0
+    assert not (out / "roc.png").exists() and not (out / "pr.png").exists()
+    assert not (out / "mistakes.png").exists()
+    assert (out / "confusion_matrix.png").exists() and (out / "reliability.png").exists()
+
+
+def test_extra_may_not_replace_metrics(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="f1"):
+        evaluate_predictions(
+            Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], tmp_path, n_boot=0, extra={"f1": 1.0}
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_checkpoint and the CLI, against the Predictor / load_dataset contracts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    path: Path
+    label: int
+    class_name: str
+    split: str | None = None
+
+
+@dataclass
+class _Prediction:
+    path: str
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+    error: str | None = None
+
+
+class _Predictor:
+    """Scores each image by a fixed table; a checkpoint storing threshold 0.25, positive crack."""
+
+    classes = ["no_crack", "crack"]
+    positive = "crack"
+    threshold = 0.25
+    scores: dict[str, float] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> _Predictor:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return cls()
+
+    def predict_paths(self, paths, batch_size=32):
+        for p in paths:
+            s = self.scores.get(str(p))
+            if s is None:
+                yield _Prediction(str(p), None, None, {}, self.threshold, error=f"{p}: unreadable")
+            else:
+                yield _Prediction(str(p), "crack", s, {"no_crack": 1 - s, "crack": s}, 0.25)
+
+
+@pytest.fixture
+def fake_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    paths = _images(tmp_path / "data", 11)
+    labels = [*Y_SMALL.tolist(), 0]
+    samples = [
+        _Sample(p, y, "crack" if y else "no_crack", "test")
+        for p, y in zip(paths, labels, strict=True)
+    ]
+    _Predictor.scores = {
+        str(p): s for p, s in zip(paths, P_SMALL, strict=False)
+    }  # the last: unreadable
+    calls = {}
+
+    def load_dataset(path, layout="auto", **options):
+        calls["load"] = (path, layout, options)
+        return types.SimpleNamespace(
+            classes=["no_crack", "crack"], train=[], val=[], test=samples, layout="folders"
+        )
+
+    monkeypatch.setitem(
+        sys.modules, "fracturekit.predict", types.SimpleNamespace(Predictor=_Predictor)
+    )
+    monkeypatch.setitem(
+        sys.modules, "fracturekit.data", types.SimpleNamespace(load_dataset=load_dataset)
+    )
+    ckpt = tmp_path / "run" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    return ckpt, tmp_path / "data", calls
+
+
+def test_evaluate_checkpoint_uses_the_stored_threshold(tmp_path: Path, fake_pipeline) -> None:
+    ckpt, data, calls = fake_pipeline
+    m = evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=20, layout="folders")
+    assert calls["load"][1] == "folders"
+    assert m["threshold"] == 0.25 and m["positive"] == "crack"
+    assert m["n"] == 10 and m["confusion_matrix"] == [[3, 3], [0, 4]]
+    assert m["source"]["split"] == "test" and m["source"]["images"] == 11
+    assert [u["path"] for u in m["source"]["unreadable"]] == [str(data / "img_10.png")]
+    assert any("1 unreadable" in n for n in m["notes"])
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == m
+
+
+def test_evaluate_checkpoint_rejects_unknown_classes(tmp_path: Path, fake_pipeline) -> None:
+    ckpt, data, _ = fake_pipeline
+    data_module = sys.modules["fracturekit.data"]
+    original = data_module.load_dataset
+
+    def renamed(path, layout="auto", **options):
+        splits = original(path, layout, **options)
+        splits.test[0].class_name = "spall"
+        return splits
+
+    data_module.load_dataset = renamed
+    with pytest.raises(ValueError, match=r"\['spall'\] are not among the checkpoint's classes"):
+        evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0)
+    with pytest.raises(ValueError, match="no val split"):
+        evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, split="val")
+
+
+def test_cli_evaluate(tmp_path: Path, fake_pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    from fracturekit.cli import main
+
+    ckpt, data, _ = fake_pipeline
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "evaluate",
+            str(ckpt),
+            str(data),
+            "--out",
+            str(out),
+            "--prior",
+            "0.03",
+            "--n-boot",
+            "20",
+            "--threshold",
+            "0.5",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(out / "report.html") in printed.replace("\n", "")
+    assert "f1" in printed and "prior 0.03" in printed
+    assert json.loads((out / "metrics.json").read_text())["confusion_matrix"] == [[5, 1], [1, 3]]
+    assert (out / "report.html").exists()
+    assert main(["evaluate", str(tmp_path / "none.pt"), str(data), "--out", str(out)]) == 2
+    assert "none.pt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoint_end_to_end(tmp_path: Path) -> None:
+    """A real (untrained) checkpoint through Predictor and load_dataset, with one broken file."""
+    from fracturekit.models import build_model, save_checkpoint
+
+    data = tmp_path / "data"
+    for name in ("crack", "no_crack"):
+        _images(data / name, 4)
+    (data / "crack" / "broken.png").write_bytes(b"not a png")
+    model = build_model("simple_cnn", 2, pretrained=False)
+    ckpt = save_checkpoint(
+        tmp_path / "run" / "model.pt",
+        model,
+        {"classes": ["crack", "no_crack"], "positive": "crack", "threshold": 0.5, "img_size": 32},
+    )
+    out = tmp_path / "eval"
+    m = evaluate_checkpoint(ckpt, data, out, batch_size=3, n_boot=20)
+    assert m["n"] == 8 and m["classes"] == ["crack", "no_crack"] and m["positive"] == "crack"
+    assert m["source"]["split"] == "all"  # a plain folder defines no test split
+    assert [Path(d["path"]).name for d in m["source"]["dropped"]] == ["broken.png"]
+    assert sum(map(sum, m["confusion_matrix"])) == 8
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == 8 and all(
+        abs(float(r.split(",")[4]) + float(r.split(",")[5]) - 1) < 1e-5 for r in rows
+    )

@@ -1,0 +1,150 @@
+"""The self-contained HTML run report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fracturekit.report import write_report
+
+
+def _png(path: Path, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 6), colour).save(path)
+    return path.read_bytes()
+
+
+def _metrics(**extra) -> dict:
+    from fracturekit.evaluate import compute_metrics
+
+    y = np.array([1, 1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.7, 0.4, 0.3, 0.6, 0.1])
+    m = compute_metrics(y, np.stack([1 - p, p], 1), ["no_crack", "crack"], prior=0.03, n_boot=50)
+    m.update(extra)
+    return m
+
+
+def _data_uris(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("backbone: efficientnet_lite0\nlr: 1.0e-05\nnote: <b>x</b>\n")
+    (run / "history.csv").write_text(
+        "epoch,train_loss,val_loss,val_acc\n1,0.70,0.60,0.55\n2,0.50,0.41,0.75\n3,0.40,0.52,0.70\n"
+    )
+    (run / "metrics.json").write_text(json.dumps(_metrics(localisation={"pointing_game": 0.8125})))
+    (run / "classification_report.txt").write_text("precision recall <table>\n")
+    images = {
+        name: _png(run / name, (10 * i, 100, 200))
+        for i, name in enumerate(
+            [
+                "curves.png",
+                "confusion_matrix.png",
+                "roc.png",
+                "pr.png",
+                "reliability.png",
+                "mistakes.png",
+            ]
+        )
+    }
+    images["cams/img_07_gradcam.png"] = _png(run / "cams" / "img_07_gradcam.png", (1, 2, 3))
+    (run / "cams" / "readme.txt").write_text("not an image")
+    return run, images
+
+
+def test_report_has_every_section_and_embeds_every_image(run_dir) -> None:
+    run, images = run_dir
+    path = write_report(run)
+    assert path == run / "report.html"
+    page = path.read_text(encoding="utf-8")
+    for section in (
+        "summary",
+        "config",
+        "training",
+        "metrics",
+        "plots",
+        "classification-report",
+        "mistakes",
+        "more",
+        "cams",
+    ):
+        assert f'<section id="{section}">' in page, section
+    embedded = _data_uris(page)
+    assert sorted(embedded) == sorted(images.values())  # each image once, byte for byte
+    assert not re.search(r"https?://", page)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert "img 07 gradcam" in page  # caption from the file name
+    assert "pointing_game" in page and "0.8125" in page  # entries added by other modules
+    assert "1e-05" in page  # config values are not rounded away
+    assert "best val_loss" in page and ">2<" in page  # the epoch with the lowest val_loss
+    assert "At another prevalence" in page
+
+
+def test_report_escapes_text(run_dir) -> None:
+    run, _ = run_dir
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "&lt;table&gt;" in page
+
+
+def test_sections_appear_only_with_their_inputs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = write_report(empty).read_text(encoding="utf-8")
+    assert "<section" not in page and "none of the files" in page
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "metrics.json").write_text(json.dumps(_metrics()))
+    page = write_report(only).read_text(encoding="utf-8")
+    assert '<section id="metrics">' in page and '<section id="summary">' in page
+    for absent in ("config", "training", "plots", "mistakes", "cams", "more"):
+        assert f'<section id="{absent}">' not in page
+    assert not _data_uris(page)
+
+
+def test_training_files_come_from_the_checkpoint_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    curves = _png(run / "curves.png")
+    (run / "config.yaml").write_text("epochs: 3\n")
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(
+        json.dumps(_metrics(source={"checkpoint": str(run / "model.pt"), "split": "all"}))
+    )
+    page = write_report(evaluation).read_text(encoding="utf-8")
+    assert '<section id="config">' in page and '<section id="training">' in page
+    assert _data_uris(page) == [curves]
+
+
+def test_report_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="metrics.json: not valid JSON"):
+        write_report(tmp_path)
+
+
+def test_report_of_a_real_evaluation(tmp_path: Path) -> None:
+    from fracturekit.evaluate import evaluate_predictions
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40)
+    p = rng.dirichlet(np.ones(3), 40)
+    evaluate_predictions(y, p, ["hairline", "displaced", "comminuted"], tmp_path, n_boot=20)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    # confusion matrix, ROC, PR and reliability plots, all embedded; no mistakes gallery
+    # without image paths.
+    assert len(_data_uris(page)) == 4
+    assert "comminuted" in page and not re.search(r"https?://", page)
