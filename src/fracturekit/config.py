@@ -22,6 +22,11 @@ SCHEDULES = ("cosine", "step", "none")
 AUGMENTS = ("none", "default", "strong")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export")
+THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRESHOLD_METRICS
+# Cached views of each training image: 1 as is; 2 + horizontal mirror; 4 + vertical mirror and
+# both (a 180-degree turn); 8 the whole dihedral group (adds the four transposed/90-degree ones).
+CACHE_VIEWS = (1, 2, 4, 8)
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -42,6 +47,8 @@ class TrainConfig:
     image_column: str | None = None
     label_column: str | None = None
     label_key: str | None = None
+    # CSV column of groups (patient, source photo): splits keep each group whole
+    group_column: str | None = None
     positive: str | None = None
     strict: bool = False
     img_size: int | None = None  # None: the backbone's default
@@ -67,7 +74,10 @@ class TrainConfig:
     schedule: str = "cosine"
     early_stop: int | None = 5
     label_smoothing: float = 0.0
-    cache_features: bool = True  # frozen backbone + no augmentation: train the head on cached features
+    cache_features: bool = (
+        True  # frozen backbone + no augmentation: train the head on cached features
+    )
+    cache_views: int = 1  # cached path: 1 = the image as is; 2 adds its mirror; 4 and 8 more flips
     channels_last: bool = True
     precision: str = "fp32"
     # decision
@@ -120,6 +130,33 @@ class TrainConfig:
             raise ConfigError("train_last must be >= 0")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigError("target_recall must lie in (0, 1]")
+        if self.freeze == "train-last" and self.train_last is None:
+            raise ConfigError("freeze=train-last needs train_last (the number of last blocks)")
+        if self.cache_views not in CACHE_VIEWS:
+            raise ConfigError(
+                f"cache_views={self.cache_views}: must be one of {', '.join(map(str, CACHE_VIEWS))}"
+            )
+        if self.threshold_metric not in THRESHOLD_METRICS:
+            raise ConfigError(
+                f"threshold_metric={self.threshold_metric!r} is not one of "
+                f"{', '.join(THRESHOLD_METRICS)}"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing}: must lie in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout={self.dropout}: must lie in [0, 1)")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ConfigError("early_stop must be >= 1 epoch (leave it out to never stop early)")
+        if self.img_size is not None and self.img_size < 8:
+            raise ConfigError(f"img_size={self.img_size}: must be at least 8 px")
+        if self.workers < 0:
+            raise ConfigError("workers must be >= 0")
+        if self.max_train_batches is not None and self.max_train_batches < 1:
+            raise ConfigError("max_train_batches must be >= 1")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ConfigError("weight_decay and momentum must be >= 0")
+        if any(int(h) < 1 for h in self.hidden):
+            raise ConfigError(f"hidden={self.hidden}: layer widths must be positive")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +172,129 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
-        return dataclasses.replace(self, **values)
+        return dataclasses.replace(self, **{k: _coerce(k, v, source) for k, v in values.items()})
+
+
+def field_types() -> dict[str, Any]:
+    """``{field name: type}`` of TrainConfig with ``X | None`` reduced to ``X``."""
+    import types
+    import typing
+
+    out = {}
+    for name, tp in typing.get_type_hints(TrainConfig).items():
+        args = typing.get_args(tp)
+        if isinstance(tp, types.UnionType) and type(None) in args:
+            tp = next(a for a in args if a is not type(None))
+        out[name] = tp
+    return out
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Give ``value`` the field's type: YAML reads ``1e-4`` as a string, flags arrive as text."""
+    if value is None:
+        return None
+    tp = field_types()[name]
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    raise ValueError(value)
+                return low in ("true", "yes", "1", "on")
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+        if getattr(tp, "__origin__", None) is list:
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", ",").split(",") if v.strip()]
+            return [int(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name}={value!r} is not a valid {tp.__name__}") from exc
+    return value
+
+
+# One line of help per TrainConfig field: ``fracturekit train`` turns every field into a flag with
+# this text (tests/test_train.py checks that every field has one).
+HELP: dict[str, str] = {
+    "data": "training images: a class-folder tree, ROOT/{train,val,test}/<class>/ or a CSV manifest",
+    "val": "a separate validation set (any layout); default: carved from DATA",
+    "test": "a separate test set (any layout), evaluated after training",
+    "val_fraction": "share of DATA held out for validation when it has no val split",
+    "test_fraction": "share of DATA held out for testing when it has no test split",
+    "layout": "force a data layout instead of detecting it",
+    "image_column": "CSV manifests: the column holding image paths or URLs",
+    "label_column": "CSV manifests: the column holding labels (plain or JSON)",
+    "label_key": "labelling exports: dotted key path of the label inside the JSON column",
+    "group_column": "CSV manifests: a group column (patient, source photo); splits keep groups whole",
+    "positive": "binary tasks: the positive class (default: the class not named no_/not_/normal)",
+    "strict": "refuse unreadable and truncated images instead of leaving them out with a warning",
+    "img_size": "input size in pixels (default: the backbone's)",
+    "channels": "1 for grayscale models, 3 for colour/ImageNet backbones",
+    "augment": "training augmentation: none, default (flips, rotation, shifts, zoom, brightness/"
+    "contrast) or strong; anything but none trains end to end",
+    "balance": "class imbalance: none, weights (class-weighted loss), sampler (class-balanced "
+    "draws) or undersample:R (majority at most R x minority)",
+    "workers": "DataLoader worker processes for decoding images (0: in the main process)",
+    "backbone": "backbone name (fracturekit's table or any timm model)",
+    "weights": "local weights file for the backbone (timm/torchvision state dict or checkpoint)",
+    "pretrained": "start from ImageNet weights where they ship (efficientnet_lite0) or --weights",
+    "hidden": "hidden dense layer widths of the head, comma-separated (e.g. 1024,512,256)",
+    "dropout": "dropout rate in the head",
+    "freeze": "none (train everything), all-but-head, or train-last (with --train-last P)",
+    "train_last": "with --freeze train-last: how many last backbone blocks train",
+    "epochs": "maximum number of epochs",
+    "batch_size": "images per batch (per process under torchrun)",
+    "optimizer": "sgd (with momentum), adamw or adam",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay (decoupled for adamw)",
+    "schedule": "learning-rate schedule over the epochs: cosine, step (x0.1 every third) or none",
+    "early_stop": "stop after this many epochs without a lower validation loss (none: never)",
+    "label_smoothing": "label smoothing of the training loss",
+    "cache_features": "frozen backbone prefix and no augmentation: compute its output once and "
+    "train the rest on it",
+    "cache_views": "cached training: views of each image cached (1 as is, 2 + mirror, 4 + flips, "
+    "8 + transposes); each epoch sees one at random",
+    "channels_last": "channels-last memory format for convolutions (faster on most CPUs and GPUs)",
+    "precision": "fp32, or bf16/fp16 mixed precision (GPU; bf16 on CPU is slow on most CPUs)",
+    "threshold_metric": "binary tasks: the decision threshold maximises this on validation",
+    "target_recall": "binary tasks: instead, the highest threshold reaching this validation "
+    "recall (screening)",
+    "calibrate": "fit temperature scaling on validation logits",
+    "seed": "random seed (splits, initialisation, order)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "resume": "continue the interrupted run in this folder from its last.pt",
+    "max_train_batches": "smoke tests: stop each epoch after this many batches",
+    "note": "free text stored with the run",
+}
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file path, or the name of a packaged one (``seed5_concrete_lenet``, ``default``).
+
+    Raises:
+        ConfigError: neither a file nor a packaged config of that name.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    packaged = CONFIGS_DIR / f"{stem}.yaml"
+    if str(path) == path.name and packaged.is_file():
+        return packaged
+    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such config file, nor a packaged config (packaged: {names})")
+
+
+def packaged_configs() -> dict[str, Path]:
+    """``{name: path}`` of the YAML configs that ship with fracturekit."""
+    return {p.stem: p for p in sorted(CONFIGS_DIR.glob("*.yaml"))}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -162,9 +321,13 @@ def save_yaml(values: dict[str, Any], path: str | Path) -> None:
 def resolve_config(
     flags: dict[str, Any], config_file: str | Path | None = None, base: TrainConfig | None = None
 ) -> TrainConfig:
-    """Defaults < config file < flags (only flags the user actually gave, i.e. not None)."""
+    """Defaults (or ``base``) < config file < flags (only flags the user gave, i.e. not None).
+
+    ``config_file`` is a path or the name of a packaged config (see :func:`find_config`).
+    """
     cfg = base or TrainConfig()
     if config_file is not None:
+        config_file = find_config(config_file)
         cfg = cfg.updated(load_yaml(config_file), source=str(config_file))
     given = {k: v for k, v in flags.items() if v is not None}
     return cfg.updated(given, source="command line").validate()
