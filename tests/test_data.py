@@ -563,3 +563,26 @@ def test_truncated_file_in_dataset_loads_in_dataset_class(tmp_path: Path) -> Non
     assert [Path(w.path).name for w in splits.warnings] == ["cut.jpg"]
     dataset = ImageDataset(splits.train, build_transforms(16, (0.5,) * 3, (0.5,) * 3))
     assert all(dataset[i][0].shape == (3, 16, 16) for i in range(len(dataset)))
+
+
+def test_identical_copies_never_straddle_a_random_split(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fracturekit.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    for cls in ("crack", "no_crack"):
+        (tmp_path / cls).mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.png"
+            )
+        # Five byte-identical copies of one image under other names.
+        for j in range(5):
+            (tmp_path / cls / f"copy{j}.png").write_bytes((tmp_path / cls / "0.png").read_bytes())
+    for seed in range(5):
+        splits = load_dataset(tmp_path, val_fraction=0.3, seed=seed)
+        train = {p.read_bytes() for p in (Path(s.path) for s in splits.train)}
+        val = {p.read_bytes() for p in (Path(s.path) for s in splits.val)}
+        assert not train & val
+        assert len(splits.val) > 0

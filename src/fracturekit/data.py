@@ -591,8 +591,33 @@ def _stratified_take(samples: list[Sample], fraction: float, seed: int) -> tuple
         n = len(idx)
         k = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
         taken.update(idx[j] for j in rng.permutation(n)[:k])
+    taken -= _straddling_copies(samples, taken)
     keep = [s for i, s in enumerate(samples) if i not in taken]
     return keep, [s for i, s in enumerate(samples) if i in taken]
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """A hash of a file's bytes: identical files have identical digests."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _straddling_copies(samples: list[Sample], taken: set[int]) -> set[int]:
+    """Indices in ``taken`` whose file has an identical copy outside ``taken``.
+
+    Real data sets hold byte-identical files under different names (FracAtlas has several); a
+    random split that puts one copy in training and another in validation inflates validation
+    scores. Such copies are kept on the training side, so validation never sees an image that
+    training saw.
+    """
+    if not taken:
+        return set()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(lambda s: content_digest(s.path), samples))
+    outside = {d for i, d in enumerate(digests) if i not in taken}
+    return {i for i in taken if digests[i] in outside}
 
 
 def _group_take(samples: list[Sample], fraction: float, seed: int) -> tuple[list, list]:
@@ -622,7 +647,8 @@ def split_samples(
     samples: list[Sample], fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
     """Split off ``fraction`` of ``samples``: stratified by class, group-disjoint when any
-    sample has a group. Returns ``(rest, taken)``, both in input order."""
+    sample has a group; byte-identical copies of a file never straddle the two sides. Returns
+    ``(rest, taken)``, both in input order."""
     if any(s.group is not None for s in samples):
         return _group_take(samples, fraction, seed)
     return _stratified_take(samples, fraction, seed)
