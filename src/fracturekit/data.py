@@ -602,6 +602,14 @@ def content_digest(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
+def _digest_or_path(sample: Sample) -> str:
+    # A file that cannot be read has already been reported by the up-front check; it is unique.
+    try:
+        return content_digest(sample.path)
+    except OSError:
+        return f"path:{sample.path}"
+
+
 def _straddling_copies(samples: list[Sample], taken: set[int]) -> set[int]:
     """Indices in ``taken`` whose file has an identical copy outside ``taken``.
 
@@ -615,7 +623,7 @@ def _straddling_copies(samples: list[Sample], taken: set[int]) -> set[int]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = list(pool.map(lambda s: content_digest(s.path), samples))
+        digests = list(pool.map(_digest_or_path, samples))
     outside = {d for i, d in enumerate(digests) if i not in taken}
     return {i for i in taken if digests[i] in outside}
 
