@@ -1,0 +1,178 @@
+"""End to end: `fracturekit serve` as a real process, its page driven in headless Chromium.
+
+Needs Debian's chromium at /usr/bin/chromium (tools/test.sh installs it) and Playwright for
+Python; skipped with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fracturekit.models import build_model, save_checkpoint
+from fracturekit.synthetic import render_sample
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CLASSES = ["crack", "no_crack"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"fracturekit serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"fracturekit serve did not answer /health in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    """A real `fracturekit serve` process on a free localhost port; yields its URL."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("simple_cnn", 2, pretrained=False)
+    ckpt = save_checkpoint(
+        tmp_path / "model.pt",
+        model,
+        # Threshold 0: the untrained model always answers "crack", so the page shows a width.
+        {"classes": CLASSES, "img_size": 64, "positive": "crack", "threshold": 0.0},
+    )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fracturekit", "serve", str(ckpt), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_page_in_chromium(server: str, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (tools/test.sh does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+    sample = render_sample(np.random.default_rng(3), 160, "concrete", True)
+    crack_png = tmp_path / "crack.png"
+    Image.fromarray(sample.image).save(crack_png)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    tiff = io.BytesIO()
+    Image.fromarray(render_sample(np.random.default_rng(4), 96, "rock", False).image).save(
+        tiff, "TIFF"
+    )
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            requests_elsewhere = []
+            local = (server, "blob:", "data:")  # object URLs and inline images are local
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(local) else requests_elsewhere.append(r.url),
+            )
+            page.goto(server + "/")
+            sync_api.expect(page.locator("#model-info")).to_contain_text("simple_cnn")
+
+            # Pick the synthetic crack image: the class, a bar per class, then the heat map.
+            page.set_input_files("#file", str(crack_png))
+            label = page.locator("#label")
+            sync_api.expect(label).not_to_have_text("…", timeout=30_000)
+            shown = label.inner_text().strip()
+            assert shown in CLASSES
+            assert page.locator("#bars li").count() == 2
+            assert page.locator("#confidence").inner_text().endswith("%")
+            toggle = page.locator("#show-overlay")
+            sync_api.expect(toggle).to_be_enabled(timeout=30_000)
+            sync_api.expect(page.locator("#overlay")).to_be_visible()
+            assert page.locator("#overlay").get_attribute("src").startswith("data:image/png")
+            assert shown == "crack"
+            sync_api.expect(page.locator("#width")).to_be_visible()
+            sync_api.expect(page.locator("#width")).to_contain_text("Maximum width")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            toggle.uncheck()
+            sync_api.expect(page.locator("#preview")).to_be_visible()
+            sync_api.expect(page.locator("#overlay")).to_be_hidden()
+
+            # A file that is not an image: the API's message is shown to the user.
+            page.set_input_files("#file", str(not_image))
+            error = page.locator("#error")
+            sync_api.expect(error).to_be_visible(timeout=30_000)
+            sync_api.expect(error).to_contain_text("HTTP 422")
+            sync_api.expect(error).to_contain_text("notes.png")
+            page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+
+            # Drag and drop a TIFF (browsers cannot show it): the server renders the preview.
+            page.evaluate(
+                """([b64, name]) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const dt = new DataTransfer();
+                    dt.items.add(new File([bytes], name, { type: "image/tiff" }));
+                    const drop = document.getElementById("drop");
+                    drop.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
+                }""",
+                [base64.b64encode(tiff.getvalue()).decode(), "rock.tif"],
+            )
+            sync_api.expect(page.locator("#file-name")).to_have_text("rock.tif")
+            sync_api.expect(error).to_be_hidden()
+            sync_api.expect(label).not_to_have_text("…", timeout=30_000)
+            assert label.inner_text().strip() in CLASSES
+            sync_api.expect(toggle).to_be_enabled(timeout=30_000)
+            toggle.uncheck()
+            preview = page.locator("#preview")
+            assert preview.get_attribute("src").startswith("data:image/png")
+            width = page.evaluate("document.getElementById('preview').naturalWidth")
+            assert width == 96
+            page.screenshot(path=str(tmp_path / "tiff.png"), full_page=True)
+            assert requests_elsewhere == []  # everything came from the server itself
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -1,0 +1,202 @@
+"""ONNX export (`fracturekit export`) and the ONNX backend of Predictor."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fixture_images import noise_image
+from fracturekit import export as export_mod
+from fracturekit.cli import main
+from fracturekit.export import ExportError, export_onnx, onnx_metadata
+from fracturekit.models import build_model, save_checkpoint
+from fracturekit.predict import ONNX_META_KEY, Predictor
+
+CLASSES = ["crack", "no_crack"]
+
+
+def make_checkpoint(
+    path: Path, backbone: str = "simple_cnn", *, num_classes: int = 2, in_chans: int = 3, **meta
+) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(backbone, num_classes, in_chans=in_chans, pretrained=False)
+    # Random BatchNorm statistics, so the exported graph's folded BN is really tested.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    defaults = {
+        "classes": CLASSES,
+        "img_size": 32,
+        "positive": "crack",
+        "threshold": 0.35,
+        "temperature": 0.7,
+        "metrics": {"f1": 0.8, "ece": float("nan")},
+    }
+    return save_checkpoint(path, model, {**defaults, **meta})
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path, export_mod.ExportReport]:
+    root = tmp_path_factory.mktemp("export")
+    ckpt = make_checkpoint(root / "model.pt")
+    report = export_onnx(ckpt, root / "model.onnx")
+    return ckpt, root / "model.onnx", report
+
+
+def test_meta_key_matches_predict() -> None:
+    assert export_mod.ONNX_META_KEY == ONNX_META_KEY
+
+
+def test_export_report_and_parity(exported) -> None:
+    _, onnx_path, report = exported
+    assert report.path == onnx_path and onnx_path.is_file()
+    assert report.passed and report.max_abs_diff <= 1e-4
+    assert report.check_source == "synthetic" and report.n_images == export_mod.N_SYNTHETIC
+    assert report.batch_sizes == [export_mod.N_SYNTHETIC, 1]
+    assert report.input_shape == (3, 32, 32)
+    assert report.size_bytes == onnx_path.stat().st_size > 0
+    assert not list(onnx_path.parent.glob(".*.tmp"))
+
+
+def test_metadata_carries_the_checkpoint_description(exported) -> None:
+    ckpt, onnx_path, _ = exported
+    model = onnx.load(str(onnx_path))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props[ONNX_META_KEY])
+    assert meta["classes"] == CLASSES and meta["img_size"] == 32
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.5, 0.5, 0.5]
+    assert meta["threshold"] == pytest.approx(0.35) and meta["temperature"] == pytest.approx(0.7)
+    assert meta["positive"] == "crack" and meta["backbone"] == "simple_cnn"
+    assert meta["metrics"]["ece"] is None  # NaN is not JSON
+    assert json.loads(props["classes"]) == CLASSES
+    assert props["img_size"] == "32" and json.loads(props["mean"]) == [0.5, 0.5, 0.5]
+    assert props["positive"] == "crack"
+    # The batch axis is symbolic; channels and size are fixed.
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert [o.name for o in model.graph.output] == ["logits"]
+
+
+def test_onnx_predictor_matches_torch(exported, tmp_path: Path) -> None:
+    ckpt, onnx_path, _ = exported
+    paths = []
+    for i in range(5):
+        noise_image(i, (48, 40)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    torch_p = Predictor.from_checkpoint(ckpt)
+    onnx_p = Predictor.from_checkpoint(onnx_path)
+    beside = Predictor.from_checkpoint(ckpt, backend="onnx")  # finds model.onnx beside it
+    assert onnx_p.backend == beside.backend == "onnx"
+    assert onnx_p.classes == CLASSES and onnx_p.threshold == pytest.approx(0.35)
+    assert onnx_p.describe()["backbone"] == "simple_cnn"
+    for batch_size in (1, 2, 5):
+        a = list(torch_p.predict_paths(paths, batch_size))
+        b = list(onnx_p.predict_paths(paths, batch_size))
+        for x, y in zip(a, b, strict=True):
+            assert x.label == y.label
+            for c in CLASSES:
+                assert abs(x.probabilities[c] - y.probabilities[c]) <= 1e-4
+
+
+def test_check_images_given(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    files = []
+    for i in range(3):
+        noise_image(10 + i).save(tmp_path / f"c{i}.png")
+        files.append(tmp_path / f"c{i}.png")
+    report = export_onnx(ckpt, tmp_path / "m.onnx", check_images=files)
+    assert report.check_source == "images" and report.n_images == 3
+    assert report.batch_sizes == [3, 1]
+
+
+def test_refuses_a_model_that_fails_parity(tmp_path: Path, monkeypatch) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    real = export_mod._torch_export
+
+    def perturbed(model, example, path, opset):
+        # Export a copy whose head is off by a little: the check must notice and refuse it.
+        import copy
+
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.head[-1].bias[0] += 0.05  # one logit: softmax ignores a common shift
+        real(other, example, path, opset)
+
+    monkeypatch.setattr(export_mod, "_torch_export", perturbed)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="differ from PyTorch's.*was not written"):
+        export_onnx(ckpt, out)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_refuses_to_overwrite(exported, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"user file")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_onnx(ckpt, out)
+    assert out.read_bytes() == b"user file"
+    export_onnx(ckpt, out, overwrite=True)
+    assert onnx.load(str(out)).graph.output[0].name == "logits"
+
+
+def test_grayscale_and_single_logit(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "g.pt", num_classes=1, in_chans=1, mean=None, std=None)
+    report = export_onnx(ckpt, tmp_path / "g.onnx")
+    assert report.passed and report.input_shape == (1, 32, 32)
+    pred = Predictor.from_checkpoint(tmp_path / "g.onnx").predict_images([noise_image(1)])[0]
+    assert list(pred.probabilities) == CLASSES
+
+
+def test_onnx_metadata_is_json_safe() -> None:
+    props = onnx_metadata({"classes": ["a"], "img_size": 8, "metrics": {"x": float("inf")}})
+    assert json.loads(props[ONNX_META_KEY])["metrics"]["x"] is None
+    assert props["classes"] == '["a"]'
+
+
+def test_cli_export(tmp_path: Path, capsys) -> None:
+    ckpt = make_checkpoint(tmp_path / "model.pt")
+    assert main(["export", str(ckpt)]) == 0  # default: model.onnx beside the checkpoint
+    assert (tmp_path / "model.onnx").is_file()
+    assert "max |p_onnx - p_torch|" in capsys.readouterr().err
+    assert main(["export", str(ckpt)]) == 2
+    assert "exists" in capsys.readouterr().err
+    out = tmp_path / "sub" / "other.onnx"
+    noise_image(0).save(tmp_path / "check.png")
+    args = ["export", str(ckpt), "--out", str(out), "--check-images", str(tmp_path / "check.png")]
+    assert main(args) == 0
+    assert "parity on 1 given image(s)" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
+
+    # `fracturekit predict --backend onnx` finds model.onnx beside model.pt: same rows.
+    rows = {}
+    for backend in ("torch", "onnx"):
+        out_csv = tmp_path / f"{backend}.csv"
+        args = ["predict", str(ckpt), str(tmp_path / "check.png"), "--out", str(out_csv)]
+        assert main([*args, "--backend", backend]) == 0
+        rows[backend] = out_csv.read_text(encoding="utf-8").splitlines()
+    assert rows["torch"][0] == rows["onnx"][0] == "path,label,p_crack,p_no_crack,threshold,error"
+    torch_row, onnx_row = rows["torch"][1].split(","), rows["onnx"][1].split(",")
+    assert torch_row[1] == onnx_row[1]
+    assert float(torch_row[2]) == pytest.approx(float(onnx_row[2]), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_parity(tmp_path: Path) -> None:
+    """TF "same" padding and depthwise convolutions through the exporter, at 64 px."""
+    ckpt = make_checkpoint(tmp_path / "lite0.pt", "efficientnet_lite0", img_size=64)
+    report = export_onnx(ckpt, tmp_path / "lite0.onnx")
+    assert report.passed and report.input_shape == (3, 64, 64)
+    session_in = Predictor.from_checkpoint(tmp_path / "lite0.onnx")
+    x = torch.randn(3, 3, 64, 64)
+    torch_p = Predictor.from_checkpoint(ckpt)
+    assert np.abs(session_in.predict_proba(x) - torch_p.predict_proba(x)).max() <= 1e-4

@@ -1,0 +1,542 @@
+"""The REST API and its page (FastAPI TestClient): every route and every kind of bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import tempfile
+import time
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from fixture_images import dicom_bytes, jpeg_bytes, noise_image, write_tiff16
+from fracturekit.cli import main
+from fracturekit.models import build_model, save_checkpoint
+from fracturekit.predict import Predictor
+from fracturekit.serve import create_app
+from fracturekit.serve.app import ENV_CHECKPOINT, ENV_MAX_UPLOAD_MB, create_app_from_env
+
+CLASSES = ["crack", "no_crack"]
+STATIC = Path(__file__).resolve().parents[1] / "src" / "fracturekit" / "serve" / "static"
+
+
+def make_checkpoint(path: Path, threshold: float = 0.4) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("simple_cnn", 2, pretrained=False)
+    meta = {
+        "classes": CLASSES,
+        "img_size": 32,
+        "positive": "crack",
+        "threshold": threshold,
+        "metrics": {"f1": 0.91, "roc_auc": 0.97},
+    }
+    return save_checkpoint(path, model, meta)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (10 gigapixels by default)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def upload(data: bytes, name: str = "image.png", ctype: str = "image/png", field: str = "file"):
+    return {field: (name, data, ctype)}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("serve") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def client(ckpt: Path):
+    with TestClient(create_app(ckpt)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def picture() -> bytes:
+    return png_bytes(noise_image(7, (64, 48)))
+
+
+def assert_error(response, status: int, *words: str) -> str:
+    """A JSON error with ``status`` whose message holds every word."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for word in words:
+        assert word in detail, detail
+    return detail
+
+
+# --------------------------------------------------------------------------------------------
+# routes
+
+
+def test_health(client: TestClient) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["model"] == "simple_cnn" and body["backend"] == "torch"
+
+
+def test_model(client: TestClient) -> None:
+    body = client.get("/model").json()
+    assert body["classes"] == CLASSES and body["positive"] == "crack"
+    assert body["img_size"] == 32 and body["threshold"] == pytest.approx(0.4)
+    assert body["metrics"] == {"f1": 0.91, "roc_auc": 0.97}
+    assert body["max_upload_mb"] == 25 and "gradcam" in body["explain_methods"]
+
+
+def test_predict_matches_the_predictor(client: TestClient, ckpt: Path, picture: bytes) -> None:
+    r = client.post("/predict", files=upload(picture, "wall.png"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = Predictor.from_checkpoint(ckpt).predict_images([Image.open(io.BytesIO(picture))])[0]
+    assert body["path"] == "wall.png" and body["label"] == expected.label
+    assert body["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
+    for c in CLASSES:
+        assert body["probabilities"][c] == pytest.approx(expected.probabilities[c], abs=1e-6)
+    assert body["threshold"] == pytest.approx(0.4) and body["positive"] == "crack"
+    assert body["image"] == {"width": 64, "height": 48}
+    assert set(body["timing_ms"]) == {"decode_ms", "inference_ms", "total_ms"}
+    assert body["timing_ms"]["total_ms"] >= body["timing_ms"]["inference_ms"] >= 0
+    assert body["preview_png"] is None and body["error"] is None
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "gray-png", "tiff16", "dicom", "dicom-no-suffix"])
+def test_predict_formats_with_preview(client: TestClient, tmp_path: Path, kind: str) -> None:
+    if kind == "jpeg":
+        data, name = jpeg_bytes(noise_image(1, (40, 30))), "a.jpg"
+    elif kind == "gray-png":
+        data, name = png_bytes(noise_image(2, (40, 30), mode="L")), "a.png"
+    elif kind == "tiff16":
+        data, name = write_tiff16(tmp_path / "a.tif", size=(40, 30)).read_bytes(), "a.tif"
+    else:
+        values = np.linspace(0, 4000, 30 * 40).reshape(30, 40).astype(np.uint16)
+        data, name = dicom_bytes(values), ("a.dcm" if kind == "dicom" else "scan")
+    r = client.post("/predict?preview=true", files=upload(data, name, "application/octet-stream"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] in CLASSES and body["image"] == {"width": 40, "height": 30}
+    preview = Image.open(io.BytesIO(base64.b64decode(body["preview_png"])))
+    assert preview.format == "PNG" and preview.size == (40, 30)
+
+
+def test_preview_of_a_large_image_is_downsized(client: TestClient) -> None:
+    big = png_bytes(noise_image(3, (1200, 600)))
+    body = client.post("/predict?preview=1", files=upload(big)).json()
+    assert body["image"] == {"width": 1200, "height": 600}
+    preview = Image.open(io.BytesIO(base64.b64decode(body["preview_png"])))
+    assert preview.size == (512, 256)
+
+
+def test_explain_png_and_json(client: TestClient, picture: bytes) -> None:
+    r = client.post("/explain", files=upload(picture))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-fracturekit-label"] in CLASSES
+    assert Image.open(io.BytesIO(r.content)).size == (64, 48)
+
+    r = client.post("/explain?format=json", files=upload(picture))
+    body = r.json()
+    assert r.status_code == 200 and body["method"] == "gradcam"
+    assert body["target"] == "crack"  # a binary model explains its positive class by default
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
+    assert overlay.size == (64, 48) and overlay.mode == "RGB"
+    assert body["label"] in CLASSES and "width" in body
+    assert body["width"] is None or body["width"]["n_cracks"] >= 1
+
+    other = client.post(
+        "/explain?format=json&target=no_crack&method=eigencam&width=false", files=upload(picture)
+    ).json()
+    assert other["target"] == "no_crack" and other["method"] == "eigencam"
+    assert other["width"] is None
+
+
+def test_explain_measures_the_crack_width(tmp_path: Path) -> None:
+    """A model that always answers "crack" (threshold 0): the dark crack drawn on a synthetic
+    concrete image is found in the heat-map region and measured in the uploaded image's px."""
+    from fracturekit.synthetic import render_sample
+
+    sample = render_sample(np.random.default_rng(5), 128, "concrete", True)
+    crack = png_bytes(Image.fromarray(sample.image))
+    big = png_bytes(Image.fromarray(sample.image).resize((1024, 1024), Image.Resampling.NEAREST))
+    with TestClient(create_app(make_checkpoint(tmp_path / "always.pt", threshold=0.0))) as c:
+        body = c.post("/explain?format=json&px_per_mm=4", files=upload(crack)).json()
+        assert body["label"] == "crack" and body["target"] == "crack"
+        width = body["width"]
+        assert width is not None and width["n_cracks"] >= 1
+        true_max = max(t.max_width_px for t in sample.cracks)
+        assert 0 < width["max_width_px"] <= true_max + 3
+        assert width["length_px"] > 10
+        assert width["length_mm"] == pytest.approx(width["length_px"] / 4, rel=1e-3)
+        assert width["severity"] in ("narrow", "moderate", "wide")
+        # 8x larger upload: measured on its 512 px copy, reported in the upload's pixels.
+        scaled = c.post("/explain?format=json", files=upload(big)).json()["width"]
+        assert scaled is not None
+        assert scaled["length_px"] == pytest.approx(8 * width["length_px"], rel=0.35)
+        off = c.post("/explain?format=json&width=false", files=upload(crack)).json()
+        assert off["width"] is None
+
+
+def test_page_and_static_files(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    html = r.text
+    for needle in ('id="file"', 'id="label"', 'id="bars"', 'id="show-overlay"', 'role="alert"'):
+        assert needle in html
+    for name, ctype in (("app.js", "javascript"), ("style.css", "text/css")):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and ctype in r.headers["content-type"]
+
+
+def test_page_needs_no_network() -> None:
+    """No CDN, font service or any other host: the page works offline."""
+    for path in STATIC.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+
+
+def test_openapi_documents_the_upload(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/health", "/model", "/predict", "/explain"} <= set(schema["paths"])
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert body["schema"]["required"] == ["file"]
+    assert "413" in schema["paths"]["/predict"]["post"]["responses"]
+    props = schema["components"]["schemas"]["PredictionResponse"]["properties"]
+    assert {"path", "label", "confidence", "probabilities", "threshold", "error"} <= set(props)
+    assert client.get("/docs").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: always a 4xx JSON message, never a 500
+
+
+def test_not_an_image(client: TestClient) -> None:
+    r = client.post("/predict", files=upload(b"%PDF-1.4 hello", "report.pdf", "application/pdf"))
+    assert_error(r, 422, "report.pdf", "not a readable image")
+
+
+def test_truncated_image(client: TestClient, picture: bytes) -> None:
+    r = client.post("/predict", files=upload(picture[: len(picture) // 2], "half.png"))
+    assert_error(r, 422, "half.png", "truncated")
+    r = client.post("/predict", files=upload(jpeg_bytes(noise_image(1))[:-6], "cut.jpg"))
+    assert_error(r, 422, "cut.jpg", "truncated")
+
+
+def test_zero_bytes(client: TestClient) -> None:
+    assert_error(client.post("/predict", files=upload(b"", "empty.png")), 422, "empty.png", "empty")
+
+
+def test_decompression_bomb(client: TestClient) -> None:
+    r = client.post("/predict", files=upload(bomb_png(), "bomb.png"))
+    assert_error(r, 413, "bomb.png", "100000x100000", "megapixels")
+    r = client.post("/explain", files=upload(bomb_png(), "bomb.png"))
+    assert_error(r, 413, "megapixels")
+
+
+def test_pixel_limit_is_configurable(ckpt: Path, picture: bytes) -> None:
+    with TestClient(create_app(ckpt, max_pixels=1000)) as c:
+        assert_error(c.post("/predict", files=upload(picture)), 413, "megapixels")
+        small = png_bytes(noise_image(1, (20, 20)))
+        assert c.post("/predict", files=upload(small)).status_code == 200
+
+
+def test_upload_over_the_size_limit(ckpt: Path) -> None:
+    with TestClient(create_app(ckpt, max_upload_mb=0.05)) as c:  # 51 KiB
+        big = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+        # Refused from the Content-Length header...
+        assert_error(c.post("/predict", files=upload(big)), 413, "limit", "--max-upload-mb")
+
+        # ...and, without one (chunked), by counting the bytes as they arrive.
+        boundary = "xYzBoundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+
+        def body():
+            yield head
+            for i in range(0, len(big), 8192):
+                yield big[i : i + 8192]
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = c.post(
+            "/predict",
+            content=body(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert_error(r, 413, "limit")
+        assert c.post("/predict", files=upload(png_bytes(noise_image(1)))).status_code == 200
+
+
+def test_body_is_refused_while_it_streams() -> None:
+    """The reader stops at the limit: the rest of a huge body is never received."""
+    import anyio
+    from starlette.requests import Request
+
+    from fracturekit.serve._upload import UploadError, read_file_part
+
+    boundary = b"bnd"
+    head = b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+    received = []
+
+    async def receive() -> dict:
+        received.append(1)
+        chunk = head if len(received) == 1 else b"\0" * 65536
+        return {"type": "http.request", "body": chunk, "more_body": len(received) < 10_000}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/predict",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary)],
+    }
+
+    async def read() -> None:
+        await read_file_part(Request(scope, receive), "file", 2**20)
+
+    with pytest.raises(UploadError) as info:
+        anyio.run(read)
+    assert info.value.status == 413
+    # 1 MiB limit + 64 KiB of multipart allowance: about 18 chunks of 64 KiB, not 10,000.
+    assert len(received) <= 20
+
+
+def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
+    """A client trickling its body gets 408 and frees its upload slot (raw ASGI: TestClient
+    would read the whole body before the app sees it)."""
+    import anyio
+
+    from fracturekit.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "UPLOAD_TIMEOUT_S", 0.3)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.png"\r\n\r\n'
+    calls = []
+
+    async def receive() -> dict:
+        calls.append(1)
+        if len(calls) > 1:
+            await anyio.sleep(5)  # the rest of the body never comes in time
+        return {"type": "http.request", "body": head, "more_body": True}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    app = create_app(ckpt)
+    with TestClient(app) as c:
+        sent: list[dict] = []
+
+        async def drive() -> None:
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            await app(dict(scope), receive, send)
+
+        started = time.perf_counter()
+        c.portal.call(drive)
+        assert time.perf_counter() - started < 3
+        assert c.get("/health").status_code == 200
+    assert sent[0]["status"] == 408
+    assert b"longer than" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_wrong_field_name(client: TestClient, picture: bytes) -> None:
+    r = client.post("/predict", files=upload(picture, field="image"))
+    assert_error(r, 422, "no form field named 'file'", "'image'")
+    r = client.post("/explain", data={"note": "x"}, files=upload(picture, field="upload"))
+    assert_error(r, 422, "'note'", "'upload'")
+
+
+def test_not_multipart(client: TestClient, picture: bytes) -> None:
+    r = client.post("/predict", content=picture, headers={"content-type": "image/png"})
+    assert_error(r, 415, "multipart/form-data", "'file'")
+    r = client.post("/predict", json={"file": "abc"})
+    assert_error(r, 415, "application/json")
+    assert_error(client.post("/predict"), 415, "multipart/form-data")
+
+
+def test_malformed_multipart(client: TestClient) -> None:
+    r = client.post(
+        "/predict", content=b"no boundary here", headers={"content-type": "multipart/form-data"}
+    )
+    assert_error(r, 400, "boundary")
+    r = client.post(
+        "/predict",
+        content=b"--b\r\nbroken header line\r\n\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code in (400, 422) and isinstance(r.json()["detail"], str)
+    many = {f"f{i}": (f"{i}.png", b"x", "image/png") for i in range(20)}
+    assert_error(client.post("/predict", files=many), 400, "too many parts")
+
+
+def test_bad_query_parameters(client: TestClient, picture: bytes) -> None:
+    assert_error(client.post("/explain?format=gif", files=upload(picture)), 422, "format")
+    assert_error(client.post("/explain?method=magic", files=upload(picture)), 422, "gradcam")
+    r = client.post("/explain?target=dog", files=upload(picture))
+    assert_error(r, 422, "'dog'", "crack, no_crack")
+    assert_error(client.post("/explain?px_per_mm=-2", files=upload(picture)), 422, "px_per_mm")
+    assert_error(client.post("/predict?preview=maybe", files=upload(picture)), 422, "preview")
+
+
+def test_unknown_routes_and_methods(client: TestClient) -> None:
+    assert_error(client.get("/nothing"), 404, "Not Found")
+    assert_error(client.get("/predict"), 405, "Method Not Allowed")
+
+
+def test_still_healthy_after_bad_input(client: TestClient, picture: bytes) -> None:
+    for data in (b"", b"junk", bomb_png(), picture[:100]):
+        assert 400 <= client.post("/predict", files=upload(data)).status_code < 500
+    assert client.get("/health").status_code == 200
+    assert client.post("/predict", files=upload(picture)).status_code == 200
+
+
+def test_concurrent_requests(client: TestClient) -> None:
+    pictures = [png_bytes(noise_image(i, (40, 40))) for i in range(4)]
+    expected = [client.post("/predict", files=upload(p)).json()["probabilities"] for p in pictures]
+
+    def one(i: int) -> dict:
+        route = "/explain?format=json" if i % 3 == 0 else "/predict"
+        return client.post(route, files=upload(pictures[i % 4])).json()
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(12)))
+    for i, body in enumerate(results):
+        for c in CLASSES:
+            assert body["probabilities"][c] == pytest.approx(expected[i % 4][c], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# uploads stay off the disk unless asked
+
+
+def test_nothing_written_to_disk(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    spool = tmp_path / "tmp"
+    cwd = tmp_path / "cwd"
+    spool.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where spooled uploads would go
+    monkeypatch.chdir(cwd)
+    big = png_bytes(noise_image(9, (900, 900)))  # over 1 MB: larger than any in-memory spool
+    assert len(big) > 2**20
+    with TestClient(create_app(ckpt)) as c:
+        assert c.post("/predict", files=upload(big)).status_code == 200
+        assert c.post("/explain", files=upload(big)).status_code == 200
+    assert list(spool.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
+def test_save_uploads(ckpt: Path, tmp_path: Path, picture: bytes) -> None:
+    keep = tmp_path / "kept"
+    with TestClient(create_app(ckpt, save_uploads=keep)) as c:
+        c.post("/predict", files=upload(picture, "../../evil name.png"))
+        c.post("/predict", files=upload(picture, "../../evil name.png"))
+        c.post("/predict", files=upload(b"junk", "bad.png"))
+    files = sorted(keep.iterdir())
+    assert len(files) == 3 and all(f.parent == keep for f in files)
+    named = [f for f in files if f.name.endswith("evil_name.png")]
+    assert len(named) == 2 and named[0].name != named[1].name
+    assert named[0].read_bytes() == picture
+    assert not [f for f in files if f.name.startswith(".")]  # no temporary files left
+
+
+# --------------------------------------------------------------------------------------------
+# construction, ONNX backend, environment factory, CLI
+
+
+def test_create_app_from_a_predictor(ckpt: Path, picture: bytes) -> None:
+    with TestClient(create_app(Predictor.from_checkpoint(ckpt))) as c:
+        assert c.post("/predict", files=upload(picture)).json()["label"] in CLASSES
+    with pytest.raises(ValueError, match="max_upload_mb"):
+        create_app(ckpt, max_upload_mb=0)
+
+
+def test_onnx_backend_serves_predictions_not_heat_maps(ckpt: Path, tmp_path: Path) -> None:
+    from fracturekit.export import export_onnx
+
+    onnx_path = export_onnx(ckpt, tmp_path / "model.onnx").path
+    picture = png_bytes(noise_image(4))
+    torch_body = None
+    with TestClient(create_app(ckpt)) as c:
+        torch_body = c.post("/predict", files=upload(picture)).json()
+    with TestClient(create_app(onnx_path)) as c:
+        assert c.get("/model").json()["explain_methods"] == []
+        body = c.post("/predict", files=upload(picture)).json()
+        assert body["label"] == torch_body["label"]
+        assert body["confidence"] == pytest.approx(torch_body["confidence"], abs=1e-4)
+        assert_error(c.post("/explain", files=upload(picture)), 501, "ONNX Runtime")
+
+
+def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:
+    monkeypatch.setenv(ENV_CHECKPOINT, str(ckpt))
+    monkeypatch.setenv(ENV_MAX_UPLOAD_MB, "0.01")
+    with TestClient(create_app_from_env()) as c:
+        assert c.get("/model").json()["max_upload_mb"] == pytest.approx(0.01)
+        assert c.post("/predict", files=upload(picture)).status_code == 200
+        assert_error(c.post("/predict", files=upload(b"x" * 90_000)), 413)
+    monkeypatch.delenv(ENV_CHECKPOINT)
+    with pytest.raises(RuntimeError, match=ENV_CHECKPOINT):
+        create_app_from_env()
+
+
+def test_cli_and_app_agree_on_the_environment() -> None:
+    from fracturekit.cli import serve as cli_serve
+    from fracturekit.serve import app
+
+    for name in ("ENV_CHECKPOINT", "ENV_BACKEND", "ENV_MAX_UPLOAD_MB", "ENV_SAVE_UPLOADS"):
+        assert getattr(cli_serve, name) == getattr(app, name)
+    module, factory = cli_serve.APP_FACTORY.split(":")
+    assert module == app.__name__ and callable(getattr(app, factory))
+
+
+def test_cli_serve_checks_before_starting(tmp_path: Path, ckpt: Path, capsys) -> None:
+    assert main(["serve", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["serve", str(tmp_path / "junk.pt")]) == 2
+    assert "junk.pt" in capsys.readouterr().err
+    assert main(["serve", str(ckpt), "--workers", "0"]) == 2
+    assert main(["serve", str(ckpt), "--port", "70000"]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main(["serve", str(ckpt), "--save-uploads", str(tmp_path / "file")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_errors_are_json_with_a_detail_string(client: TestClient) -> None:
+    r = client.post("/predict", files=upload(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64))
+    assert r.status_code == 422
+    assert json.loads(r.text).keys() == {"detail"}
