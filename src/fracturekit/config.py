@@ -53,7 +53,7 @@ class TrainConfig:
     strict: bool = False
     img_size: int | None = None  # None: the backbone's default
     channels: int = 3
-    augment: str = "default"
+    augment: str = "none"  # anything else trains end to end (no feature cache)
     balance: str = "none"  # none | weights | sampler | undersample:R
     workers: int = 0
     # model
@@ -62,13 +62,13 @@ class TrainConfig:
     pretrained: bool = True  # only the embedded backbone (or --weights) can honour it offline
     hidden: list[int] = field(default_factory=list)
     dropout: float = 0.2
-    freeze: str = "all-but-head"
-    train_last: int | None = None
+    freeze: str = "train-last"
+    train_last: int | None = 3
     # optimisation
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 32
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float = 5e-4
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"

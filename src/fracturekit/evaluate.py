@@ -892,6 +892,8 @@ def evaluate_checkpoint(
     n_boot: int = 1000,
     seed: int = 0,
     mistakes: int = 16,
+    cams: int = 6,
+    localisation: bool = True,
     **load_options: Any,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on labelled data through ``Predictor`` and write the evaluation.
@@ -910,10 +912,15 @@ def evaluate_checkpoint(
         layout: data layout passed to ``load_dataset``.
         n_boot, seed: bootstrap resamples and seed.
         mistakes: at most this many images in the mistakes gallery.
+        cams: images per group of the CAM gallery in ``out/cams`` (``explain.write_cam_gallery``;
+            0: none). PyTorch checkpoints only.
+        localisation: when samples have masks, add ``localisation`` (pointing game, energy in
+            mask, pixel AUC: ``explain.evaluate_localisation``) to ``metrics.json``.
         **load_options: more keyword arguments for ``load_dataset``.
 
     Returns:
-        The metrics dict, with a ``source`` entry (checkpoint, data, split, unreadable images).
+        The metrics dict, with a ``source`` entry (checkpoint, data, split, unreadable images)
+        and, when the data have masks, a ``localisation`` entry.
 
     Raises:
         ValueError: when the data hold a class the checkpoint does not know, or no image can be
@@ -979,6 +986,18 @@ def evaluate_checkpoint(
             f"{len(source['dropped'])} file(s) of {data} left out by the data loader "
             "(see source.dropped)"
         )
+    extra: dict[str, Any] = {"source": source}
+    if getattr(predictor, "model", None) is not None:  # heat maps need the PyTorch model
+        from fracturekit.explain import evaluate_localisation, write_cam_gallery
+
+        if localisation and any(getattr(s, "mask", None) is not None for s in samples):
+            extra["localisation"] = evaluate_localisation(predictor, samples, batch_size=batch_size)
+        if cams:
+            labels = [classes[i] for i in y]
+            write_cam_gallery(
+                predictor, paths, labels, Path(out) / "cams", n_per_group=cams,
+                probabilities=np.stack(rows), threshold=threshold,
+            )  # fmt: skip
     return evaluate_predictions(
         np.array(y),
         np.stack(rows),
@@ -991,6 +1010,6 @@ def evaluate_checkpoint(
         n_boot=n_boot,
         seed=seed,
         mistakes=mistakes,
-        extra={"source": source},
+        extra=extra,
         notes=notes,
     )

@@ -1,13 +1,122 @@
-"""`fracturekit explain` (being written)."""
+"""Class-activation heat maps: where the network sees the crack or fracture.
+
+For every image, writes into --out: <stem>_cam.png (the image beside its heat-map overlay, a
+colour bar, and the predicted class and probability in the title), <stem>_overlay.png (the
+overlay at full size) and <stem>_cam.npy (the float32 heat map in [0, 1] at the image's size).
+--layers also saves what chosen intermediate layers respond to, as grids of their most structured
+feature maps (<stem>_layer_<name>.png); `--layers help` lists the names.
+
+The heat map explains the positive class of a binary model (the evidence for a crack, whatever
+the decision) and the predicted class of a multi-class model, unless --target names a class.
+
+Exit codes: 0 every image explained; 1 some images could not be read; 2 a usage error.
+
+Examples:
+  fracturekit explain runs/concrete/model.pt photos/ --out cams
+  fracturekit explain model.pt xray.dcm --out cams --method layercam --layers block2,block4
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from fracturekit.explain import CAM_METHODS, DEFAULT_METHOD
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (model.pt)")
+    parser.add_argument(
+        "images", metavar="IMAGES", nargs="+", help="image files or folders (searched recursively)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--method",
+        choices=list(CAM_METHODS),
+        default=DEFAULT_METHOD,
+        help=f"CAM method (default {DEFAULT_METHOD})",
+    )
+    parser.add_argument(
+        "--target",
+        metavar="CLASS",
+        help="class to explain, by name or index (default: the positive class of a binary "
+        "model, else the predicted class)",
+    )
+    parser.add_argument(
+        "--layers",
+        metavar="NAME,...",
+        help="also save feature-map grids of these layers (block0, block1, ..., cam, or dotted "
+        "module names; 'help' lists them)",
+    )
+    parser.add_argument(
+        "--cam-layer",
+        metavar="NAME",
+        help="layer the heat map is computed at (default: the model's last convolutional stage)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="default: 8")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _image_paths(items: list[str]) -> list[Path]:
+    from fracturekit.io import is_image_file
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            if not found:
+                raise ValueError(f"{p}: no image files in this folder")
+            paths += found
+        else:
+            paths.append(p)  # a missing or bad file is reported per image
+    return paths
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("fracturekit explain is not implemented yet")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from fracturekit.explain import explain_images, layer_choices
+    from fracturekit.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    layers = [n.strip() for n in (args.layers or "").split(",") if n.strip()]
+    if layers == ["help"]:
+        names = ", ".join(layer_choices(predictor.model))
+        print(f"layers of {predictor.meta.get('backbone')}: {names} (or dotted module names)")
+        return 0
+    err = Console(stderr=True)
+    bar = Progress(
+        TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+    )
+    task = bar.add_task("explain", total=None)
+    with bar:
+        results = explain_images(
+            predictor,
+            _image_paths(args.images),
+            args.out,
+            method=args.method,
+            target=args.target,
+            layers=layers,
+            layer=args.cam_layer,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    table = Table()
+    for name in ("image", "predicted", "p", "heat map for", "figure"):
+        table.add_column(name, overflow="fold")
+    failed = 0
+    for r in results:
+        if r.error is not None:
+            failed += 1
+            table.add_row(r.path, "[red]error[/red]", "", "", r.error)
+        else:
+            table.add_row(r.path, r.label, f"{r.confidence:.3f}", r.target, str(r.figure))
+    Console().print(table)
+    if failed:
+        err.print(f"[yellow]{failed} of {len(results)} image(s) could not be read[/yellow]")
+        return 1
+    return 0

@@ -1,0 +1,847 @@
+"""Scanning large images tile by tile: a stitched crack-probability map, an overlay, regions.
+
+Wall and road photos, borehole image logs and whole X-rays are larger than a network's input.
+``scan_image`` slides a window of ``tile`` px with step ``stride`` over the image, classifies the
+tiles in batches through ``Predictor.predict_proba`` (the one inference path: the checkpoint's
+own preprocessing, temperature and threshold), and averages the positive-class probabilities of
+overlapping tiles into a map.
+
+**The map** lives on a grid of ``stride``-px cells, not at full resolution (a 20,000 px image
+scanned with stride 112 gives a 179 x 179 map): a cell holds the mean probability of every tile
+that covers the cell's centre. Regions are the connected groups of cells at or above the
+checkpoint's decision threshold, outlined as polygons in image pixel coordinates: the line where
+the map, interpolated between cell centres, crosses the threshold
+(``skimage.measure.find_contours``, simplified by ``approximate_polygon``); holes inside a region
+are not outlined.
+
+**Streaming.** Rows are read top to bottom in bands and dropped once no tile needs them, so
+memory holds about ``tile`` rows of the image plus a thumbnail (at most 2048 px) for the overlay:
+
+* TIFF (tiled or striped; uncompressed, Deflate, LZW, PackBits, anything ``tifffile`` decodes
+  without extra codecs): read strip by strip or one row of tiles at a time; uncompressed
+  contiguous files are memory-mapped. 8-bit, 16-bit, float, grayscale, RGB and RGBA.
+* BMP (uncompressed 8-bit palette, 24- and 32-bit) and binary PGM/PPM (8 and 16 bit):
+  memory-mapped.
+* Everything else (JPEG, PNG, WebP, DICOM, compressed BMP, JPEG-compressed TIFF, TIFFs with an
+  orientation tag): PIL or pydicom must decode the whole picture through ``fracturekit.io``;
+  that is allowed up to ``DECODE_MAX_PIXELS`` (250 megapixels, about 750 MB of RGB) unless
+  ``max_pixels`` says otherwise. Convert larger pictures to a tiled TIFF first (e.g.
+  ``vips tiffsave in.jpg out.tif --tile --compression deflate``).
+
+Pixel values follow ``fracturekit.io``'s rules: 16-bit and float data are stretched linearly
+from the image's own minimum to its maximum (found in a first streaming pass), alpha is
+composited onto black, grayscale is replicated for RGB models.
+
+Outputs in ``out``: ``overlay.png`` (thumbnail with the map and the region outlines),
+``probability.png`` (8-bit map, one pixel per cell), ``probability.npy`` (float32 map),
+``regions.json`` (scan settings, the regions with polygon, area, maximum and mean probability)
+and ``tiles.csv`` (every tile's box and probability).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import math
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fracturekit._files import atomic_write, atomic_write_text
+from fracturekit.explain import colorize
+from fracturekit.io import ImageReadError, read_image
+
+SCAN_MAX_PIXELS = 4_000_000_000  # streamed formats: memory stays bounded, only time grows
+DECODE_MAX_PIXELS = 250_000_000  # formats decoded whole: ~750 MB of RGB at this size
+THUMBNAIL_PX = 2048  # long side of the overlay at most
+MAP_PNG_PX = 4096  # probability.png is downsampled beyond this
+BAND_ROWS = 256  # rows per read from memory-mapped files
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # one TIFF strip/tile row larger than this is refused
+OUTPUT_FILES = ("overlay.png", "probability.png", "probability.npy", "regions.json", "tiles.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# reading rows in bands
+
+
+@dataclass
+class RowSource:
+    """An image read top to bottom in bands of rows.
+
+    Attributes:
+        path: the file.
+        width, height: size in pixels.
+        channels: 1 (gray) or 3 (RGB) in the bands given out.
+        streamed: how the pixels are read (``tiff``, ``memmap`` or ``decoded``).
+        bands: returns a fresh iterator of ``(rows, width, channels)`` uint8 bands covering the
+            image top to bottom.
+    """
+
+    path: Path
+    width: int
+    height: int
+    channels: int
+    streamed: str
+    bands: Callable[[], Iterator[np.ndarray]]
+
+
+def _to_uint8(band: np.ndarray, lo: float | None, hi: float | None, alpha: bool) -> np.ndarray:
+    """One raw band ``(h, w, c)`` to uint8 by ``fracturekit.io``'s rules."""
+    if alpha:
+        colour, a = band[..., :-1], band[..., -1:]
+    else:
+        colour, a = band, None
+    if band.dtype != np.uint8:
+        # float64 and the formula of fracturekit.io, so the bytes match a whole decode.
+        scale = 255.0 / (hi - lo) if hi is not None and lo is not None and hi > lo else 0.0
+
+        def stretch(values: np.ndarray) -> np.ndarray:
+            scaled = (np.nan_to_num(values.astype(np.float64)) - lo) * scale
+            return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+        colour = stretch(colour)
+        if a is not None:
+            a = stretch(a)
+    if a is not None:  # composite onto black, as for RGBA/LA images
+        colour = ((colour.astype(np.uint32) * a + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(colour)
+
+
+def _stretched(
+    raw: Callable[[], Iterator[np.ndarray]], alpha: bool
+) -> Callable[[], Iterator[np.ndarray]]:
+    """Bands converted to uint8; non-8-bit data need the image's range first (one extra pass)."""
+    state: dict[str, float | None] = {}
+
+    def bands() -> Iterator[np.ndarray]:
+        it = raw()
+        first = next(it, None)
+        if first is None:
+            return
+        if first.dtype != np.uint8 and "lo" not in state:
+            lo, hi = math.inf, -math.inf
+            for band in _chain(first, it):
+                values = band[..., :-1] if alpha else band
+                if values.dtype.kind == "f":
+                    values = np.nan_to_num(values)  # as fracturekit.io does
+                if values.size:
+                    lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+            state["lo"], state["hi"] = (lo, hi) if lo <= hi else (0.0, 0.0)
+            it = raw()
+            first = next(it)
+        for band in _chain(first, it):
+            yield _to_uint8(band, state.get("lo"), state.get("hi"), alpha)
+
+    return bands
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
+def _memmap_bands(
+    array: np.ndarray, flip: bool, lut: np.ndarray | None = None
+) -> Callable[[], Iterator[np.ndarray]]:
+    """Bands of a memory-mapped ``(rows, width, samples)`` array; ``flip``: stored bottom-up."""
+    height = array.shape[0]
+
+    def bands() -> Iterator[np.ndarray]:
+        for y0 in range(0, height, BAND_ROWS):
+            y1 = min(y0 + BAND_ROWS, height)
+            band = array[height - y1 : height - y0][::-1] if flip else array[y0:y1]
+            band = np.array(band)  # copy out of the map: the pages can then be dropped
+            if lut is not None:
+                band = lut[band[..., 0]]
+            yield band
+
+    return bands
+
+
+def _check_limit(path: Path, width: int, height: int, limit: int | None) -> None:
+    if limit and width * height > limit:
+        raise ImageReadError(
+            path,
+            f"image is {width}x{height}, over the scan limit of {limit / 1e6:g} megapixels "
+            "(raise it with max_pixels / --max-pixels)",
+        )
+
+
+def _open_tiff(path: Path, limit: int | None) -> RowSource | None:
+    """A streamed TIFF, or None when ``tifffile`` cannot stream it (then it is decoded whole)."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: PIL gets its chance
+        return None
+    try:
+        page = tif.pages.first
+        orientation = page.tags.get(274)
+        samples = int(page.samplesperpixel)
+        photometric = int(page.photometric)
+        if (
+            (orientation is not None and int(orientation.value) != 1)
+            or page.is_subsampled
+            or (samples > 1 and int(page.planarconfig) != 1)
+            or photometric not in (1, 2)  # MINISBLACK, RGB (others: PIL's conversions)
+            or samples not in (1, 2, 3, 4)
+            or (photometric == 2 and samples < 3)
+            or page.imagedepth != 1
+            or page.bitspersample not in (8, 16, 32, 64)
+        ):
+            return None
+        height, width = int(page.imagelength), int(page.imagewidth)
+        _check_limit(path, width, height, limit)
+        colour = 3 if photometric == 2 else 1
+        alpha = samples > colour
+        if page.is_memmappable:
+            tif.close()
+            array = tifffile.memmap(path, page=0, mode="r")
+            array = array.reshape(height, width, samples)
+            return RowSource(
+                path,
+                width,
+                height,
+                colour,
+                "memmap",
+                _stretched(_memmap_bands(array, flip=False), alpha),
+            )
+        segment_rows = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip)
+        itemsize = np.dtype(page.dtype).itemsize
+        if min(segment_rows, height) * width * samples * itemsize > MAX_SEGMENT_BYTES:
+            raise ImageReadError(
+                path,
+                f"one TIFF strip holds {min(segment_rows, height)} rows of {width} px: too "
+                "large to stream; re-save it tiled (e.g. vips tiffsave in.tif out.tif --tile)",
+            )
+        # Decode one segment now: a codec tifffile lacks (JPEG, WebP...) shows up here.
+        next(iter(page.segments(maxworkers=1)))
+    except ImageReadError:
+        tif.close()
+        raise
+    except Exception:  # noqa: BLE001 - unsupported layout or codec: decode whole instead
+        tif.close()
+        return None
+    tif.close()
+    return RowSource(
+        path, width, height, colour, "tiff", _stretched(_tiff_bands(path, samples), alpha)
+    )
+
+
+def _tiff_bands(path: Path, samples: int) -> Callable[[], Iterator[np.ndarray]]:
+    """Raw bands of a tiled or striped TIFF: one strip, or one row of tiles, at a time."""
+
+    def bands() -> Iterator[np.ndarray]:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            height, width = int(page.imagelength), int(page.imagewidth)
+            dtype = np.dtype(page.dtype)
+            band: np.ndarray | None = None
+            band_y = -1
+            for data, index, shape in page.segments(maxworkers=1):
+                y, x = int(index[-3]), int(index[-2])
+                rows = min(int(shape[-3]), height - y)
+                if y != band_y:
+                    if band is not None:
+                        yield band
+                    band = np.zeros((rows, width, samples), dtype=dtype)
+                    band_y = y
+                if data is None:  # an empty segment: no data stored, zeros
+                    continue
+                cols = min(int(shape[-2]), width - x)
+                seg = np.asarray(data).reshape(shape[-3], shape[-2], -1)
+                band[:, x : x + cols] = seg[:rows, :cols, :samples]
+            if band is not None:
+                yield band
+
+    return bands
+
+
+def _open_bmp(path: Path, head: bytes, limit: int | None) -> RowSource | None:
+    """An uncompressed BMP (8-bit palette, 24- or 32-bit) as a memory map, else None."""
+    if len(head) < 54 or head[:2] != b"BM":
+        return None
+    offset = struct.unpack_from("<I", head, 10)[0]
+    header_size = struct.unpack_from("<I", head, 14)[0]
+    if header_size < 40:
+        return None
+    width, height, _planes, bits, compression, _size, _xr, _yr, used = struct.unpack_from(
+        "<iiHHIIiiI", head, 18
+    )
+    if width <= 0 or height == 0 or compression != 0 or bits not in (8, 24, 32):
+        return None
+    top_down = height < 0
+    height = abs(height)
+    _check_limit(path, width, height, limit)
+    row_bytes = ((width * bits + 31) // 32) * 4
+    with open(path, "rb") as fp:
+        if fp.seek(0, 2) < offset + row_bytes * height:
+            raise ImageReadError(path, "BMP file is shorter than its header says (truncated)")
+        fp.seek(14 + header_size)
+        palette_raw = fp.read(4 * ((used or 256) if bits == 8 else 0))
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(height, row_bytes))
+    lut = None
+    if bits == 8:
+        pal = np.frombuffer(palette_raw, dtype=np.uint8).reshape(-1, 4)[:, 2::-1]  # BGRX->RGB
+        pal = np.vstack([pal, np.zeros((256 - len(pal), 3), np.uint8)])
+        gray = bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
+        lut = pal[:, :1] if gray else pal
+        pixels = raw[:, :width].reshape(height, width, 1)
+        channels = 1 if gray else 3
+    else:
+        step = bits // 8
+        pixels = raw[:, : width * step].reshape(height, width, step)[..., 2::-1]  # BGR->RGB
+        channels = 3
+    return RowSource(
+        path, width, height, channels, "memmap", _memmap_bands(pixels, not top_down, lut)
+    )
+
+
+def _open_pnm(path: Path, head: bytes, limit: int | None) -> RowSource | None:
+    """A binary PGM (P5) or PPM (P6), 8 or 16 bit, as a memory map, else None."""
+    if head[:2] not in (b"P5", b"P6"):
+        return None
+    fields: list[int] = []
+    pos = 2
+    while len(fields) < 3:
+        while pos < len(head) and head[pos : pos + 1].isspace():
+            pos += 1
+        if head[pos : pos + 1] == b"#":
+            pos = head.find(b"\n", pos)
+            if pos < 0:
+                return None
+            continue
+        start = pos
+        while pos < len(head) and head[pos : pos + 1].isdigit():
+            pos += 1
+        if start == pos:
+            return None
+        fields.append(int(head[start:pos]))
+    pos += 1  # the single whitespace after maxval
+    width, height, maxval = fields
+    _check_limit(path, width, height, limit)
+    channels = 3 if head[:2] == b"P6" else 1
+    dtype = np.dtype(np.uint8) if maxval < 256 else np.dtype(">u2")
+    with open(path, "rb") as fp:
+        if fp.seek(0, 2) < pos + width * height * channels * dtype.itemsize:
+            raise ImageReadError(path, "PNM file is shorter than its header says (truncated)")
+    array = np.memmap(path, dtype=dtype, mode="r", offset=pos, shape=(height, width, channels))
+    return RowSource(
+        path, width, height, channels, "memmap", _stretched(_memmap_bands(array, False), False)
+    )
+
+
+def _decoded(path: Path, channels: int, max_pixels: int) -> RowSource:
+    image = read_image(path, channels=channels, max_pixels=max_pixels)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    return RowSource(
+        path,
+        image.width,
+        image.height,
+        array.shape[2],
+        "decoded",
+        _memmap_bands(array, flip=False),
+    )
+
+
+def open_rows(path: str | Path, *, channels: int = 3, max_pixels: int | None = None) -> RowSource:
+    """Open an image for reading in bands of rows (streamed where the format allows).
+
+    Args:
+        path: the image.
+        channels: for images decoded whole: 1 or 3 (streamed ones keep their own and are
+            converted per tile).
+        max_pixels: the largest image accepted; default ``SCAN_MAX_PIXELS`` for streamed
+            formats and ``DECODE_MAX_PIXELS`` for those decoded whole.
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated or over the pixel limit.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(4096)
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a folder, not an image file") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if not head:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    source = None
+    limit = SCAN_MAX_PIXELS if max_pixels is None else max_pixels
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        source = _open_tiff(path, limit)
+    elif head[:2] == b"BM":
+        source = _open_bmp(path, head, limit)
+    elif head[:2] in (b"P5", b"P6"):
+        source = _open_pnm(path, head, limit)
+    if source is not None:
+        return source
+    limit = DECODE_MAX_PIXELS if max_pixels is None else max_pixels
+    return _decoded(path, channels, limit)
+
+
+class _RowWindow:
+    """Rows ``[y0, y1)`` of a band stream, asked for with non-decreasing ``y0``.
+
+    Keeps only the rows still needed; each new band also goes to ``on_band`` (the thumbnail).
+    """
+
+    def __init__(self, source: RowSource, on_band: Callable[[np.ndarray], None]) -> None:
+        self.bands = source.bands()
+        self.on_band = on_band
+        self.buf = np.zeros((0, source.width, source.channels), dtype=np.uint8)
+        self.top = 0  # image row of buf[0]
+        self.height = source.height
+        self.path = source.path
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        if y0 < self.top:
+            raise ValueError("rows must be asked for top to bottom")
+        while self.top + len(self.buf) < y1:
+            band = next(self.bands, None)
+            if band is None:
+                raise ImageReadError(
+                    self.path, f"ended after {self.top + len(self.buf)} of {self.height} rows"
+                )
+            self.on_band(band)
+            drop = min(max(0, y0 - self.top), len(self.buf))  # rows no tile needs any more
+            self.buf = np.concatenate([self.buf[drop:], band])
+            self.top += drop
+        return self.buf[y0 - self.top : y1 - self.top]
+
+    def drain(self) -> None:
+        for band in self.bands:
+            self.on_band(band)
+
+
+class _Thumbnail:
+    """A box-filtered thumbnail built from bands as they stream past (at most ``size`` px)."""
+
+    def __init__(self, width: int, height: int, channels: int, size: int = THUMBNAIL_PX):
+        self.f = max(1, math.ceil(max(width, height) / size))
+        self.width = width
+        self.out_w = math.ceil(width / self.f)
+        self.pending = np.zeros((0, width, channels), dtype=np.float32)
+        self.rows: list[np.ndarray] = []
+
+    def _reduce(self, block: np.ndarray) -> np.ndarray:
+        rows = block.mean(axis=0)  # (width, channels)
+        pad = self.out_w * self.f - self.width
+        if pad:
+            rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
+        return rows.reshape(self.out_w, self.f, -1).mean(axis=1)
+
+    def add(self, band: np.ndarray) -> None:
+        # In slices of whole row groups, so a tall band is never converted to float at once.
+        step = self.f * max(1, 64 // self.f)
+        for start in range(0, len(band), step):
+            data = np.concatenate([self.pending, band[start : start + step].astype(np.float32)])
+            full = len(data) // self.f
+            for i in range(full):
+                self.rows.append(self._reduce(data[i * self.f : (i + 1) * self.f]))
+            self.pending = data[full * self.f :]
+
+    def image(self) -> np.ndarray:
+        if len(self.pending):
+            self.rows.append(self._reduce(self.pending))
+            self.pending = self.pending[:0]
+        out = np.stack(self.rows) if self.rows else np.zeros((1, self.out_w, 1), np.float32)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+
+
+def tile_positions(length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts along one axis: every ``stride`` px, plus one flush with the far edge."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def _cell_spans(length: int, tile: int, stride: int, starts: list[int]) -> list[tuple[int, int]]:
+    """For each tile start, the cells ``[a, b)`` whose centres the tile covers."""
+    n = math.ceil(length / stride)
+    edges = np.arange(n) * stride
+    centres = (edges + np.minimum(edges + stride, length)) / 2.0
+    spans = []
+    for s in starts:
+        end = min(s + tile, length) if length > tile else length
+        a = int(np.searchsorted(centres, s, side="left"))
+        b = int(np.searchsorted(centres, end, side="left"))
+        spans.append((a, max(b, a + 1)))
+    return spans
+
+
+def _tile_image(rows: np.ndarray, x: int, tile: int) -> Any:
+    from PIL import Image
+
+    crop = rows[:, x : x + tile]
+    h, w = crop.shape[:2]
+    if h < tile or w < tile:  # an image smaller than the tile: mirror it out to full size
+        crop = np.pad(crop, ((0, tile - h), (0, tile - w), (0, 0)), mode="symmetric")
+    crop = np.ascontiguousarray(crop)
+    return Image.fromarray(crop[..., 0] if crop.shape[2] == 1 else crop)
+
+
+# --------------------------------------------------------------------------------------------
+# regions and pictures
+
+
+def find_regions(
+    prob: np.ndarray,
+    threshold: float,
+    cell: int,
+    width: int,
+    height: int,
+    *,
+    tolerance: float = 0.25,
+) -> list[dict[str, Any]]:
+    """Connected groups of cells with ``prob >= threshold`` as polygons in image pixels.
+
+    Args:
+        prob: ``(rows, cols)`` map; cell ``(i, j)`` covers pixels ``[i*cell, (i+1)*cell)`` x
+            ``[j*cell, (j+1)*cell)`` (clipped to the image).
+        threshold: the decision threshold.
+        cell: cell size in px.
+        width, height: the image size.
+        tolerance: polygon simplification tolerance in cells.
+
+    Returns:
+        ``[{"id", "polygon": [[x, y], ...], "bbox": [x0, y0, x1, y1], "area_px",
+        "max_probability", "mean_probability", "cells"}]`` sorted by decreasing maximum.
+    """
+    from skimage import measure
+
+    above = np.asarray(prob) >= threshold
+    labels = measure.label(above, connectivity=2)
+    col0, row0 = np.arange(prob.shape[1]) * cell, np.arange(prob.shape[0]) * cell
+    col_w = np.minimum(col0 + cell, width) - col0
+    row_h = np.minimum(row0 + cell, height) - row0
+    area = np.outer(row_h, col_w).astype(np.float64)
+    regions = []
+    for props in measure.regionprops(labels):
+        inside = labels == props.label
+        # The outline is the iso-line where this region's map, interpolated bilinearly between
+        # cell centres, crosses the threshold (the map outside the region counts as 0).
+        padded = np.pad(np.where(inside, prob, 0.0).astype(np.float64), 1)
+        level = min(float(threshold), float(prob[inside].min()) - 1e-9)
+        contours = measure.find_contours(padded, level)
+        best = max(contours, key=lambda c: abs(_shoelace(c)))
+        poly = measure.approximate_polygon(best, tolerance=tolerance)
+        # Contour indices are padded cell indices; cell k's centre is at pixel (k + 0.5) * cell.
+        ys = np.clip((poly[:, 0] - 1 + 0.5) * cell, 0, height)
+        xs = np.clip((poly[:, 1] - 1 + 0.5) * cell, 0, width)
+        r0, c0, r1, c1 = props.bbox
+        values = prob[inside]
+        regions.append(
+            {
+                "polygon": [
+                    [round(float(x), 1), round(float(y), 1)] for x, y in zip(xs, ys, strict=True)
+                ],
+                "bbox": [
+                    int(c0 * cell),
+                    int(r0 * cell),
+                    int(min(c1 * cell, width)),
+                    int(min(r1 * cell, height)),
+                ],
+                "area_px": int(area[inside].sum()),
+                "max_probability": round(float(values.max()), 6),
+                "mean_probability": round(float(values.mean()), 6),
+                "cells": int(inside.sum()),
+            }
+        )
+    regions.sort(key=lambda r: -r["max_probability"])
+    for i, region in enumerate(regions, 1):
+        region["id"] = i
+    return [{"id": r.pop("id"), **r} for r in regions]
+
+
+def _shoelace(rc: np.ndarray) -> float:
+    y, x = rc[:, 0], rc[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def upsample_map(prob: np.ndarray, cell: int, size: tuple[int, int], factor: int = 1) -> np.ndarray:
+    """The cell map on a pixel grid, bilinear between cell centres.
+
+    Args:
+        prob: ``(rows, cols)`` map of ``cell``-px cells.
+        cell: cell size in image pixels.
+        size: ``(width, height)`` of the grid wanted: the image's size divided by ``factor``.
+        factor: image pixels per output pixel (1: full resolution; the overlay's thumbnail
+            uses its reduction factor).
+    """
+    f = factor
+    from PIL import Image
+
+    full = (max(1, round(prob.shape[1] * cell / f)), max(1, round(prob.shape[0] * cell / f)))
+    up = Image.fromarray(prob.astype(np.float32), mode="F").resize(full, Image.Resampling.BILINEAR)
+    arr = np.asarray(up)
+    out = np.zeros((size[1], size[0]), np.float32)
+    h, w = min(size[1], arr.shape[0]), min(size[0], arr.shape[1])
+    out[:h, :w] = arr[:h, :w]
+    return out
+
+
+def _overlay_png(
+    thumb: np.ndarray,
+    prob: np.ndarray,
+    cell: int,
+    f: int,
+    regions: list[dict[str, Any]],
+    path: Path,
+) -> Path:
+    from PIL import Image, ImageDraw
+
+    rgb = np.repeat(thumb, 3, axis=2) if thumb.shape[2] == 1 else thumb
+    h, w = rgb.shape[:2]
+    p = upsample_map(prob, cell, (w, h), f)
+    heat = colorize(p, "jet").astype(np.float32)
+    # Opacity grows with the probability, so low-probability ground shows the plain image.
+    a = (0.65 * np.clip(p, 0, 1))[..., None]
+    blend = (1 - a) * rgb.astype(np.float32) + a * heat
+    image = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    line = max(1, round(max(w, h) / 600))
+    for region in regions:
+        pts = [(x / f, y / f) for x, y in region["polygon"]]
+        if len(pts) >= 2:
+            draw.line([*pts, pts[0]], fill=(255, 255, 255), width=line)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+# --------------------------------------------------------------------------------------------
+# scanning
+
+
+@dataclass
+class ScanResult:
+    """What ``scan_image`` found and wrote.
+
+    Attributes:
+        path: the image scanned; ``width``/``height`` its size.
+        tile, stride: window and step in px; ``cell`` the map's cell size (= ``stride``).
+        probability: ``(rows, cols)`` float32 stitched positive-class probability per cell.
+        threshold: the checkpoint's decision threshold; ``positive`` the class mapped.
+        regions: crack regions (see ``find_regions``).
+        n_tiles: tiles classified; ``positive_tiles`` those at or above the threshold.
+        tiles: ``(n_tiles, 5)`` array of ``x, y, w, h, probability`` per tile.
+        files: output name -> path.
+        streamed: how pixels were read (``tiff``, ``memmap``, ``decoded``).
+        seconds: wall time of the scan.
+    """
+
+    path: Path
+    width: int
+    height: int
+    tile: int
+    stride: int
+    cell: int
+    probability: np.ndarray
+    threshold: float
+    positive: str
+    regions: list[dict[str, Any]]
+    n_tiles: int
+    positive_tiles: int
+    tiles: np.ndarray
+    files: dict[str, Path] = field(default_factory=dict)
+    streamed: str = ""
+    seconds: float = 0.0
+
+
+def _positive_column(predictor: Any) -> tuple[int, str]:
+    classes = list(predictor.classes)
+    positive = predictor.positive
+    if positive in classes:
+        return classes.index(positive), positive
+    if len(classes) == 2:
+        return 1, classes[1]
+    raise ValueError(
+        f"scan maps one class, but this {len(classes)}-class checkpoint names no positive class"
+    )
+
+
+def scan_image(
+    predictor: Any,
+    path: str | Path,
+    *,
+    tile: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    out: str | Path,
+    max_pixels: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """Scan a large image with overlapping tiles into a crack-probability map and regions.
+
+    Args:
+        predictor: a ``fracturekit.predict.Predictor`` (either backend).
+        path: the image (see the module docstring for what is streamed).
+        tile: window size in image pixels (default: the model's input size); each tile is
+            resized to the model's input by ``predictor.preprocess``.
+        stride: step between windows (default ``tile // 2``); also the map's cell size.
+        batch_size: tiles per forward pass.
+        out: output folder (created).
+        max_pixels: the largest image accepted (see ``open_rows``).
+        overwrite: replace existing output files; otherwise an existing one is an error.
+        progress: called with ``(tiles done, tiles in all)`` after each batch.
+
+    Returns:
+        A ``ScanResult``; the files are listed in the module docstring.
+
+    Raises:
+        ImageReadError: the image cannot be read or is over the pixel limit.
+        ValueError: bad tile/stride/batch size, or a multi-class checkpoint without a positive
+            class.
+        FileExistsError: an output file exists and ``overwrite`` is false.
+    """
+    import torch
+
+    started = time.perf_counter()
+    tile = int(predictor.img_size if tile is None else tile)
+    stride = int(max(1, tile // 2) if stride is None else stride)
+    if tile < 8:
+        raise ValueError(f"tile={tile}: must be at least 8 px")
+    if not 1 <= stride <= tile:
+        raise ValueError(f"stride={stride}: must lie in 1..tile ({tile}) so tiles cover the image")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    column, positive = _positive_column(predictor)
+    threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
+    out = Path(out)
+    files = {name: out / name for name in OUTPUT_FILES}
+    if not overwrite:
+        existing = [str(p) for p in files.values() if p.exists()]
+        if existing:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist(s): pass overwrite=True (--overwrite) to "
+                "replace, or choose another output folder"
+            )
+
+    source = open_rows(path, channels=predictor.in_chans, max_pixels=max_pixels)
+    width, height = source.width, source.height
+    xs, ys = tile_positions(width, tile, stride), tile_positions(height, tile, stride)
+    x_cells, y_cells = _cell_spans(width, tile, stride, xs), _cell_spans(height, tile, stride, ys)
+    grid = (math.ceil(height / stride), math.ceil(width / stride))
+    total = np.zeros(grid, np.float64)
+    count = np.zeros(grid, np.int32)
+    n_tiles = len(xs) * len(ys)
+    tiles = np.zeros((n_tiles, 5), np.float64)
+    thumb = _Thumbnail(width, height, source.channels)
+    window = _RowWindow(source, thumb.add)
+
+    pending: list[tuple[Any, int, int, int]] = []  # (tensor, tile index, x index, y index)
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        if not pending:
+            return
+        proba = predictor.predict_proba(torch.stack([t for t, _, _, _ in pending]))
+        for (_, k, i, j), p in zip(pending, proba[:, column], strict=True):
+            a, b = y_cells[j]
+            c, d = x_cells[i]
+            total[a:b, c:d] += float(p)
+            count[a:b, c:d] += 1
+            tiles[k, 4] = float(p)
+        done += len(pending)
+        pending.clear()
+        if progress is not None:
+            progress(done, n_tiles)
+
+    k = 0
+    for j, y in enumerate(ys):
+        rows = window.rows(y, min(y + tile, height))
+        for i, x in enumerate(xs):
+            tiles[k, :4] = (x, y, min(tile, width - x), min(tile, height - y))
+            pending.append((predictor.preprocess(_tile_image(rows, x, tile)), k, i, j))
+            k += 1
+            if len(pending) >= batch_size:
+                flush()
+    flush()
+    window.drain()  # rows below the last tile still belong in the thumbnail
+    prob = (total / np.maximum(count, 1)).astype(np.float32)
+    regions = find_regions(prob, threshold, stride, width, height)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _overlay_png(thumb.image(), prob, stride, thumb.f, regions, files["overlay.png"])
+    _write_map(prob, files["probability.png"], files["probability.npy"])
+    seconds = time.perf_counter() - started
+    summary = {
+        "image": str(path),
+        "width": width,
+        "height": height,
+        "tile": tile,
+        "stride": stride,
+        "cell_px": stride,
+        "map_shape": list(prob.shape),
+        "positive": positive,
+        "threshold": threshold,
+        "n_tiles": n_tiles,
+        "positive_tiles": int((tiles[:, 4] >= threshold).sum()),
+        "max_probability": round(float(prob.max()), 6),
+        "streamed": source.streamed,
+        "seconds": round(seconds, 3),
+        "regions": regions,
+    }
+    atomic_write_text(files["regions.json"], json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(files["tiles.csv"], _tiles_csv(tiles))
+    return ScanResult(
+        path=Path(path),
+        width=width,
+        height=height,
+        tile=tile,
+        stride=stride,
+        cell=stride,
+        probability=prob,
+        threshold=threshold,
+        positive=positive,
+        regions=regions,
+        n_tiles=n_tiles,
+        positive_tiles=summary["positive_tiles"],
+        tiles=tiles,
+        files=files,
+        streamed=source.streamed,
+        seconds=seconds,
+    )
+
+
+def _write_map(prob: np.ndarray, png: Path, npy: Path) -> None:
+    from PIL import Image
+
+    buf = _stdio.BytesIO()
+    np.save(buf, prob.astype(np.float32))
+    atomic_write(npy, lambda tmp: tmp.write_bytes(buf.getvalue()))
+    image = Image.fromarray(np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if max(image.size) > MAP_PNG_PX:
+        image.thumbnail((MAP_PNG_PX, MAP_PNG_PX), Image.Resampling.BOX)
+    atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _tiles_csv(tiles: np.ndarray) -> str:
+    buf = _stdio.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["x", "y", "width", "height", "probability"])
+    for x, y, w, h, p in tiles:
+        writer.writerow([int(x), int(y), int(w), int(h), f"{p:.6f}"])
+    return buf.getvalue()

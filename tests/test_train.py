@@ -1,0 +1,483 @@
+"""Training: every option on tiny generated data (32-48 px images, tiny from-scratch models)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageDraw
+
+from fracturekit.cli import build_parser, main
+from fracturekit.config import (
+    HELP,
+    ConfigError,
+    TrainConfig,
+    packaged_configs,
+    resolve_config,
+)
+from fracturekit.models import load_checkpoint, read_checkpoint
+from fracturekit.train import HISTORY_COLUMNS, VIEW_OPS, TrainError, build_cache, train
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny data
+
+
+def _image(rng: np.random.Generator, size: int, crack: bool) -> Image.Image:
+    arr = rng.normal(150, 20, (size, size, 3)).clip(0, 255).astype(np.uint8)
+    im = Image.fromarray(arr)
+    if crack:
+        draw = ImageDraw.Draw(im)
+        x0, x1 = (int(v) for v in rng.integers(0, size, 2))
+        draw.line([(x0, 0), (x1, size - 1)], fill=(30, 30, 30), width=max(2, size // 16))
+    return im
+
+
+def make_data(
+    root: Path,
+    n: int = 16,
+    size: int = 32,
+    classes: tuple[str, ...] = ("crack", "no_crack"),
+    counts: dict[str, int] | None = None,
+    seed: int = 0,
+) -> Path:
+    """``root/<class>/*.png``; class ``crack`` (and any class but ``no_*``) gets dark lines."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range((counts or {}).get(name, n)):
+            im = _image(rng, size, crack=not name.startswith("no"))
+            if len(classes) > 2:  # multi-class: a class-specific tint
+                arr = np.asarray(im).copy()
+                arr[..., k % 3] = np.clip(arr[..., k % 3].astype(int) + 60, 0, 255)
+                im = Image.fromarray(arr)
+            im.save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "tiny", n=16)
+
+
+def cfg_for(data: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        backbone="simple_cnn",
+        pretrained=False,
+        img_size=32,
+        epochs=2,
+        batch_size=8,
+        augment="none",
+        freeze="none",
+        early_stop=None,
+        val_fraction=0.25,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------------------------
+# Configs and flags
+
+
+def test_every_packaged_config_validates() -> None:
+    configs = packaged_configs()
+    assert {
+        "default",
+        "seed1_vgg19",
+        "seed2_bone_xray",
+        "seed3_fracture_types",
+        "seed4_mura_densenet",
+        "seed5_concrete_lenet",
+    } <= set(configs)
+    for name, path in configs.items():
+        cfg = resolve_config({}, name)  # by name, as --config NAME finds it
+        assert cfg == resolve_config({}, path)
+        from fracturekit.models import get_spec
+
+        get_spec(cfg.backbone)
+    seed5 = resolve_config({}, "seed5_concrete_lenet")
+    assert (seed5.backbone, seed5.img_size, seed5.balance) == ("lenet", 227, "undersample:3")
+    seed1 = resolve_config({}, "seed1_vgg19")
+    assert (seed1.optimizer, seed1.lr, seed1.momentum, seed1.epochs) == ("sgd", 1e-4, 0.9, 20)
+    assert "GPU" in (configs["seed1_vgg19"]).read_text()
+    assert resolve_config({}, "seed2_bone_xray").channels == 1
+    assert len(resolve_config({}, "seed4_mura_densenet").hidden) == 3
+
+
+def test_unknown_config_name_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="packaged"):
+        resolve_config({}, "no_such_config")
+
+
+def test_every_field_is_a_flag_with_help() -> None:
+    assert set(HELP) == {f.name for f in dataclasses.fields(TrainConfig)}
+    parser = build_parser()
+    text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "data":
+            assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+def _args(argv: list[str]):
+    from fracturekit.cli.train import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_precedence_defaults_config_file_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text("epochs: 7\nlr: 1e-4\nbatch_size: 4\nhidden: [8, 4]\n")
+    cfg, out = _args(["DATA", "--out", str(tmp_path / "r"), "--config", str(conf), "--epochs", "3"])
+    assert out == tmp_path / "r"
+    assert cfg.epochs == 3  # flag beats file
+    assert cfg.lr == 1e-4 and cfg.batch_size == 4 and cfg.hidden == [8, 4]  # file beats default
+    assert cfg.optimizer == TrainConfig().optimizer  # default
+    cfg, _ = _args(
+        ["D", "--out", "r", "--balance", "undersample:3", "--hidden", "16,8", "--no-calibrate",
+         "--freeze", "train-last", "--train-last", "2", "--early-stop", "none"]
+    )  # fmt: skip
+    assert cfg.balance == "undersample:3" and cfg.hidden == [16, 8] and cfg.calibrate is False
+    assert cfg.train_last == 2 and cfg.early_stop is None
+    cfg, _ = _args(["D", "--out", "r", "--config", "seed5_concrete_lenet", "--img-size", "64"])
+    assert cfg.backbone == "lenet" and cfg.img_size == 64
+
+
+def test_bad_option_values_are_refused(tmp_path: Path, capsys) -> None:
+    assert main(["train", "D", "--out", str(tmp_path), "--balance", "oversample"]) == 2
+    assert "balance" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "D", "--out", str(tmp_path), "--optimizer", "lion"])
+    argv = ["train", "D", "--out", str(tmp_path), "--freeze", "train-last", "--train-last", "none"]
+    assert main(argv) == 2
+    assert "train_last" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# The run folder, checkpoints, calibration
+
+
+def test_cached_run_writes_everything(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = cfg_for(data, freeze="train-last", train_last=1, epochs=3)
+    result = train(cfg, run, progress=False)
+    assert result.mode == "cached"
+    for name in ("model.pt", "last.pt", "config.yaml", "history.csv", "curves.png", "splits.csv"):
+        assert (run / name).is_file(), name
+    rows = read_history(run)
+    assert list(rows[0]) == list(HISTORY_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert result.history[-1]["epoch"] == 3
+    # plain tensors and Python values only
+    for name in ("model.pt", "last.pt"):
+        torch.load(run / name, weights_only=True)
+    model, meta = load_checkpoint(run / "model.pt")
+    assert meta["classes"] == ["crack", "no_crack"]
+    assert meta["positive"] == "crack"
+    assert 0.0 <= meta["threshold"] <= 1.0
+    assert meta["temperature"] > 0
+    assert meta["temperature"] == result.metrics["temperature"]
+    for key in ("val_loss", "accuracy", "f1", "roc_auc", "threshold", "temperature"):
+        assert key in meta["metrics"], key
+    assert meta["config"]["freeze"] == "train-last"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["epochs"] == 3 and saved["data"] == str(data.resolve())
+    load_checkpoint(run / "last.pt")  # last.pt is a usable checkpoint too
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 2)
+
+
+def test_cached_equals_end_to_end_features(data: Path) -> None:
+    """The cache holds exactly what the frozen prefix gives, per view (flip of the input)."""
+    from torch.utils.data import DataLoader
+
+    from fracturekit.data import ImageDataset, build_transforms, load_dataset
+    from fracturekit.models import apply_freeze, build_model
+
+    splits = load_dataset(data, val_fraction=0.0)
+    model = build_model("simple_cnn", 2, pretrained=False).eval()
+    apply_freeze(model, "train-last", 1)
+    tf = build_transforms(32, [0.5] * 3, [0.5] * 3)
+    ds = ImageDataset(splits.train[:6], tf)
+    cache = build_cache(model, DataLoader(ds, batch_size=4), 6, start=3, pooled=False, views=4)
+    x = torch.stack([ds[i][0] for i in range(6)])
+    with torch.no_grad():
+        for v in range(4):
+            expect = model.forward_until(VIEW_OPS[v](x), 3)
+            assert torch.allclose(cache.data[v], expect, atol=1e-5)
+        pooled = build_cache(model, DataLoader(ds, batch_size=4), 6, start=4, pooled=True)
+        assert torch.allclose(pooled.data[0], model.features(x), atol=1e-5)
+    flipped = tf(Image.open(splits.train[0].path).transpose(Image.Transpose.FLIP_LEFT_RIGHT))[0]
+    assert torch.allclose(VIEW_OPS[1](x[:1])[0], flipped, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "freeze, train_last, augment, mode",
+    [
+        ("all-but-head", None, "none", "cached"),
+        ("train-last", 2, "none", "cached"),
+        ("train-last", 1, "default", "end-to-end"),
+        ("none", None, "none", "end-to-end"),
+    ],
+)
+def test_freeze_policies_train_only_what_they_should(
+    data: Path, tmp_path: Path, freeze: str, train_last: int | None, augment: str, mode: str
+) -> None:
+    from fracturekit.models import build_model
+
+    cfg = cfg_for(data, freeze=freeze, train_last=train_last, augment=augment, lr=0.05)
+    torch.manual_seed(cfg.seed)
+    before = build_model("simple_cnn", 2, pretrained=False, dropout=cfg.dropout).state_dict()
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.mode == mode
+    after = read_checkpoint(result.last_checkpoint)["state_dict"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    blocks = {"none": 0, "all-but-head": 4, "train-last": 4 - (train_last or 0)}[freeze]
+    assert any(k.startswith("head.") for k in changed)
+    for i in range(4):
+        stage = {k for k in before if k.startswith(f"backbone.stages.{i}.")}
+        if i < blocks:  # frozen: weights and BatchNorm running statistics untouched
+            assert not (stage & changed), (i, sorted(stage & changed))
+        else:
+            assert stage & changed, i
+
+
+@pytest.mark.parametrize("balance", ["weights", "sampler", "undersample:1"])
+def test_balance_modes(tmp_path: Path, balance: str) -> None:
+    root = make_data(tmp_path / "imb", counts={"crack": 6, "no_crack": 18})
+    for mode_kw in ({"freeze": "train-last", "train_last": 1}, {"augment": "default"}):
+        run = tmp_path / f"run-{mode_kw.get('augment', 'cached')}"
+        cfg = cfg_for(root, balance=balance, **mode_kw)
+        result = train(cfg, run, progress=False)
+        assert len(result.history) == 2
+        with (run / "splits.csv").open() as fh:
+            train_rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
+        counts = {c: sum(r["label"] == c for r in train_rows) for c in ("crack", "no_crack")}
+        if balance == "undersample:1":
+            assert counts["crack"] == counts["no_crack"]
+        else:
+            assert counts["no_crack"] > counts["crack"]
+
+
+def test_balance_weights_and_sampler_change_the_objective(tmp_path: Path) -> None:
+    """Class weights give the minority class weight > 1; the sampler draws it as often."""
+    from fracturekit.train._loop import _epoch_order
+
+    weights = torch.tensor([1.0 / 6] * 6 + [1.0 / 18] * 18, dtype=torch.double)
+    order = torch.cat([_epoch_order(24, seed=0, epoch=e, weights=weights) for e in range(50)])
+    minority = (order < 6).float().mean().item()
+    assert 0.4 < minority < 0.6
+
+
+@pytest.mark.parametrize(
+    "optimizer, schedule", [("sgd", "step"), ("adamw", "cosine"), ("adam", "none")]
+)
+def test_optimizers_and_schedules(data: Path, tmp_path: Path, optimizer: str, schedule: str):
+    cfg = cfg_for(data, optimizer=optimizer, schedule=schedule, epochs=4, lr=0.01)
+    cfg = dataclasses.replace(cfg, freeze="train-last", train_last=1)
+    result = train(cfg, tmp_path / "run", progress=False)
+    lrs = [r["lr"] for r in result.history]
+    if schedule == "none":
+        assert lrs == [0.01] * 4
+    elif schedule == "step":  # x0.1 every epochs // 3 = 1 epoch
+        assert lrs == pytest.approx([0.01, 0.001, 0.0001, 0.00001])
+    else:
+        assert lrs[0] == 0.01 and lrs[0] > lrs[1] > lrs[2] > lrs[3] > 0
+    state = torch.load(result.last_checkpoint, weights_only=True)["train_state"]
+    kind = {"sgd": "momentum_buffer", "adamw": "exp_avg", "adam": "exp_avg"}[optimizer]
+    assert any(kind in s for s in state["optimizer"]["state"].values())
+
+
+def test_early_stopping_triggers(data: Path, tmp_path: Path) -> None:
+    # A learning rate so small that the validation loss cannot improve: stop after patience.
+    cfg = cfg_for(data, epochs=10, early_stop=2, lr=1e-12, optimizer="sgd", schedule="none")
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert len(result.history) == 3
+    assert result.metrics["stop_reason"] == "early_stop"
+    assert result.metrics["best_epoch"] == 1
+    assert read_checkpoint(result.checkpoint)["meta"]["epoch"] == 1
+
+
+def test_threshold_target_recall_and_temperature(data: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(data, target_recall=1.0, freeze="train-last", train_last=1, epochs=3)
+    result = train(cfg, tmp_path / "run", progress=False)
+    meta = read_checkpoint(result.checkpoint)["meta"]
+    assert meta["metrics"]["recall"] == 1.0
+    assert meta["threshold"] == result.metrics["threshold"]
+    uncal = train(
+        dataclasses.replace(cfg, calibrate=False, target_recall=None),
+        tmp_path / "run2",
+        progress=False,
+    )
+    assert read_checkpoint(uncal.checkpoint)["meta"]["temperature"] == 1.0
+
+
+def test_multiclass_and_label_smoothing(tmp_path: Path) -> None:
+    root = make_data(tmp_path / "mc", n=10, classes=("a", "b", "c"))
+    cfg = cfg_for(root, label_smoothing=0.1, freeze="train-last", train_last=2, epochs=3, lr=0.01)
+    result = train(cfg, tmp_path / "run", progress=False)
+    model, meta = load_checkpoint(result.checkpoint)
+    assert meta["classes"] == ["a", "b", "c"] and meta["num_classes"] == 3
+    assert meta["positive"] is None
+    assert {"accuracy", "f1", "roc_auc"} <= set(meta["metrics"])
+
+
+def test_no_validation_data(data: Path, tmp_path: Path) -> None:
+    result = train(cfg_for(data, val_fraction=0.0), tmp_path / "run", progress=False)
+    assert result.history[-1]["val_loss"] is None
+    assert read_checkpoint(result.checkpoint)["meta"]["threshold"] == 0.5
+    assert any("no validation" in n for n in result.notes)
+
+
+def test_grayscale_and_hidden_layers(data: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(data, channels=1, hidden=[16, 8], dropout=0.1, augment="default")
+    _, meta = load_checkpoint(train(cfg, tmp_path / "run", progress=False).checkpoint)
+    assert meta["in_chans"] == 1 and meta["hidden"] == [16, 8] and len(meta["mean"]) == 1
+
+
+def test_cache_views_and_precision(data: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(data, freeze="all-but-head", cache_views=8)
+    assert train(cfg, tmp_path / "v8", progress=False).mode == "cached"
+    with pytest.raises(TrainError, match="fp16"):
+        train(cfg_for(data, precision="fp16"), tmp_path / "fp16", progress=False)
+    result = train(cfg_for(data, precision="bf16"), tmp_path / "bf16", progress=False)
+    assert any("bf16" in n for n in result.notes)
+
+
+def test_refuses_to_overwrite_a_run(data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    cfg = cfg_for(data, epochs=1)
+    train(cfg, run, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, run, progress=False)
+    argv = ["train", str(data), "--out", str(run), "--backbone", "simple_cnn", "--img-size",
+            "32", "--no-pretrained", "--epochs", "1", "--augment", "none", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (run / "report.html").is_file()
+
+
+def test_cli_evaluates_the_test_split(tmp_path: Path) -> None:
+    root = tmp_path / "split"
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        make_data(root / split, n=n, seed=len(split))
+    run = tmp_path / "run"
+    argv = ["train", str(root), "--out", str(run), "--backbone", "simple_cnn", "--img-size",
+            "32", "--no-pretrained", "--epochs", "2", "--augment", "none", "--freeze",
+            "train-last", "--train-last", "1", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 12 and metrics["source"]["split"] == "all"
+    assert (run / "test.csv").is_file() and (run / "report.html").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Resume after a real interruption, DDP
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    root = make_data(tmp_path / "d", n=24, size=48)
+    run = tmp_path / "run"
+    epochs = 8
+    argv = [sys.executable, "-m", "fracturekit", "train", str(root), "--out", str(run),
+            "--backbone", "simple_cnn", "--img-size", "48", "--no-pretrained", "--epochs",
+            str(epochs), "--augment", "default", "--freeze", "none", "--batch-size", "4",
+            "--early-stop", "none", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(run / "last.pt", weights_only=True)["train_state"]["epoch"]
+    assert 1 <= done < epochs, "the run finished before it could be interrupted"
+    # the folder holds a model now: a plain re-run is refused, --resume continues
+    again = subprocess.run(argv, env=_env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fracturekit", "train", "--resume", str(run)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} after epoch {done}" in resumed.stdout.replace("\n", " ")
+    epochs_seen = [int(r["epoch"]) for r in read_history(run)]
+    assert epochs_seen == list(range(1, epochs + 1))  # continued, nothing duplicated
+    state = torch.load(run / "last.pt", weights_only=True)["train_state"]
+    assert state["epoch"] == epochs and state["finished"]
+    meta = read_checkpoint(run / "model.pt")["meta"]
+    assert meta["metrics"]["epochs_run"] == epochs and "threshold" in meta["metrics"]
+
+
+def test_resume_in_process_continues_and_extends(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = cfg_for(data, epochs=2, freeze="train-last", train_last=1)
+    train(cfg, run, progress=False)
+    more = dataclasses.replace(cfg, epochs=4, resume=str(run))
+    result = train(more, run, progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    with pytest.raises(TrainError, match="nothing to resume"):
+        train(dataclasses.replace(cfg, resume=str(tmp_path / "nope")), tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
+    root = make_data(tmp_path / "d", n=12)
+    run = tmp_path / "run"
+    for mode in (["--augment", "none", "--freeze", "train-last", "--train-last", "1"],
+                 ["--augment", "default", "--freeze", "none"]):  # fmt: skip
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--standalone", "-m", "fracturekit", "train", str(root), "--out",
+                str(run), "--overwrite", "--backbone", "simple_cnn", "--img-size", "32",
+                "--no-pretrained", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
+                *mode]  # fmt: skip
+        proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "x 2 processes" in proc.stdout
+        assert proc.stdout.count("epoch   1/2") == 1  # rank 0 alone prints
+        assert [int(r["epoch"]) for r in read_history(run)] == [1, 2]  # written once
+        model, meta = load_checkpoint(run / "model.pt")
+        assert meta["metrics"]["world_size"] == 2
+        with (run / "splits.csv").open() as fh:
+            n_val = sum(r["split"] == "val" for r in csv.DictReader(fh))
+        assert meta["metrics"]["n"] == n_val  # validation gathered from both ranks
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_default_yaml_is_the_built_in_default() -> None:
+    assert resolve_config({}, "default") == TrainConfig().validate()
