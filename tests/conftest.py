@@ -11,7 +11,9 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 SHARED_DATA = Path(
-    os.environ.get("FRACTUREKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    os.environ.get(
+        "FRACTUREKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
 )
 
 
