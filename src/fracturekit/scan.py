@@ -63,6 +63,7 @@ THUMBNAIL_PX = 2048  # long side of the overlay at most
 MAP_PNG_PX = 4096  # probability.png is downsampled beyond this
 BAND_ROWS = 256  # rows per read from memory-mapped files
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # one TIFF strip/tile row larger than this is refused
+SEGMENT_READ_BYTES = 8 * 1024 * 1024  # compressed TIFF bytes read at once (tifffile: 256 MB)
 OUTPUT_FILES = ("overlay.png", "probability.png", "probability.npy", "regions.json", "tiles.csv")
 
 
@@ -222,7 +223,7 @@ def _open_tiff(path: Path, limit: int | None) -> RowSource | None:
                 "large to stream; re-save it tiled (e.g. vips tiffsave in.tif out.tif --tile)",
             )
         # Decode one segment now: a codec tifffile lacks (JPEG, WebP...) shows up here.
-        next(iter(page.segments(maxworkers=1)))
+        next(iter(page.segments(maxworkers=1, buffersize=SEGMENT_READ_BYTES)))
     except ImageReadError:
         tif.close()
         raise
@@ -247,7 +248,7 @@ def _tiff_bands(path: Path, samples: int) -> Callable[[], Iterator[np.ndarray]]:
             dtype = np.dtype(page.dtype)
             band: np.ndarray | None = None
             band_y = -1
-            for data, index, shape in page.segments(maxworkers=1):
+            for data, index, shape in page.segments(maxworkers=1, buffersize=SEGMENT_READ_BYTES):
                 y, x = int(index[-3]), int(index[-2])
                 rows = min(int(shape[-3]), height - y)
                 if y != band_y:
