@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="simple_cnn")
     parser.add_argument("--size", type=int, default=64, help="model input size")
     parser.add_argument("--n", type=int, default=1000, help="images per loop")
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--method", default="hirescam")
+    parser.add_argument("--layer", default="fine", help="fine, cam or blockN")
     parser.add_argument("--modes", default="cams,files")
     args = parser.parse_args()
 
@@ -70,6 +71,7 @@ def main() -> None:
     )
     predictor = Predictor.from_checkpoint(ckpt)
     rng = np.random.default_rng(0)
+    layer = None if args.layer == "cam" else args.layer
     marks = sorted({0, *[round(args.n * q / 4) for q in (1, 2, 3, 4)]})
     table = Table(
         title=f"RSS over {args.n} images, {args.backbone} at {args.size} px, {args.method}"
@@ -99,10 +101,12 @@ def main() -> None:
                 break
             if mode == "cams":
                 batch = torch.stack([predictor.preprocess(image())])
-                compute_cams(predictor.model, batch, method=args.method)
+                compute_cams(predictor.model, batch, method=args.method, layer=layer)
             else:
                 image().save(src)
-                explain_images(predictor, [src], files, method=args.method, overwrite=True)
+                explain_images(
+                    predictor, [src], files, method=args.method, layer=layer, overwrite=True
+                )
         per = (time.perf_counter() - t0) / args.n
         first = marks[1] if len(marks) > 1 else 0
         growth = readings[marks[-1]] - readings[first]

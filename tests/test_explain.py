@@ -20,6 +20,7 @@ from fracturekit.explain import (
     feature_maps,
     layer_choices,
     overlay,
+    resolve_layers,
     resolve_target,
     save_overlay_figure,
     write_cam_gallery,
@@ -160,10 +161,25 @@ def test_targets_by_name_and_errors() -> None:
         compute_cams(model_for("simple_cnn"), torch.randn(1, 3, 8, 8), layer="nope")
 
 
+def test_fine_layers_are_the_last_stride16_block_and_the_next() -> None:
+    expected = {
+        "efficientnet_lite0": ["block5", "block6"],
+        "resnet18": ["block3", "block4"],
+        "vgg19": ["block3", "block4"],
+        "convnext_tiny": ["block3", "block4"],
+        "simple_cnn": ["block3"],  # its last block is the stride-16 one: the CAM layer alone
+    }
+    for backbone, names in expected.items():
+        model = model_for(backbone)
+        assert resolve_layers(model, "fine")[1] == names
+        assert _no_hooks(model)
+    assert resolve_layers(model_for("lenet"), "fine")[0] == [model_for("lenet").cam_layer()]
+
+
 def test_other_layers_and_layer_lists() -> None:
     model = model_for("efficientnet_lite0")
     x = torch.randn(1, 3, 64, 64)
-    for layer in ("block4", "backbone.blocks.3", ["block4", "cam"]):
+    for layer in ("block4", "backbone.blocks.3", ["block4", "cam"], "fine", ["fine", "block2"]):
         cams = compute_cams(model, x, layer=layer)
         assert cams.shape == (1, 64, 64) and 0 <= cams.min() <= cams.max() <= 1
     maps = feature_maps(model, x, ["block2", "block4"])
@@ -297,7 +313,9 @@ def test_evaluate_localisation_scores_positive_masked_images(ckpt: Path, tmp_pat
     out = evaluate_localisation(Predictor.from_checkpoint(ckpt), samples, batch_size=2)
     assert out["n"] == 2 and out["n_empty"] == 1 and len(out["unreadable"]) == 1
     assert 0 <= out["pointing_game"] <= 1 and 0 <= out["energy_in_mask"] <= 1
-    assert out["method"] == "gradcam" and out["layer"] == "block3"
+    # The default: HiResCAM at the "fine" layers, which fall back to the last stage of a
+    # network without a stride-16 block followed by another.
+    assert out["method"] == "hirescam" and out["layer"] == "block3"
 
 
 def test_derived_crack_mask_follows_a_dark_line(ckpt: Path) -> None:
@@ -351,3 +369,36 @@ def test_width_cli_model_path_on_a_synthetic_crack(ckpt: Path, tmp_path: Path) -
     rows = (out2 / "attention_width.csv").read_text().splitlines()
     assert len(rows) >= 2 and rows[1].startswith("crack,1,")
     assert (out2 / "attention_crack.png").exists()
+
+
+def test_several_layers_back_propagate_from_the_first_one_only() -> None:
+    """Fused layers: gradients start at the first target layer to run (memory), and the maps
+    equal those computed with gradients from the input; a layer off that path falls back."""
+    from fracturekit.explain import _ClassScore, _run_cam, method_row
+
+    model = model_for("efficientnet_lite0")
+    x = torch.randn(2, 3, 64, 64)
+    layers, _ = resolve_layers(model, "fine")
+    targets = [_ClassScore(1, 2) for _ in range(2)]
+    for method in ("hirescam", "gradcam", "layercam"):
+        fast = compute_cams(model, x, method=method, layer="fine")
+        full = _run_cam(
+            method_row(method), model, layers, x.clone().requires_grad_(True), targets, cut=False
+        )
+        np.testing.assert_allclose(fast, full, atol=1e-5)
+    assert _no_hooks(model) and not any(p.grad is not None for p in model.parameters())
+
+    class TwoBranches(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.b = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.head = torch.nn.Sequential(torch.nn.Linear(8, 2))
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            both = torch.cat([self.a(t), self.b(t)], 1)  # b is not downstream of a
+            return self.head(both.mean((2, 3)))
+
+    net = TwoBranches().eval()
+    cams = compute_cams(net, torch.randn(1, 3, 16, 16), layer=[net.a, net.b], target=1)
+    assert cams.shape == (1, 16, 16) and np.isfinite(cams).all() and _no_hooks(net)

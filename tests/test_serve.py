@@ -161,7 +161,12 @@ def test_explain_png_and_json(client: TestClient, picture: bytes) -> None:
 
     r = client.post("/explain?format=json", files=upload(picture))
     body = r.json()
-    assert r.status_code == 200 and body["method"] == "gradcam"
+    # The service's default is the CLI's (fracturekit.explain.EXPLAIN_METHOD).
+    from fracturekit import explain
+    from fracturekit.serve import app as service
+
+    assert service.EXPLAIN_METHOD == explain.EXPLAIN_METHOD
+    assert r.status_code == 200 and body["method"] == explain.EXPLAIN_METHOD
     assert body["target"] == "crack"  # a binary model explains its positive class by default
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
     assert overlay.size == (64, 48) and overlay.mode == "RGB"

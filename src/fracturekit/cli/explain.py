@@ -7,7 +7,10 @@ overlay at full size) and <stem>_cam.npy (the float32 heat map in [0, 1] at the 
 feature maps (<stem>_layer_<name>.png); `--layers help` lists the names.
 
 The heat map explains the positive class of a binary model (the evidence for a crack, whatever
-the decision) and the predicted class of a multi-class model, unless --target names a class.
+the decision) and the predicted class of a multi-class model, unless --target names a class. By
+default it is HiResCAM at two fused layers of stride 16 and 32 (14x14 and 7x7 at 224 px), which
+points at thin cracks far better than the classic Grad-CAM of the last stage (--method gradcam
+--cam-layer cam): see benchmarks/localisation.py.
 
 Exit codes: 0 every image explained; 1 some images could not be read; 2 a usage error.
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fracturekit.explain import CAM_METHODS, DEFAULT_METHOD
+from fracturekit.explain import CAM_METHODS, EXPLAIN_LAYER, EXPLAIN_METHOD
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +36,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         choices=list(CAM_METHODS),
-        default=DEFAULT_METHOD,
-        help=f"CAM method (default {DEFAULT_METHOD})",
+        default=EXPLAIN_METHOD,
+        help=f"CAM method (default {EXPLAIN_METHOD}: it localised cracks best in our benchmark)",
     )
     parser.add_argument(
         "--target",
@@ -51,7 +54,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cam-layer",
         metavar="NAME",
-        help="layer the heat map is computed at (default: the model's last convolutional stage)",
+        default=EXPLAIN_LAYER,
+        help=f"layer(s) the heat map is computed at, comma-separated (default {EXPLAIN_LAYER}: "
+        "the last stride-16 block and the next one, fused; cam: the last stage alone; "
+        "blockN; or dotted module names)",
     )
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="default: 8")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             method=args.method,
             target=args.target,
             layers=layers,
-            layer=args.cam_layer,
+            layer=[n.strip() for n in args.cam_layer.split(",") if n.strip()] or None,
             batch_size=args.batch_size,
             overwrite=args.overwrite,
             progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -303,6 +303,12 @@ def _predict_sync(
 # Explain: the CAM overlay and, when a crack is found, its width
 
 
+# /explain's default method: fracturekit.explain.EXPLAIN_METHOD (the service imports explain
+# only when a heat map is asked for; a test keeps the two equal). Heat maps use its
+# EXPLAIN_LAYER, as `fracturekit explain` does.
+EXPLAIN_METHOD = "hirescam"
+
+
 def explain_methods(predictor: Predictor | None) -> list[str]:
     """The CAM methods ``/explain`` offers: empty when ``fracturekit.explain`` is absent or the
     model runs on ONNX Runtime (CAMs need PyTorch's gradients)."""
@@ -360,7 +366,13 @@ def _explain_sync(
     gigabytes); widths and lengths are reported in pixels of the uploaded image, so they are
     reliable from about 2 px of the downsized image up.
     """
-    from fracturekit.explain import compute_cams, derive_crack_mask, overlay, resolve_target
+    from fracturekit.explain import (
+        EXPLAIN_LAYER,
+        compute_cams,
+        derive_crack_mask,
+        overlay,
+        resolve_target,
+    )
     from fracturekit.width import measure_mask
 
     engine.save(data, name)
@@ -390,6 +402,7 @@ def _explain_sync(
                 predictor.model,
                 predictor.preprocess(image)[None],
                 method=method,
+                layer=EXPLAIN_LAYER,
                 target=classes.index(target_name),
             )[0]
     t2 = time.perf_counter()
@@ -615,7 +628,7 @@ def create_app(
     async def explain(
         request: Request,
         format: Literal["png", "json"] = Query("png", description="png: the overlay image"),
-        method: str = Query("gradcam", description="CAM method (see GET /model)"),
+        method: str = Query(EXPLAIN_METHOD, description="CAM method (see GET /model)"),
         target: str | None = Query(None, description="class to explain (default: predicted)"),
         width: bool = Query(True, description="measure the crack in the heat-map region"),
         px_per_mm: float | None = Query(None, gt=0, description="scale, for widths in mm"),
