@@ -554,3 +554,23 @@ def test_evaluate_checkpoint_end_to_end(tmp_path: Path) -> None:
     assert len(rows) == 8 and all(
         abs(float(r.split(",")[4]) + float(r.split(",")[5]) - 1) < 1e-5 for r in rows
     )
+
+
+def test_evaluate_checkpoint_carves_the_training_split_of_its_training_data(
+    tmp_path: Path, fake_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt, data, calls = fake_pipeline
+    config = {"data": str(data), "seed": 3, "test_fraction": 0.25, "layout": "folders", "val": None}
+    monkeypatch.setattr(_Predictor, "meta", {"config": config}, raising=False)
+    evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, cams=0)
+    path, layout, options = calls["load"]
+    assert layout == "folders" and options["seed"] == 3 and options["test_fraction"] == 0.25
+    assert "val" not in options  # unset keys are not passed
+    # An explicit option still wins over the stored one.
+    evaluate_checkpoint(ckpt, data, tmp_path / "eval2", n_boot=0, cams=0, test_fraction=0.5)
+    assert calls["load"][2]["test_fraction"] == 0.5
+    # Other data (a separate test folder) is not split by the training settings.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    evaluate_checkpoint(ckpt, other, tmp_path / "eval3", n_boot=0, cams=0)
+    assert calls["load"][1] == "auto" and calls["load"][2] == {}

@@ -481,3 +481,27 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
 
 def test_default_yaml_is_the_built_in_default() -> None:
     assert resolve_config({}, "default") == TrainConfig().validate()
+
+
+def test_trunk_lr_scale_gives_the_backbone_a_lower_rate() -> None:
+    from fracturekit.models import apply_freeze, build_model
+    from fracturekit.train._loop import _optimizer
+
+    model = build_model("simple_cnn", 2, pretrained=False)
+    apply_freeze(model, "train-last", train_last=1)
+    cfg = TrainConfig(data="x", lr=1e-3, trunk_lr_scale=0.1, weight_decay=0.01)
+    opt = _optimizer(cfg, model)
+    head = {id(p) for p in model.head.parameters()}
+    trunk = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    assert trunk and head
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= head or ids <= trunk  # never mixed
+        expected = 1e-3 if ids <= head else 1e-4
+        assert group["lr"] == pytest.approx(expected)
+        assert group["weight_decay"] == (0.01 if group["params"][0].ndim > 1 else 0.0)
+    trained = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert trained == head | trunk  # every trainable parameter, nothing frozen
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # the head first: history logs it
+    with pytest.raises(ConfigError, match="trunk_lr_scale"):
+        TrainConfig(data="x", trunk_lr_scale=0).validate()

@@ -26,6 +26,21 @@ THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRES
 # Cached views of each training image: 1 as is; 2 + horizontal mirror; 4 + vertical mirror and
 # both (a 180-degree turn); 8 the whole dihedral group (adds the four transposed/90-degree ones).
 CACHE_VIEWS = (1, 2, 4, 8)
+# The TrainConfig fields that decide how ``data.load_dataset`` reads and splits DATA: training
+# passes them (``train.load_options``), and evaluating a checkpoint on its own training data
+# passes the stored ones again, so that the same test split is carved.
+SPLIT_FIELDS = (
+    "layout",
+    "val",
+    "test",
+    "val_fraction",
+    "test_fraction",
+    "seed",
+    "image_column",
+    "label_column",
+    "label_key",
+    "group_column",
+)
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -69,6 +84,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 5e-4
+    trunk_lr_scale: float = 1.0  # backbone blocks learn at lr * this; the head at lr
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
@@ -141,6 +157,8 @@ class TrainConfig:
                 f"threshold_metric={self.threshold_metric!r} is not one of "
                 f"{', '.join(THRESHOLD_METRICS)}"
             )
+        if not 0 < self.trunk_lr_scale <= 1:
+            raise ConfigError(f"trunk_lr_scale={self.trunk_lr_scale}: must lie in (0, 1]")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing}: must lie in [0, 1)")
         if not 0 <= self.dropout < 1:
@@ -252,6 +270,8 @@ HELP: dict[str, str] = {
     "batch_size": "images per batch (per process under torchrun)",
     "optimizer": "sgd (with momentum), adamw or adam",
     "lr": "learning rate",
+    "trunk_lr_scale": "the trainable backbone blocks learn at lr times this (e.g. 0.1), the head "
+    "at lr: pretrained features move less than the new head",
     "momentum": "SGD momentum",
     "weight_decay": "weight decay (decoupled for adamw)",
     "schedule": "learning-rate schedule over the epochs: cosine, step (x0.1 every third) or none",

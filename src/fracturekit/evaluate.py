@@ -47,6 +47,7 @@ from fracturekit.calibration import (
     looks_negative,
     reliability_bins,
 )
+from fracturekit.config import SPLIT_FIELDS
 
 METRIC_KEYS: tuple[str, ...] = (
     "n",
@@ -878,6 +879,32 @@ def _select_split(splits: Any, split: str, data: str | Path) -> tuple[list[Any],
     return samples, split
 
 
+def training_split_options(config: dict[str, Any] | None, data: str | Path) -> dict[str, Any]:
+    """The split settings a checkpoint was trained with, when ``data`` is its training data.
+
+    Evaluating a checkpoint on the data it was trained on must carve the same validation and
+    test splits as training did (same seed, fractions, groups), or training images could be
+    scored as test images. For other data (a separate test folder) nothing is carried over:
+    that folder is split, or not, on its own terms.
+
+    Args:
+        config: the checkpoint's stored training config (``meta["config"]``), or None.
+        data: the data about to be evaluated.
+
+    Returns:
+        ``load_dataset`` keyword arguments (possibly empty).
+    """
+    if not config or not config.get("data"):
+        return {}
+    try:
+        same = Path(config["data"]).expanduser().resolve() == Path(data).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return {}
+    if not same:
+        return {}
+    return {k: config[k] for k in SPLIT_FIELDS if config.get(k) is not None}
+
+
 def evaluate_checkpoint(
     ckpt: str | Path,
     data: str | Path,
@@ -931,7 +958,11 @@ def evaluate_checkpoint(
 
     predictor = Predictor.from_checkpoint(ckpt)
     classes = [str(c) for c in predictor.classes]
-    splits = load_dataset(data, layout=layout, **load_options)
+    trained = training_split_options(getattr(predictor, "meta", {}).get("config"), data)
+    stored_layout = trained.pop("layout", None)
+    if layout == "auto" and stored_layout:
+        layout = stored_layout
+    splits = load_dataset(data, layout=layout, **{**trained, **load_options})
     samples, used = _select_split(splits, split, data)
     if not samples:
         raise ValueError(f"{data}: no labelled image found")

@@ -22,7 +22,7 @@ from fracturekit.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
-from fracturekit.config import TrainConfig, save_yaml
+from fracturekit.config import SPLIT_FIELDS, TrainConfig, save_yaml
 from fracturekit.train._cache import FeatureCache, build_cache
 from fracturekit.train._dist import Dist, env_world, setup
 from fracturekit.train._records import (
@@ -95,19 +95,7 @@ class TrainResult:
 
 def load_options(cfg: TrainConfig) -> dict[str, Any]:
     """``fracturekit.data.load_dataset`` keyword arguments of a config (the same split)."""
-    return {
-        "layout": cfg.layout,
-        "val": cfg.val,
-        "test": cfg.test,
-        "val_fraction": cfg.val_fraction,
-        "test_fraction": cfg.test_fraction,
-        "seed": cfg.seed,
-        "image_column": cfg.image_column,
-        "label_column": cfg.label_column,
-        "label_key": cfg.label_key,
-        "group_column": cfg.group_column,
-        "strict": cfg.strict,
-    }
+    return {**{k: getattr(cfg, k) for k in SPLIT_FIELDS}, "strict": cfg.strict}
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,22 +160,37 @@ def _trainable_start(model: Any) -> tuple[int, bool]:
     return start, start == len(blocks) and not pool_trainable
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters; biases and normalisation weights get no weight decay."""
-    decay, no_decay = [], []
+def _param_groups(
+    model: nn.Module, weight_decay: float, lr: float, trunk_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """Trainable parameters in groups: head first, then the backbone at ``lr * trunk_lr_scale``.
+
+    Biases and normalisation weights get no weight decay. Empty groups are left out.
+    """
+    backbone = getattr(model, "backbone", None)
+    in_trunk = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (trunk, decay): [] for trunk in (False, True) for decay in (True, False)
+    }
     for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        if p.requires_grad:
+            buckets[(id(p) in in_trunk, p.ndim > 1)].append(p)
+    groups = []
+    for (trunk, decay), params in buckets.items():
+        if params:
+            groups.append(
+                {
+                    "params": params,
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "lr": lr * (trunk_lr_scale if trunk else 1.0),
+                }
+            )
     return groups
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay)
-    if not any(g["params"] for g in groups):
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.trunk_lr_scale)
+    if not groups:
         raise TrainError("nothing to train: every parameter is frozen")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
