@@ -125,7 +125,7 @@ def main() -> None:
     con.print(table)
     con.print(
         f"config: {args.config} {overrides or ''}; backbone {cfg.backbone}, freeze {cfg.freeze}, "
-        f"augment {cfg.augment}, cache_views {cfg.cache_views}, img_size "
+        f"augment {cfg.augment}, cache_views {cfg.cache_views}, tta {cfg.tta}, img_size "
         f"{cfg.img_size or 'default'}"
     )
     con.print(

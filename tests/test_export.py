@@ -200,3 +200,17 @@ def test_efficientnet_lite0_parity(tmp_path: Path) -> None:
     x = torch.randn(3, 3, 64, 64)
     torch_p = Predictor.from_checkpoint(ckpt)
     assert np.abs(session_in.predict_proba(x) - torch_p.predict_proba(x)).max() <= 1e-4
+
+
+def test_onnx_predictor_averages_the_same_views(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", tta=4)
+    export_onnx(ckpt, tmp_path / "m.onnx")
+    torch_p, onnx_p = (
+        Predictor.from_checkpoint(ckpt),
+        Predictor.from_checkpoint(tmp_path / "m.onnx"),
+    )
+    assert onnx_p.tta == torch_p.tta == 4
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(onnx_p.logits(x), torch_p.logits(x), atol=1e-4, rtol=1e-4)
+    onnx_p.meta["tta"] = 1
+    assert not torch.allclose(onnx_p.logits(x), torch_p.logits(x), atol=1e-3)

@@ -290,3 +290,28 @@ def test_cli_predict_usage_errors(ckpt: Path, images: Path, tmp_path: Path, caps
     assert main(["predict", str(ckpt), str(tmp_path / "e")]) == 2
     assert "holds no image files" in capsys.readouterr().err
     assert main(["predict", str(ckpt), str(tmp_path), "--batch-size", "0"]) == 2
+
+
+def test_tta_averages_the_logits_of_flipped_views(tmp_path: Path) -> None:
+    from fracturekit.models import VIEW_OPS, view_logits
+
+    two = Predictor.from_checkpoint(make_checkpoint(tmp_path / "tta2.pt", tta=2))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        plain = two.model(x)
+        mirrored = two.model(x.flip(-1))
+    assert two.tta == 2
+    torch.testing.assert_close(two.logits(x), (plain + mirrored) / 2, atol=1e-5, rtol=1e-5)
+    proba = two.predict_proba(x)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
+    # Eight views of an image that is symmetric under all of them give that image's logits.
+    sym = torch.rand(1, 3, 32, 32)
+    sym = sum(op(sym) for op in VIEW_OPS) / 8
+    f = lambda t: t.flatten(1)[:, :5]  # noqa: E731 - any function of the pixels
+    torch.testing.assert_close(view_logits(f, sym, 8), f(sym))
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        view_logits(f, x, 3)
+    with pytest.raises(ValueError, match="square"):
+        view_logits(f, torch.randn(1, 3, 32, 40), 8)
+    # An old checkpoint without the key means one view.
+    assert Predictor.from_checkpoint(make_checkpoint(tmp_path / "plain.pt")).tta == 1

@@ -505,3 +505,33 @@ def test_trunk_lr_scale_gives_the_backbone_a_lower_rate() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # the head first: history logs it
     with pytest.raises(ConfigError, match="trunk_lr_scale"):
         TrainConfig(data="x", trunk_lr_scale=0).validate()
+
+
+def test_tta_views_are_fitted_on_validation_and_used_by_the_predictor(
+    data: Path, tmp_path: Path
+) -> None:
+    """With tta=4 the stored validation loss (and so the threshold and temperature) comes from
+    the mean logits of four flipped views, exactly what the Predictor then computes."""
+    import torch.nn.functional as F
+
+    from fracturekit.io import read_image
+    from fracturekit.predict import Predictor
+
+    run = tmp_path / "tta"
+    train(cfg_for(data, tta=4, epochs=2), run, progress=False)
+    meta = read_checkpoint(run / "model.pt")["meta"]
+    assert meta["tta"] == 4 and meta["config"]["tta"] == 4
+    predictor = Predictor.from_checkpoint(run / "model.pt")
+    assert predictor.tta == 4 and predictor.describe()["tta"] == 4
+    with (run / "splits.csv").open(newline="") as fh:
+        val = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+    batch = torch.stack([predictor.preprocess(read_image(r["path"])) for r in val])
+    labels = torch.tensor([predictor.classes.index(r["label"]) for r in val])
+    logits = predictor.logits(batch)
+    assert F.cross_entropy(logits, labels).item() == pytest.approx(
+        meta["metrics"]["val_loss"], rel=1e-4
+    )
+    predictor.meta["tta"] = 1  # one view gives other logits: the averaging is real
+    assert not torch.allclose(predictor.logits(batch), logits, atol=1e-4)
+    with pytest.raises(ConfigError, match="tta"):
+        TrainConfig(data="x", tta=3).validate()

@@ -94,6 +94,7 @@ class TrainConfig:
         True  # frozen backbone + no augmentation: train the head on cached features
     )
     cache_views: int = 1  # cached path: 1 = the image as is; 2 adds its mirror; 4 and 8 more flips
+    tta: int = 1  # prediction: mean logits over this many views (1 off; 2, 4, 8 as cache_views)
     channels_last: bool = True
     precision: str = "fp32"
     # decision
@@ -152,6 +153,8 @@ class TrainConfig:
             raise ConfigError(
                 f"cache_views={self.cache_views}: must be one of {', '.join(map(str, CACHE_VIEWS))}"
             )
+        if self.tta not in CACHE_VIEWS:
+            raise ConfigError(f"tta={self.tta}: must be one of {', '.join(map(str, CACHE_VIEWS))}")
         if self.threshold_metric not in THRESHOLD_METRICS:
             raise ConfigError(
                 f"threshold_metric={self.threshold_metric!r} is not one of "
@@ -281,6 +284,9 @@ HELP: dict[str, str] = {
     "train the rest on it",
     "cache_views": "cached training: views of each image cached (1 as is, 2 + mirror, 4 + flips, "
     "8 + transposes); each epoch sees one at random",
+    "tta": "test-time augmentation: average the logits of this many flipped views of each image "
+    "(1 off, 2 + mirror, 4 + flips, 8 + 90-degree turns); stored in the checkpoint, used by "
+    "validation (threshold, temperature) and every prediction; costs that many forward passes",
     "channels_last": "channels-last memory format for convolutions (faster on most CPUs and GPUs)",
     "precision": "fp32, or bf16/fp16 mixed precision (GPU; bf16 on CPU is slow on most CPUs)",
     "threshold_metric": "binary tasks: the decision threshold maximises this on validation",

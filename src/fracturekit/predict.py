@@ -176,6 +176,11 @@ class Predictor:
     def in_chans(self) -> int:
         return int(self.meta.get("in_chans", 3))
 
+    @property
+    def tta(self) -> int:
+        """Views whose logits are averaged per image (1: none; see ``TrainConfig.tta``)."""
+        return int(self.meta.get("tta") or 1)
+
     # -- preprocessing ------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """A PIL image -> normalised CxHxW float tensor, exactly as at evaluation time."""
@@ -193,18 +198,31 @@ class Predictor:
 
     # -- inference ----------------------------------------------------------------------------
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw logits (N, num_classes) for a preprocessed batch."""
+        """Raw logits (N, num_classes) for a preprocessed batch.
+
+        With ``tta`` > 1 (stored in the checkpoint), the mean logits of that many flipped views
+        of each image (``fracturekit.models.view_logits``), on either backend.
+        """
         import torch
+
+        from fracturekit.models import view_logits
 
         if self.backend == "onnx":
             name = self.session.get_inputs()[0].name
-            out = self.session.run(None, {name: batch.detach().cpu().numpy().astype(np.float32)})
-            return torch.from_numpy(out[0])
-        with torch.inference_mode():
-            x = batch.to(self.device)
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+                return torch.from_numpy(self.session.run(None, {name: feed})[0])
+
+            return view_logits(forward, batch, self.tta)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
             if x.ndim == 4 and x.shape[-1] > 1:
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.model(x).float().cpu()
+
+        with torch.inference_mode():
+            return view_logits(forward, batch.to(self.device), self.tta)
 
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
         """Calibrated class probabilities (N, C) for a preprocessed batch."""
@@ -294,6 +312,7 @@ class Predictor:
             "std": list(self.meta.get("std", [])),
             "threshold": self.threshold,
             "temperature": self.temperature,
+            "tta": self.tta,
             "pretrained": self.meta.get("pretrained"),
             "backend": self.backend,
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},

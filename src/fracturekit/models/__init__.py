@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
         logits_to_proba,
         set_train_mode,
     )
+    from fracturekit.models._views import VIEW_OPS, view_logits
     from fracturekit.models._weights import (
         EMBEDDED_LITE0_SOURCE,
         WeightsError,
@@ -65,6 +66,7 @@ _LAZY = {
         "read_checkpoint",
         "save_checkpoint",
     ),
+    "_views": ("VIEW_OPS", "view_logits"),
     "_weights": (
         "EMBEDDED_LITE0_SOURCE",
         "WeightsError",
@@ -96,6 +98,8 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
+    "VIEW_OPS",
+    "view_logits",
     "EMBEDDED_LITE0_SOURCE",
     "WeightsError",
     "embedded_lite0_path",

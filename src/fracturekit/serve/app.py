@@ -100,6 +100,7 @@ class ModelResponse(BaseModel):
     std: list[float]
     threshold: float | None
     temperature: float
+    tta: int = Field(1, description="flipped views whose logits are averaged per image")
     pretrained: str | None
     backend: str
     metrics: dict[str, float]

@@ -8,8 +8,8 @@ vectors and an epoch costs one pass through the head.
 
 ``views`` > 1 also caches fixed flipped copies of every image (the dihedral group of the square:
 mirrors, 180- and 90-degree turns, transposes), so cached training still sees some augmentation:
-each epoch picks one view per image at random. Flips commute with resizing and normalisation,
-so flipping the preprocessed tensor equals preprocessing the flipped image.
+each epoch picks one view per image at random (``fracturekit.models.VIEW_OPS``; validation
+caches as many views as the checkpoint averages at prediction, ``tta``).
 
 The cache lives in memory, or in a memory-mapped file beside the run when it would take more
 than a quarter of the machine's RAM.
@@ -29,18 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# The dihedral group of the square, as operations on N x C x H x W batches (H == W after the
-# resize). Order matters: views=2 takes the first two, 4 the first four, 8 all.
-VIEW_OPS: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
-    lambda x: x,
-    lambda x: x.flip(-1),  # horizontal mirror
-    lambda x: x.flip(-2),  # vertical mirror
-    lambda x: x.flip(-2, -1),  # 180-degree turn
-    lambda x: x.transpose(-2, -1),  # transpose (mirror about the main diagonal)
-    lambda x: x.transpose(-2, -1).flip(-1),  # 90-degree turn
-    lambda x: x.transpose(-2, -1).flip(-2),  # 270-degree turn
-    lambda x: x.transpose(-2, -1).flip(-2, -1),  # anti-transpose
-)
+from fracturekit.models import VIEW_OPS
 
 
 def ram_bytes() -> int:

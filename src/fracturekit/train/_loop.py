@@ -692,6 +692,7 @@ def _train(
         "std": dcfg["std"],
         "interpolation": dcfg["interpolation"],
         "positive": positive,
+        "tta": cfg.tta,
         "config": {**cfg.to_dict(), "resume": None},
     }
 
@@ -731,7 +732,9 @@ def _train(
             val_cache = None
             if val_samples and not finished:
                 mine = [val_samples[i] for i in _shard(len(val_samples), dist, pad=False)]
-                val_cache = make_cache(mine, 1, "validation")
+                # As many views as prediction averages (tta), so that the threshold and
+                # temperature are fitted on the logits the checkpoint will produce.
+                val_cache = make_cache(mine, cfg.tta, "validation")
             train_cache = None
             train_local = train_samples
             if cached and not finished:
@@ -948,16 +951,24 @@ def _epoch_line(row: dict[str, Any], epochs: int, rate: float, best: bool) -> st
 def _predict(
     runner: _Runner, cache: FeatureCache, cfg: TrainConfig, device: torch.device, autocast: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of every cached (validation) sample, in order, on the CPU."""
+    """Logits of every cached (validation) sample, in order, on the CPU.
+
+    With several cached views (``cfg.tta``), the mean of their logits, as
+    ``fracturekit.models.view_logits`` gives at prediction.
+    """
     runner.eval()
     outs = []
     with torch.inference_mode():
         for idx in torch.split(torch.arange(len(cache)), max(cfg.batch_size, 64)):
-            x = cache.batch(idx).to(device)
-            if cfg.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                outs.append(runner(x, True).float().cpu())
+            total = None
+            for v in range(cache.views):
+                x = cache.batch(idx, torch.full_like(idx, v)).to(device)
+                if cfg.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    z = runner(x, True).float().cpu()
+                total = z if total is None else total + z
+            outs.append(total / cache.views)
     runner.train()
     logits = torch.cat(outs) if outs else torch.empty(0, 0)
     return logits, cache.labels.clone()
