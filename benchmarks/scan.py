@@ -10,8 +10,8 @@
    ``map >= threshold`` with the mask dilated by 8 px; and the cell-level IoU (a cell is crack
    when >= 0.5 % of its pixels are), the best agreement a map at cell resolution can have.
 2. **Memory**: a 20,000 x 20,000 RGB image is generated strip by strip into a tiled, Deflate-
-   compressed TIFF (never whole in memory) and scanned by ``fracturekit scan`` in a child
-   process; its peak resident memory (``VmHWM``) and wall time are reported. A tiny random
+   compressed TIFF (never whole in memory) and scanned as ``fracturekit scan`` does (allocator
+   setting included) in a child process; its peak resident memory (``VmHWM``) and wall time are reported. A tiny random
    ``simple_cnn`` at 64 px input (tiles of 256 px resized to it) is enough to measure memory;
    ``--memory-checkpoint`` scans with another model.
 
@@ -39,9 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CHILD = r"""
 import json, sys, time
+from fracturekit._alloc import keep_freed_memory
 from fracturekit.predict import Predictor
 from fracturekit.scan import scan_image
 ckpt, image, out, tile, stride = sys.argv[1:6]
+keep_freed_memory()  # as `fracturekit scan` does
 t0 = time.perf_counter()
 r = scan_image(Predictor.from_checkpoint(ckpt), image, tile=int(tile), stride=int(stride),
                batch_size=32, out=out, overwrite=True)

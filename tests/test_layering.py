@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fracturekit"
 
 LEVELS = {
     "_files": -1,
+    "_alloc": -1,
     "config": 0,
     "calibration": 0,
     "io": 0,

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from fracturekit import __version__
+from fracturekit._alloc import keep_freed_memory
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    keep_freed_memory()  # a process-wide allocator setting: the command line's, not the library's
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
