@@ -4,14 +4,15 @@ Convolution activations are tens to hundreds of megabytes. glibc's ``malloc`` se
 above its mmap threshold (dynamic, 128 KiB to 32 MiB) with fresh ``mmap`` calls and unmaps them
 on ``free``, so every batch maps new pages and the kernel zero-fills each one on first touch. On
 a virtual machine those page faults cost nearly as much as the arithmetic. Raising the threshold
-above the largest activation (and the trim threshold, so the heap's free top is not handed back
-after every batch) lets each batch reuse the memory the previous one freed. Measured with
-``benchmarks/allocator.py`` on a 2-core virtual machine, EfficientNet-Lite0 at 224 px:
-``predict_proba`` on 32 images 1.14 -> 0.77 s (system time 3.4 -> 0.1 s over six batches), the
-training cache's frozen prefix on 64 images 2.88 -> 1.51 s, a training step unchanged; peak
-resident memory 2.05 -> 2.51 GiB in that run. PyTorch's CPU performance guide recommends
-jemalloc or tcmalloc for the same reason; this gets most of it from the allocator already
-loaded.
+above the largest activation, and the trim threshold so that the heap's free top survives
+between batches, lets a batch reuse much of the memory the previous one freed. Measured with
+``benchmarks/allocator.py`` on a 2-core virtual machine, EfficientNet-Lite0 at 224 px, six
+batches: ``predict_proba`` on 32 images 1.05 -> 0.85 s a batch (system time 3.4 -> 1.3 s), the
+training cache's frozen prefix on 64 images 2.86 -> 2.03 s, a training step unchanged. A trim
+threshold of 1 GiB removed the page faults altogether (1.47x and 1.91x) but kept about 0.9 GiB
+more resident in steady state; at 256 MiB a loop of 224-px batches stays at the default's
+resident size (about 0.8 GiB) with a fifth of its page faults. PyTorch's CPU performance guide
+recommends jemalloc or tcmalloc for the same reason; this uses the allocator already loaded.
 
 Only ``fracturekit``'s command line calls it: a library must not change its host process's
 allocator. ``FRACTUREKIT_MALLOC=0`` switches it off.
@@ -29,7 +30,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # Blocks up to this size come from the heap and are reused; larger ones are still mapped.
 MMAP_THRESHOLD = 512 << 20
-TRIM_THRESHOLD = 1 << 30  # give free heap back to the system past 1 GiB only
+TRIM_THRESHOLD = 256 << 20  # keep up to 256 MiB of free heap for the next batch
 
 
 def keep_freed_memory() -> bool:
@@ -37,7 +38,7 @@ def keep_freed_memory() -> bool:
 
     Does nothing (False) off Linux/glibc, when ``FRACTUREKIT_MALLOC=0``, or when the C library
     refuses a value. Memory freed by one batch is then reused by the next instead of being
-    unmapped and faulted in again; the resident set stays higher by at most the trim threshold.
+    unmapped and faulted in again.
     """
     if os.environ.get("FRACTUREKIT_MALLOC", "1").strip() == "0" or not sys.platform.startswith(
         "linux"
