@@ -309,7 +309,7 @@ def test_tta_averages_the_logits_of_flipped_views(tmp_path: Path) -> None:
     sym = sum(op(sym) for op in VIEW_OPS) / 8
     f = lambda t: t.flatten(1)[:, :5]  # noqa: E731 - any function of the pixels
     torch.testing.assert_close(view_logits(f, sym, 8), f(sym))
-    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+    with pytest.raises(ValueError, match="one of 1, 2, 4, 8"):
         view_logits(f, x, 3)
     with pytest.raises(ValueError, match="square"):
         view_logits(f, torch.randn(1, 3, 32, 40), 8)

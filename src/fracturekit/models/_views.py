@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from fracturekit.config import CACHE_VIEWS
+
 # Order matters: 2 views take the first two, 4 the first four, 8 all.
 VIEW_OPS: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
     lambda x: x,
@@ -38,13 +40,14 @@ def view_logits(
     Args:
         forward: maps an N x C x H x W batch to N x K logits.
         batch: the preprocessed batch.
-        views: 1 (``forward(batch)`` itself), 2, 4 or 8; more than 4 needs square inputs.
+        views: one of ``config.CACHE_VIEWS`` (1 is ``forward(batch)`` itself); more than 4 needs
+            square inputs.
 
     Raises:
-        ValueError: ``views`` is not 1, 2, 4 or 8, or a transposing view meets a non-square batch.
+        ValueError: ``views`` is not one of them, or a transposing view meets a non-square batch.
     """
-    if views not in (1, 2, 4, 8):
-        raise ValueError(f"views must be 1, 2, 4 or 8, got {views}")
+    if views not in CACHE_VIEWS:
+        raise ValueError(f"views must be one of {', '.join(map(str, CACHE_VIEWS))}, got {views}")
     if views > 4 and batch.shape[-1] != batch.shape[-2]:
         raise ValueError(
             f"{views} views turn the image by 90 degrees: the input must be square, got "
