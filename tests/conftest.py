@@ -26,7 +26,8 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _torch_threads():
+def _seed_torch():
+    """Every test starts from torch's seed 0, so tiny random-init models are reproducible."""
     try:
         import torch
     except ImportError:  # pragma: no cover

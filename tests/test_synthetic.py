@@ -225,8 +225,24 @@ def test_cli_synth(tmp_path, capsys):
 
 
 def test_kind_names_match_the_table():
-    from fracturekit.cli import synth as synth_cli
-
     assert set(KIND_NAMES) == set(KINDS) | {"mixed"}
-    # The CLI lists the kinds without importing the generator (cheap --help).
-    assert tuple(synth_cli.KINDS) == KIND_NAMES
+    assert set(synthetic.MIXED_KINDS) <= set(KINDS)
+
+
+def test_every_command_offers_every_synthetic_kind():
+    from fracturekit.cli import build_parser
+    from fracturekit.contracts import SYNTH_KINDS
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for command in ("synth", "demo"):
+        kind = next(a for a in sub[command]._actions if a.dest == "kind")
+        assert tuple(kind.choices) == SYNTH_KINDS, command
+    assert {"masonry", "mixed"} <= set(SYNTH_KINDS)
+
+
+def test_distractor_rows_are_named():
+    for table in (synthetic.SURFACE_DISTRACTORS, synthetic.XRAY_DISTRACTORS):
+        for name, row in table.items():
+            assert callable(row.draw), name
+            assert row.weight > 0, name
+            assert isinstance(row.before_crack, bool), name

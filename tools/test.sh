@@ -2,8 +2,18 @@
 # Set up a fresh machine and run the whole test suite (what CI runs, via .ci/run).
 # Creates .venv, installs fracturekit with its dev extras, makes sure Debian's chromium is present
 # for the browser test, checks lint and formatting, then runs pytest (all tests, slow ones too).
+#
+#   bash tools/test.sh            the full run (CI)
+#   bash tools/test.sh --fast     everyday tier: the same set-up and lint, tests not marked slow
+#   bash tools/test.sh ARGS...    extra arguments go to pytest (e.g. tests/test_io.py -x)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+FAST=0
+if [ "${1:-}" = "--fast" ]; then
+  FAST=1
+  shift
+fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -26,4 +36,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # pytest exits 5 when it collected no test: set -e makes that (and any failure) fail the run.
+if [ "$FAST" = 1 ]; then
+  exec .venv/bin/python -m pytest -m "not slow" "$@"
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -37,10 +38,10 @@ from scipy import signal
 from scipy.spatial import cKDTree
 
 from fracturekit._files import atomic_write_bytes, atomic_write_text
+from fracturekit.contracts import MIXED_KINDS, SYNTH_KINDS
 
-KIND_NAMES = ("concrete", "asphalt", "rock", "masonry", "xray", "mixed")
-# `mixed` draws one of these per image (the surfaces; X-rays are a domain of their own).
-MIXED_KINDS = ("concrete", "asphalt", "rock", "masonry")
+KIND_NAMES = SYNTH_KINDS  # the public name of earlier releases
+
 MIN_WIDTH = 1.0
 MAX_WIDTH = 20.0
 STEP = 1.0  # centre-line vertex spacing in px
@@ -1055,21 +1056,30 @@ def _skin_fold(rng: np.random.Generator, img: np.ndarray, ctx: dict) -> np.ndarr
 
 
 Distractor = Callable[[np.random.Generator, np.ndarray, dict], np.ndarray]
-# name -> (function, relative weight, drawn before the crack (True) or with the lighting).
-SURFACE_DISTRACTORS: dict[str, tuple[Distractor, float, bool]] = {
-    "wire": (_wire, 1.0, True),
-    "cable": (_cable, 0.8, True),
-    "scratch": (_scratch, 1.0, True),
-    "joint": (_joint, 1.0, True),
-    "paint": (_paint, 0.6, True),
-    "streaks": (_streaks, 0.5, True),
-    "shadow": (_shadow, 1.0, False),
+
+
+class DistractorSpec(NamedTuple):
+    """One row of a distractor table."""
+
+    draw: Distractor
+    weight: float  # relative probability of being picked
+    before_crack: bool  # drawn before the crack (True) or with the lighting, after it
+
+
+SURFACE_DISTRACTORS: dict[str, DistractorSpec] = {
+    "wire": DistractorSpec(_wire, 1.0, True),
+    "cable": DistractorSpec(_cable, 0.8, True),
+    "scratch": DistractorSpec(_scratch, 1.0, True),
+    "joint": DistractorSpec(_joint, 1.0, True),
+    "paint": DistractorSpec(_paint, 0.6, True),
+    "streaks": DistractorSpec(_streaks, 0.5, True),
+    "shadow": DistractorSpec(_shadow, 1.0, False),
 }
-XRAY_DISTRACTORS: dict[str, tuple[Distractor, float, bool]] = {
-    "implant": (_implant, 1.0, True),
-    "cast": (_cast, 0.7, True),
-    "collimation": (_collimation, 0.6, True),
-    "skin_fold": (_skin_fold, 1.0, True),
+XRAY_DISTRACTORS: dict[str, DistractorSpec] = {
+    "implant": DistractorSpec(_implant, 1.0, True),
+    "cast": DistractorSpec(_cast, 0.7, True),
+    "collimation": DistractorSpec(_collimation, 0.6, True),
+    "skin_fold": DistractorSpec(_skin_fold, 1.0, True),
 }
 
 
@@ -1079,7 +1089,7 @@ class KindSpec:
 
     texture: Callable[[np.random.Generator, int], tuple[np.ndarray, dict]]
     cracks: Callable[[np.random.Generator, int, dict], list[TrueCrack]]
-    distractors: dict[str, tuple[Distractor, float, bool]]
+    distractors: dict[str, DistractorSpec]
     xray: bool = False
 
 
@@ -1172,22 +1182,22 @@ def render_sample(
     if kind == "mixed":
         kind = str(rng.choice(MIXED_KINDS))
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KIND_NAMES)}")
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(SYNTH_KINDS)}")
     if size < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
     spec = KINDS[kind]
     img, ctx = spec.texture(rng, size)
     img = img.astype(np.float32)
     names = list(spec.distractors)
-    weights = np.array([spec.distractors[n][1] for n in names])
+    weights = np.array([spec.distractors[n].weight for n in names])
     count = int(rng.choice(4, p=[0.25, 0.4, 0.23, 0.12]))
     chosen = [
         str(x) for x in rng.choice(names, size=count, replace=False, p=weights / weights.sum())
     ]
     for name in chosen:
-        fn, _, before = spec.distractors[name]
-        if before:
-            img = fn(rng, img, ctx)
+        row = spec.distractors[name]
+        if row.before_crack:
+            img = row.draw(rng, img, ctx)
     cracks: list[TrueCrack] = []
     mask = np.zeros((size, size), bool)
     if with_crack:
@@ -1203,9 +1213,9 @@ def render_sample(
             raise RuntimeError("could not place a crack; try another seed")
         img = _draw_crack(rng, img, sd, wl, spec.xray)
     for name in chosen:
-        fn, _, before = spec.distractors[name]
-        if not before:
-            img = fn(rng, img, ctx)
+        row = spec.distractors[name]
+        if not row.before_crack:
+            img = row.draw(rng, img, ctx)
     image = _finish(rng, img, spec.xray)
     return SyntheticSample(image, mask, cracks, kind, chosen)
 
@@ -1328,7 +1338,7 @@ def _csv_text(header: tuple[str, ...], rows: list[tuple]) -> str:
     return buf.getvalue()
 
 
-def _f(v: float, digits: int = 3) -> str:
+def _fixed(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
@@ -1339,10 +1349,10 @@ def crack_rows(stem: str, cracks: list[TrueCrack]) -> list[tuple]:
             stem,
             c.crack,
             len(c.branches),
-            _f(c.length_px),
-            _f(c.mean_width_px),
-            _f(c.median_width_px),
-            _f(c.max_width_px),
+            _fixed(c.length_px),
+            _fixed(c.mean_width_px),
+            _fixed(c.median_width_px),
+            _fixed(c.max_width_px),
         )
         for c in cracks
     ]
@@ -1354,7 +1364,7 @@ def profile_rows(cracks: list[TrueCrack]) -> list[tuple]:
     for c in cracks:
         for bi, b in enumerate(c.branches):
             for s, (x, y), w in zip(b.s, b.xy, b.width, strict=True):
-                rows.append((c.crack, bi, b.parent, _f(s), _f(x), _f(y), _f(w, 4)))
+                rows.append((c.crack, bi, b.parent, _fixed(s), _fixed(x), _fixed(y), _fixed(w, 4)))
     return rows
 
 
@@ -1394,7 +1404,7 @@ def _render_chunk(job: tuple) -> list[tuple]:
     return results
 
 
-_GENERATED = re.compile(r"^(" + "|".join(KIND_NAMES) + r")_\d+\.(png|csv)$")
+_GENERATED = re.compile(r"^(" + "|".join(SYNTH_KINDS) + r")_\d+\.(png|csv)$")
 _SUBDIRS = ("crack", "no_crack", "masks", "profiles")
 _TOP_FILES = (CRACKS_CSV, "images.csv", MARKER)
 
@@ -1478,8 +1488,8 @@ def generate_dataset(
     from fracturekit import __version__
 
     out = Path(out)
-    if kind not in KIND_NAMES:
-        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KIND_NAMES)}")
+    if kind not in SYNTH_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(SYNTH_KINDS)}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if size < 16:

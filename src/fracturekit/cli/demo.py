@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from fracturekit.contracts import SYNTH_KINDS
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -33,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kind",
         default="concrete",
-        choices=("concrete", "asphalt", "rock", "xray"),
+        choices=SYNTH_KINDS,
         help="surface texture of the generated images (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, split and training")

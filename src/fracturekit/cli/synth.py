@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-KINDS = ("concrete", "asphalt", "rock", "masonry", "xray", "mixed")
+from fracturekit.contracts import SYNTH_KINDS
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=224, help="image side in px (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--kind", choices=KINDS, default="concrete", help="surface to render (default concrete)"
+        "--kind",
+        choices=SYNTH_KINDS,
+        default="concrete",
+        help="surface to render (default concrete)",
     )
     parser.add_argument(
         "--crack-fraction",
