@@ -11,6 +11,7 @@ LEVELS = {
     "_files": -1,
     "_alloc": -1,
     "contracts": -1,
+    "progress": 0,
     "config": 0,
     "calibration": 0,
     "io": 0,
