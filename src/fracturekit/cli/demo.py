@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from fracturekit.cli._options import add_overwrite
 from fracturekit.contracts import SYNTH_KINDS
 
 
@@ -40,7 +41,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, split and training")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    add_overwrite(parser, "an earlier demo in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fracturekit.cli._options import add_overwrite
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="model.pt written by training")
@@ -24,7 +26,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the .onnx file to write (default: CKPT with the suffix .onnx, where "
         "`--backend onnx` looks for it)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_overwrite(parser, "an existing --out file")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     parser.add_argument(
         "--check-images",

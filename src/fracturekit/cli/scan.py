@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from fracturekit.cli._options import add_backend, add_batch_size, add_overwrite
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="model.pt (or model.onnx)")
@@ -30,33 +32,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stride", type=int, metavar="PX", help="step between tiles (default: tile / 2)"
     )
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="default: 16")
-    parser.add_argument(
-        "--backend", choices=("torch", "onnx"), default="torch", help="inference backend"
-    )
+    add_batch_size(parser, 16, "tiles")
+    add_backend(parser)
     parser.add_argument(
         "--max-pixels",
         type=int,
         metavar="N",
         help="largest image accepted (default: 4e9 for streamed formats, 2.5e8 for others)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_overwrite(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from fracturekit.predict import Predictor
+    from fracturekit.progress import progress_bar
     from fracturekit.scan import scan_image
 
     predictor = Predictor.from_checkpoint(args.checkpoint, backend=args.backend)
-    err = Console(stderr=True)
-    bar = Progress(
-        TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
-    )
-    task = bar.add_task("scan", total=None)
-    with bar:
+    with progress_bar("scanning") as bar:
         result = scan_image(
             predictor,
             args.image,
@@ -66,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             max_pixels=args.max_pixels,
             overwrite=args.overwrite,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=bar,
         )
     console = Console()
     console.print(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from fracturekit.cli._options import add_overwrite
 from fracturekit.contracts import SYNTH_KINDS
 
 
@@ -39,11 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="share of images with cracks, 0-1 (default 0.5)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a previous synth output in OUT (only files synth wrote are removed)",
-    )
+    add_overwrite(parser, "a previous synth output in OUT (only files synth wrote are removed)")
     parser.add_argument(
         "--workers",
         type=int,
