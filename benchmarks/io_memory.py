@@ -169,8 +169,7 @@ def main() -> None:
             row = json.loads(out.stdout.strip().splitlines()[-1])
             size = f"{path.stat().st_size / 1024:.0f} kB"
             print(
-                f"{name:<18} {size:>9} {_pixels(path):>22} {row['peak_mb']:>13.0f}  "
-                f"{row['result']}"
+                f"{name:<18} {size:>9} {_pixels(path):>22} {row['peak_mb']:>13.0f}  {row['result']}"
             )
 
 
