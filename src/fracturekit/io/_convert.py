@@ -84,7 +84,9 @@ def stretch_chunk(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Linear ``lo..hi`` -> ``0..255`` (uint8, clipped); all zeros when ``hi <= lo``."""
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    x = np.nan_to_num(values.astype(np.float64))  # the one working copy, updated in place
+    x = values.astype(np.float64)  # the one working copy, updated in place
+    if values.dtype.kind == "f":  # (its masks cost memory: only where NaN/inf can occur)
+        np.nan_to_num(x, copy=False)
     x -= lo
     x *= 255.0 / (hi - lo)
     np.rint(x, out=x)
