@@ -58,26 +58,19 @@ def _rle_frame(rows: int, cols: int, value: int) -> bytes:
 
 
 def _write_dicom(path: Path, frames: int, side: int) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import RLELossless, SecondaryCaptureImageStorage, generate_uid
+    """``frames`` constant frames of ``side`` x ``side`` 16-bit grey, RLE Lossless."""
+    import io
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = RLELossless
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows = ds.Columns = side
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fixture_images import dicom_bytes  # the tests' single-frame DICOM writer
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint16))))
+    ds.file_meta.TransferSyntaxUID = RLELossless
     ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
     ds.PixelData = encapsulate([_rle_frame(side, side, 100 * (i + 1)) for i in range(frames)])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
