@@ -427,14 +427,16 @@ def test_extensions_table() -> None:
 
 
 def _multiframe_dicom(frames: np.ndarray, *, rle: bool = False, bits: int = 16) -> bytes:
-    """A DICOM file of ``frames`` (frames, rows, cols), native or RLE Lossless."""
+    """A DICOM file of ``frames`` (frames, rows, cols[, 3]), native or RLE Lossless."""
     import io as stdio
 
     from pydicom import dcmread
     from pydicom.uid import RLELossless
 
-    ds = dcmread(stdio.BytesIO(dicom_bytes(frames[0])))
+    ds = dcmread(stdio.BytesIO(dicom_bytes(frames[0, ..., 0] if frames.ndim == 4 else frames[0])))
     ds.NumberOfFrames = len(frames)
+    if frames.ndim == 4:  # colour, samples interleaved
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated = ds.BitsStored = bits
     ds.HighBit = bits - 1
     dtype = f"<u{bits // 8}"
@@ -462,15 +464,15 @@ def _traced_peak(fn):
 
 def test_bytes_budget_refuses_16bit_colour_from_the_header(tmp_path: Path, monkeypatch) -> None:
     tifffile = pytest.importorskip("tifffile")
-    # 0.64 megapixels, under a 1-megapixel limit, but 16-bit RGB: 3.84 MB decoded > 3 MB.
-    tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((800, 800, 3), np.uint16), photometric="rgb")
+    # 0.81 megapixels, under a 1-megapixel limit, but 16-bit RGB: 4.86 MB decoded > 4 MB.
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((900, 900, 3), np.uint16), photometric="rgb")
 
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded although the header is over the budget")
 
     monkeypatch.setattr(tifffile, "imread", no_decode)
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
-    with pytest.raises(ImageReadError, match=r"16-bit samples: 4 MB decoded, over the budget of 3"):
+    with pytest.raises(ImageReadError, match=r"16-bit samples: 5 MB decoded, over the budget of 4"):
         read_image(tmp_path / "rgb16.tif", max_pixels=1_000_000)
     data = (tmp_path / "rgb16.tif").read_bytes()
     with pytest.raises(ImageReadError, match=f"^x.tif: .*budget.*{MAX_PIXELS_ENV}"):
@@ -478,20 +480,19 @@ def test_bytes_budget_refuses_16bit_colour_from_the_header(tmp_path: Path, monke
     assert max_decoded_bytes(1_000_000) == DECODED_BYTES_PER_PIXEL * 1_000_000
     assert max_decoded_bytes(0) is None
     monkeypatch.undo()
-    assert read_image(tmp_path / "rgb16.tif", max_pixels=1_300_000).size == (800, 800)
+    assert read_image(tmp_path / "rgb16.tif", max_pixels=1_300_000).size == (900, 900)
 
 
 def test_bytes_budget_counts_bytes_per_sample(tmp_path: Path) -> None:
-    gray16 = tmp_path / "g16.png"
-    Image.fromarray(np.zeros((100, 100), np.uint16)).save(gray16)  # 20 kB decoded
-    rgb8 = tmp_path / "rgb8.png"
-    Image.new("RGB", (100, 100)).save(rgb8)  # 30 kB decoded
-    assert read_image(gray16, max_pixels=10_000).size == (100, 100)
-    assert read_image(rgb8, max_pixels=10_000).size == (100, 100)  # 3 bytes a pixel: at the limit
-    (tmp_path / "f32.tif").write_bytes(b"")
+    tifffile = pytest.importorskip("tifffile")
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(tmp_path / "g16.png")  # 20 kB
+    Image.new("RGBA", (100, 100)).save(tmp_path / "rgba.png")  # 40 kB
     Image.fromarray(np.zeros((100, 100), np.float32)).save(tmp_path / "f32.tif")  # 40 kB
-    with pytest.raises(ImageReadError, match="32-bit samples"):
-        read_image(tmp_path / "f32.tif", max_pixels=10_000)
+    for name in ("g16.png", "rgba.png", "f32.tif"):  # at most 4 bytes a pixel: pixels decide
+        assert read_image(tmp_path / name, max_pixels=10_000).size == (100, 100), name
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((100, 100, 3), np.uint16))  # 60 kB
+    with pytest.raises(ImageReadError, match="3 x 16-bit samples"):
+        read_image(tmp_path / "rgb16.tif", max_pixels=10_000)
 
 
 def test_stretch_is_chunked_and_matches_the_float64_formula() -> None:
@@ -578,13 +579,13 @@ def test_dicom_decodes_only_the_first_frame(tmp_path: Path, rle: bool) -> None:
 
 
 def test_dicom_bytes_budget(tmp_path: Path) -> None:
-    frames = np.zeros((3, 60, 60), np.uint32)
-    (tmp_path / "d32.dcm").write_bytes(_multiframe_dicom(frames, bits=32))
-    # 3600 px under a 4000-px limit, but 32-bit: 14.4 kB > 12 kB; the frames not decoded
+    frames = np.zeros((3, 60, 60, 3), np.uint16)
+    (tmp_path / "rgb16.dcm").write_bytes(_multiframe_dicom(frames))
+    # 3600 px under a 4000-px limit, but 16-bit RGB: 21.6 kB > 16 kB; the frames not decoded
     # do not count.
-    with pytest.raises(ImageReadError, match=r"1 x 32-bit samples: 0 MB decoded, over the budget"):
-        read_image(tmp_path / "d32.dcm", max_pixels=4000)
-    assert read_image(tmp_path / "d32.dcm", max_pixels=5000).size == (60, 60)
+    with pytest.raises(ImageReadError, match=r"3 x 16-bit samples: 0 MB decoded, over the budget"):
+        read_image(tmp_path / "rgb16.dcm", max_pixels=4000)
+    assert read_image(tmp_path / "rgb16.dcm", max_pixels=5400).size == (60, 60)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 Every pixel fracturekit reads goes through this module, so one set of rules holds everywhere:
 
 * **Formats.** PNG, JPEG, BMP, TIFF (8- and 16-bit), GIF/WebP (first frame), grayscale, RGBA,
-  palette and DICOM. A file is DICOM when it carries the ``DICM`` preamble (bytes 128-131) or is
-  named ``*.dcm`` / ``*.dicom``; everything else is handed to PIL, which sniffs the content.
+  palette and DICOM. The bytes decide, not the name: a file is DICOM when it carries the
+  ``DICM`` preamble (bytes 128-131); a file that starts with another format's magic bytes is
+  that format whatever its name (a PNG named ``x.dcm``, a TIFF named ``.jpg``); otherwise a
+  ``*.dcm`` / ``*.dicom`` name or a DICOM data set without preamble is DICOM. Everything that
+  is not DICOM is handed to PIL, which identifies the content itself.
 * **8-bit output.** Images come back as 8-bit ``L`` or ``RGB``:
 
   - 16-bit, 32-bit and float images (TIFF, PNG) are stretched linearly from their own minimum
@@ -32,15 +35,34 @@ Every pixel fracturekit reads goes through this module, so one set of rules hold
   is loaded, the missing tail filled by the decoder, and reported as a *warning*;
   ``strict=True`` refuses it as an error. PIL's process-wide ``LOAD_TRUNCATED_IMAGES`` switch is
   turned on only for that one decode, while no other fracturekit decode runs (see
-  :class:`_PilSwitches`), never left on globally.
-* **Decompression bombs.** Images over ``max_pixels`` (default 100 megapixels; the
-  ``FRACTUREKIT_MAX_PIXELS`` environment variable or the ``max_pixels`` argument change it,
-  ``0`` turns the check off) are refused from their header, before any pixel is decoded, with a
-  message saying how to raise the limit. PIL's own ``MAX_IMAGE_PIXELS`` check is switched off
-  for fracturekit's header reads, so it neither warns below nor refuses above our limit.
+  ``_pil._PilSwitches``), never left on globally.
+* **Decompression bombs: bounded memory.** One setting, ``max_pixels`` (default 100
+  megapixels; the ``FRACTUREKIT_MAX_PIXELS`` environment variable or the ``max_pixels``
+  argument change it, ``0`` turns both checks off), bounds two things, both checked from the
+  header before any pixel is decoded, with a message saying how to raise the limit:
+
+  - the pixels: width x height <= ``max_pixels``;
+  - the decoded bytes: width x height x samples per pixel x bytes per sample x frames decoded
+    <= ``DECODED_BYTES_PER_PIXEL`` (4) x ``max_pixels`` (:func:`max_decoded_bytes`): what PIL
+    holds for an 8-bit RGB(A) image at the pixel limit. So every 8-bit image, 16-bit grey and
+    32-bit/float grey is bounded by the pixel limit alone, a 16-bit RGB image gets two thirds
+    of it and 16-bit RGBA half. Only the first frame of a multi-frame file is decoded (DICOM
+    via pydicom's frame-level access, PIL and tifffile the first page), so only it counts.
+
+  The 16-bit/float stretch runs over chunks of about a million values, so a decode costs about
+  the stored array plus its 8-bit output (a 25-megapixel 16-bit colour TIFF: ~230 MB, where a
+  whole-image float64 stretch took 1.9 GB). PIL's own ``MAX_IMAGE_PIXELS`` check is switched
+  off for fracturekit's header reads, so it neither warns below nor refuses above our limit.
 * **Errors.** A missing, empty, corrupt, truncated (strict) or non-image file raises
   :class:`ImageReadError` (a ``ValueError``) whose text is ``"<path>: <reason>"``.
   :func:`check_images` checks many files on a thread pool and collects every problem instead.
+* **Streaming.** :func:`open_rows` reads large TIFF, BMP and PGM/PPM files in bands of rows
+  (what ``fracturekit.scan`` tiles), others through :func:`read_image`.
+
+Layout: ``_header`` (the one header reader, magic bytes, limits, :class:`ImageReadError`),
+``_convert`` (the chunked stretch, alpha, EXIF transposes), ``_pil`` and ``_dicom`` (the
+decoders), ``_read`` (the public whole-image readers, masks, :func:`check_images`),
+``_stream`` (the banded readers).
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from typing import NamedTuple
 
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "FRACTUREKIT_MAX_PIXELS"
-#: The decoded-bytes budget is this many bytes per pixel of the pixel limit: what an 8-bit RGB
-#: image at the limit holds. 16-bit colour therefore gets half the pixels, 8-bit grey all of them
-#: (the pixel limit still applies).
-DECODED_BYTES_PER_PIXEL = 3
+#: The decoded-bytes budget is this many bytes per pixel of the pixel limit: what PIL holds for
+#: an 8-bit RGB or RGBA image at the limit. Every 8-bit image, 16-bit grey and 32-bit grey are
+#: bounded by the pixel limit alone; 16-bit RGB gets two thirds of it, 16-bit RGBA half.
+DECODED_BYTES_PER_PIXEL = 4
 HEAD_BYTES = 132  # up to the DICOM preamble's "DICM" at bytes 128-131
 
 #: Extensions fracturekit treats as images when it lists a folder (lower case). Files without

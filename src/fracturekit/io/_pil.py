@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fracturekit.io._convert import exif_orientation_of, rgb_image, stretch, to_8bit
-from fracturekit.io._header import ImageReadError, check_size
+from fracturekit.io._header import DECODED_BYTES_PER_PIXEL, ImageReadError, check_size
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -150,8 +150,11 @@ def _stored_layout(im: PILImage.Image) -> tuple[int, int]:
 
     if _is_rgb16_tiff(im):
         return int(im.tag_v2.get(277, 3)), 2  # SamplesPerPixel; tifffile keeps 16 bits
-    mode = ImageMode.getmode(im.mode)
-    return len(mode.bands), np.dtype(mode.typestr).itemsize
+    try:
+        mode = ImageMode.getmode(im.mode)
+        return len(mode.bands), np.dtype(mode.typestr).itemsize
+    except (KeyError, TypeError):  # a rare mode: count it as DECODED_BYTES_PER_PIXEL bytes
+        return 1, DECODED_BYTES_PER_PIXEL
 
 
 def _is_rgb16_tiff(im: PILImage.Image) -> bool:
