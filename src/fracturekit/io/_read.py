@@ -60,7 +60,7 @@ class CheckReport:
         ok: the files that load (including those with a warning), in input order.
         warnings: files that load only with a caveat: truncated files (non-strict mode).
         errors: files that cannot be used: missing, empty, corrupt, not an image, over the
-            pixel limit, or truncated in strict mode.
+            pixel limit or the decoded-bytes budget, or truncated in strict mode.
         infos: :class:`ImageInfo` for every file in ``ok``.
     """
 
@@ -91,7 +91,8 @@ def open_image(
         source: a path, or the file's bytes.
         name: how errors name the file (default: the path, or ``"upload"`` for bytes).
         strict: refuse truncated files instead of loading them with a warning.
-        max_pixels: pixel limit (see :func:`max_pixels_limit`).
+        max_pixels: pixel limit, which also sets the decoded-bytes budget (see
+            :func:`fracturekit.io.max_decoded_bytes`).
 
     Raises:
         ImageReadError: the file cannot be used; the message names it and says why.
@@ -139,8 +140,8 @@ def read_image(
     :func:`check_images` is where such files are reported.
 
     Raises:
-        ImageReadError: missing, empty, corrupt, not an image, over the pixel limit, or
-            truncated with ``strict=True``.
+        ImageReadError: missing, empty, corrupt, not an image, over the pixel limit or the
+            bytes budget, or truncated with ``strict=True``.
     """
     image, _ = open_image(path, strict=strict, max_pixels=max_pixels)
     return _channels(image, channels)
@@ -155,7 +156,8 @@ def read_image_bytes(
     max_pixels: int | None = None,
 ) -> PILImage.Image:
     """:func:`read_image` for bytes in memory (an upload); ``name`` names it in errors and
-    decides DICOM-by-extension (``scan.dcm``)."""
+    decides DICOM by name where the bytes do not (a ``scan.dcm`` without the preamble);
+    ``max_pixels`` bounds the pixels and the decoded bytes, as for :func:`read_image`."""
     image, _ = open_image(bytes(data), name=name, strict=strict, max_pixels=max_pixels)
     return _channels(image, channels)
 
@@ -269,7 +271,8 @@ def check_images(
     Args:
         paths: files to check; duplicates are checked once.
         strict: treat truncated files as errors.
-        max_pixels: pixel limit (see :func:`max_pixels_limit`).
+        max_pixels: pixel limit, which also sets the decoded-bytes budget (see
+            :func:`fracturekit.io.max_decoded_bytes`).
         workers: threads (default: ``min(16, 2 * CPUs)``; PIL and NumPy release the GIL while
             decoding).
     """
