@@ -21,13 +21,16 @@ from fixture_images import (
     write_truncated_jpeg,
 )
 from fracturekit.io import (
+    DECODED_BYTES_PER_PIXEL,
     IMAGE_EXTENSIONS,
     MAX_PIXELS_ENV,
     CheckReport,
     ImageReadError,
     check_images,
     exif_orientation,
+    is_dicom,
     is_image_file,
+    max_decoded_bytes,
     open_image,
     read_image,
     read_image_bytes,
@@ -417,3 +420,212 @@ def test_fracatlas_truncated_files_found_quickly(shared_data: Path) -> None:
 def test_extensions_table() -> None:
     assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"} <= IMAGE_EXTENSIONS
     assert not is_image_file(Path(".DS_Store"))
+
+
+# --------------------------------------------------------------------------------------------
+# bounded memory: the decoded-bytes budget, chunked conversions, one DICOM frame
+
+
+def _multiframe_dicom(frames: np.ndarray, *, rle: bool = False, bits: int = 16) -> bytes:
+    """A DICOM file of ``frames`` (frames, rows, cols[, 3]), native or RLE Lossless."""
+    import io as stdio
+
+    from pydicom import dcmread
+    from pydicom.uid import RLELossless
+
+    ds = dcmread(stdio.BytesIO(dicom_bytes(frames[0, ..., 0] if frames.ndim == 4 else frames[0])))
+    ds.NumberOfFrames = len(frames)
+    if frames.ndim == 4:  # colour, samples interleaved
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    dtype = f"<u{bits // 8}"
+    if rle:
+        ds.compress(RLELossless, frames.astype(dtype))
+    else:
+        ds.PixelData = frames.astype(dtype).tobytes()
+    buf = stdio.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _traced_peak(fn):
+    """``(fn(), peak bytes numpy and Python allocated while it ran)``."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_bytes_budget_refuses_16bit_colour_from_the_header(tmp_path: Path, monkeypatch) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    # 0.81 megapixels, under a 1-megapixel limit, but 16-bit RGB: 4.86 MB decoded > 4 MB.
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((900, 900, 3), np.uint16), photometric="rgb")
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded although the header is over the budget")
+
+    monkeypatch.setattr(tifffile, "imread", no_decode)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    with pytest.raises(ImageReadError, match=r"16-bit samples: 5 MB decoded, over the budget of 4"):
+        read_image(tmp_path / "rgb16.tif", max_pixels=1_000_000)
+    data = (tmp_path / "rgb16.tif").read_bytes()
+    with pytest.raises(ImageReadError, match=f"^x.tif: .*budget.*{MAX_PIXELS_ENV}"):
+        read_image_bytes(data, name="x.tif", max_pixels=1_000_000)  # what the server calls
+    assert max_decoded_bytes(1_000_000) == DECODED_BYTES_PER_PIXEL * 1_000_000
+    assert max_decoded_bytes(0) is None
+    monkeypatch.undo()
+    assert read_image(tmp_path / "rgb16.tif", max_pixels=1_300_000).size == (900, 900)
+
+
+def test_bytes_budget_counts_bytes_per_sample(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(tmp_path / "g16.png")  # 20 kB
+    Image.new("RGBA", (100, 100)).save(tmp_path / "rgba.png")  # 40 kB
+    Image.fromarray(np.zeros((100, 100), np.float32)).save(tmp_path / "f32.tif")  # 40 kB
+    for name in ("g16.png", "rgba.png", "f32.tif"):  # at most 4 bytes a pixel: pixels decide
+        assert read_image(tmp_path / name, max_pixels=10_000).size == (100, 100), name
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((100, 100, 3), np.uint16))  # 60 kB
+    with pytest.raises(ImageReadError, match="3 x 16-bit samples"):
+        read_image(tmp_path / "rgb16.tif", max_pixels=10_000)
+
+
+def test_stretch_is_chunked_and_matches_the_float64_formula() -> None:
+    from fracturekit.io._convert import CHUNK_VALUES, stretch
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(70, 30, 3)).astype(np.float32)
+    small[3, 4, 1] = np.nan
+    x = np.nan_to_num(small.astype(np.float64))
+    lo, hi = x.min(), x.max()
+    expected = np.clip(np.rint((x - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    assert (stretch(small) == expected).all()
+    assert not stretch(np.full((5, 5), 7, np.uint16)).any()  # constant: zeros
+
+    big = np.tile(np.arange(3000, dtype=np.uint16), (3000, 1))  # 18 MB of 16-bit data
+    out, peak = _traced_peak(lambda: stretch(big))
+    assert out[0, 0] == 0 and out[0, -1] == 255
+    # The uint8 output plus one float64 chunk and its uint8 copy, not float64 of the image.
+    assert peak < out.nbytes + 10 * CHUNK_VALUES + 1_000_000, peak
+
+
+def test_16bit_colour_tiff_peak_memory(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    arr = np.tile(np.arange(2000, dtype=np.uint16)[:, None] * 30, (1, 1500))
+    rgb = np.dstack([arr, arr // 2, arr // 3])  # 18 MB of 16-bit RGB
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb", compression="zlib")
+    (image, info), peak = _traced_peak(lambda: open_image(tmp_path / "rgb16.tif"))
+    assert info.mode.endswith(";16") and image.size == (1500, 2000)
+    # numpy allocations: the 16-bit array, its 8-bit copy and one chunk's working copy; one
+    # float64 copy of the image alone would be 4x its 16-bit size.
+    assert peak < 3 * rgb.nbytes, (peak, rgb.nbytes)
+
+
+def test_16bit_gray_png_decodes_within_three_times_its_size(tmp_path: Path) -> None:
+    """A fresh process, so PIL's own buffers count too: peak resident memory (VmHWM)."""
+    import subprocess
+    import sys
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs Linux /proc for the process's peak resident memory")
+    side = 4000  # 16 megapixels, 32 MB of 16-bit data, a 40 kB file
+    ramp = (np.arange(side, dtype=np.uint16) // 16 * 200)[None, :].repeat(side, 0)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import numpy, PIL.Image, PIL.PngImagePlugin\n"
+        "from fracturekit.io import read_image\n"
+        "def hwm():\n"
+        "    for line in Path('/proc/self/status').read_text().splitlines():\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "before = hwm()\n"
+        "image = read_image(sys.argv[1], channels=1)\n"
+        "print(hwm() - before, image.size[0])\n"
+    )
+    src = str(Path(__import__("fracturekit").__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "g16.png")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "PYTHONPATH": src},
+        timeout=120,
+    )
+    extra, width = map(int, out.stdout.split())
+    assert width == side
+    assert extra < 3 * ramp.nbytes, f"peak +{extra / 1e6:.0f} MB for {ramp.nbytes / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("rle", [False, True])
+def test_dicom_decodes_only_the_first_frame(tmp_path: Path, rle: bool) -> None:
+    frames = np.stack([np.full((128, 128), 100 * (i + 1), np.uint16) for i in range(40)])
+    frames[0, :64] = 4000  # the first frame: top half bright
+    data = _multiframe_dicom(frames, rle=rle)
+    (tmp_path / "cine.dcm").write_bytes(data)
+    image, peak = _traced_peak(lambda: read_image(tmp_path / "cine.dcm", channels=1))
+    arr = np.asarray(image)
+    assert arr.shape == (128, 128) and arr[0, 0] == 255 and arr[-1, 0] == 0
+    # The file's bytes, one decoded frame and its conversions; all 40 frames would be 1.3 MB.
+    frame = frames[0].nbytes
+    assert peak < len(data) + 10 * frame + 1_000_000 and peak < len(data) + frames.nbytes, peak
+
+
+def test_dicom_bytes_budget(tmp_path: Path) -> None:
+    frames = np.zeros((3, 60, 60, 3), np.uint16)
+    (tmp_path / "rgb16.dcm").write_bytes(_multiframe_dicom(frames))
+    # 3600 px under a 4000-px limit, but 16-bit RGB: 21.6 kB > 16 kB; the frames not decoded
+    # do not count.
+    with pytest.raises(ImageReadError, match=r"3 x 16-bit samples: 0 MB decoded, over the budget"):
+        read_image(tmp_path / "rgb16.dcm", max_pixels=4000)
+    assert read_image(tmp_path / "rgb16.dcm", max_pixels=5400).size == (60, 60)
+
+
+# --------------------------------------------------------------------------------------------
+# the kind of a file comes from its bytes, not its name
+
+
+def test_misleading_extensions_are_read_by_their_magic_bytes(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    picture = blob_image(size=(40, 32))
+    picture.save(tmp_path / "png.dcm", format="PNG")
+    picture.save(tmp_path / "tif.jpg", format="TIFF")
+    picture.save(tmp_path / "jpg.tif", format="JPEG", quality=95)
+    values = _stored((32, 40))
+    (tmp_path / "dicom.png").write_bytes(dicom_bytes(values))
+    (tmp_path / "bare.png").write_bytes(dicom_bytes(values, preamble=False))
+    want = np.asarray(picture)
+    for name, fmt in (("png.dcm", "PNG"), ("tif.jpg", "TIFF"), ("jpg.tif", "JPEG")):
+        image, info = open_image(tmp_path / name)
+        assert info.format == fmt, name
+        assert np.abs(np.asarray(image).astype(int) - want).max() <= 10, name  # JPEG: lossy
+    a = np.asarray(open_image(tmp_path / "dicom.png")[0])
+    b, info = open_image(tmp_path / "bare.png")
+    assert info.format == "DICOM" and (np.asarray(b) == a).all()
+    png = (tmp_path / "png.dcm").read_bytes()
+    assert read_image_bytes(png, name="upload.dcm").size == (40, 32)
+    tifffile.imwrite(tmp_path / "stream.png", np.zeros((20, 30), np.uint8))
+    from fracturekit.io import open_rows
+
+    assert open_rows(tmp_path / "stream.png").streamed in ("tiff", "memmap")
+
+
+@pytest.mark.parametrize(
+    ("head", "name", "dicom"),
+    [
+        (b"\x00" * 128 + b"DICM", "a.png", True),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 124, "a.dcm", False),
+        (b"\x02\x00\x00\x00UL\x04\x00", "a.png", True),  # a data set without the preamble
+        (b"garbage", "a.dcm", True),  # the name decides when nothing else does
+        (b"garbage", "a.png", False),
+    ],
+)
+def test_is_dicom_by_bytes_first(head: bytes, name: str, dicom: bool) -> None:
+    assert is_dicom(head, name) is dicom
