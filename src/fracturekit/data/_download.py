@@ -51,11 +51,11 @@ METADATA_ADDRESSES = frozenset(
 _REFUSED: tuple[tuple[str, Callable[[_Address], bool]], ...] = (
     ("cloud-metadata", lambda ip: ip in METADATA_ADDRESSES),
     ("loopback", lambda ip: ip.is_loopback),
+    ("unspecified", lambda ip: ip.is_unspecified),
     ("link-local", lambda ip: ip.is_link_local),
-    ("private", lambda ip: ip.is_private),
     ("multicast", lambda ip: ip.is_multicast),
     ("reserved", lambda ip: ip.is_reserved),
-    ("unspecified", lambda ip: ip.is_unspecified),
+    ("private", lambda ip: ip.is_private),
     ("non-public", lambda ip: not ip.is_global),
 )
 
@@ -96,6 +96,10 @@ class _Pinned:
     def __init__(self, *args, addresses: list[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._addresses = addresses
+        # The connected socket, kept for the deadline's watchdog: http.client drops its own
+        # reference once the response owns the connection.
+        self.raw_socket: socket.socket | None = None
+        self.expired = False
         # http.client opens its socket through this attribute (TLS then wraps it with the
         # host name, so certificates are checked against the name, not the address).
         self._create_connection = self._connect_checked
@@ -104,9 +108,15 @@ class _Pinned:
         error: OSError | None = None
         for ip in self._addresses:
             try:
-                return socket.create_connection((ip, address[1]), timeout, source_address)
+                self.raw_socket = socket.create_connection(
+                    (ip, address[1]), timeout, source_address
+                )
             except OSError as exc:
                 error = exc
+            else:
+                if self.expired:  # the watchdog fired while connecting
+                    _shut(self.raw_socket)
+                return self.raw_socket
         raise error or OSError("no address to connect to")
 
 
@@ -134,12 +144,16 @@ class _Clock:
             raise DownloadError(f"took longer than the {self.deadline:g} s deadline")
 
 
-def _abort(conn: http.client.HTTPConnection) -> None:
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing left to wake
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _abort(conn: _Pinned) -> None:
     """The deadline's watchdog: shutting the socket down wakes a read blocked on it."""
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed: nothing left to wake
-            sock.shutdown(socket.SHUT_RDWR)
+    conn.expired = True
+    if conn.raw_socket is not None:
+        _shut(conn.raw_socket)
 
 
 def _read_body(response: http.client.HTTPResponse, max_bytes: int, clock: _Clock) -> bytes:
