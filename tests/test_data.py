@@ -30,6 +30,7 @@ from fracturekit.data import (
     DatasetError,
     DatasetSplits,
     ImageDataset,
+    LoadOptions,
     Sample,
     address_refusal,
     build_transforms,
@@ -413,6 +414,29 @@ def test_download_limits_are_reported_per_url(tmp_path: Path, web) -> None:
     assert "unsupported URL scheme 'ftp'" in reasons["ftp://127.0.0.1/x.png"]
     assert "HTTP 404" in reasons[f"{base}/nope.png"]
     assert not list((tmp_path / "cache").iterdir())  # nothing half-written
+
+
+def test_load_options_object_and_keywords(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "d", {"a": 4, "b": 4})
+    options = LoadOptions(val_fraction=0.25, seed=3)
+    by_object = load_dataset(root, options)
+    by_keywords = load_dataset(root, val_fraction=0.25, seed=3)
+    assert by_object == by_keywords and len(by_object.val) == 2
+    assert len(load_dataset(root, options, val_fraction=0).val) == 0  # keywords win
+    with pytest.raises(TypeError, match="unknown data-loading option.*val_frac"):
+        load_dataset(root, val_frac=0.1)
+    with pytest.raises(DatasetError, match="download_timeout"):
+        load_dataset(root, download_timeout=0)
+
+
+def test_layout_and_augment_names_are_declared_once() -> None:
+    from fracturekit.config import AUGMENTS, LAYOUTS
+    from fracturekit.data import READERS
+    from fracturekit.data._transforms import _AUGMENT_STEPS
+
+    assert ("auto", *READERS) == LAYOUTS
+    assert tuple(_AUGMENT_STEPS) == AUGMENTS
+    assert LoadOptions.__dataclass_fields__["layout"].metadata["choices"] == LAYOUTS
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,9 +20,17 @@ DEFAULT_DOWNLOAD_DEADLINE = 300.0
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 
 
-def _option(default: Any, help: str, *, metavar: str | None = None, cli: bool = True) -> Any:
-    """A field with its flag's help text (and metavar); ``cli=False`` keeps it off the CLI."""
-    meta = {"help": help, "metavar": metavar, "cli": cli}
+def _option(
+    default: Any,
+    help: str,
+    *,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    cli: bool = True,
+) -> Any:
+    """A field with its flag's help text, metavar and choices; ``cli=False`` keeps it off the
+    command line (library-only)."""
+    meta = {"help": help, "metavar": metavar, "choices": choices, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -30,7 +38,7 @@ def _option(default: Any, help: str, *, metavar: str | None = None, cli: bool = 
 class LoadOptions:
     """Options of :func:`fracturekit.data.load_dataset` (see its docstring for each)."""
 
-    layout: str = _option("auto", "force a layout instead of detecting it")
+    layout: str = _option(LAYOUTS[0], "force a layout instead of detecting it", choices=LAYOUTS)
     val: str | os.PathLike[str] | None = _option(
         None, "a separate validation data set (any layout)", metavar="PATH"
     )
@@ -113,4 +121,16 @@ class LoadOptions:
 
 def cli_fields() -> list[dataclasses.Field]:
     """The LoadOptions fields that are command-line flags, in declaration order."""
-    return [f for f in dataclasses.fields(LoadOptions) if f.metadata.get("cli", True)]
+    return [f for f in dataclasses.fields(LoadOptions) if f.metadata["cli"]]
+
+
+def option_types() -> dict[str, type]:
+    """``{field name: type}`` of LoadOptions, ``X | None`` and ``str | PathLike`` reduced to
+    their first type (what a flag's text becomes)."""
+    import typing
+
+    out = {}
+    for name, tp in typing.get_type_hints(LoadOptions).items():
+        args = typing.get_args(tp)
+        out[name] = args[0] if args else tp
+    return out
