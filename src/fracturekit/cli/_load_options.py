@@ -32,7 +32,8 @@ def add_load_flags(
             # BooleanOptionalAction adds "(default: ...)" itself, and a --no-<flag> twin.
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text, **kw)
             continue
-        kw["help"] = f"{text} (default: {'none' if default in (None, '') else default})"
+        shown = f.metadata["shown_default"] if default is None else default
+        kw["help"] = f"{text} (default: {'none' if shown in (None, '') else shown})"
         if f.metadata["choices"]:
             kw["choices"] = f.metadata["choices"]
         else:

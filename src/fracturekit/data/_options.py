@@ -26,11 +26,18 @@ def _option(
     *,
     metavar: str | None = None,
     choices: tuple[str, ...] | None = None,
+    shown_default: str | None = None,
     cli: bool = True,
 ) -> Any:
-    """A field with its flag's help text, metavar and choices; ``cli=False`` keeps it off the
-    command line (library-only)."""
-    meta = {"help": help, "metavar": metavar, "choices": choices, "cli": cli}
+    """A field with its flag's help text, metavar, choices and the default to show when the
+    field's own (None) stands for another; ``cli=False`` keeps it off the command line."""
+    meta = {
+        "help": help,
+        "metavar": metavar,
+        "choices": choices,
+        "shown_default": shown_default,
+        "cli": cli,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -70,13 +77,17 @@ class LoadOptions:
     )
     strict: bool = _option(False, "count truncated files as unusable (default: load them and warn)")
     cache_dir: str | os.PathLike[str] | None = _option(
-        None, "download cache for URL manifests", metavar="DIR"
+        None,
+        "download cache for URL manifests",
+        metavar="DIR",
+        shown_default="$FRACTUREKIT_CACHE/downloads or ~/.cache/fracturekit/downloads",
     )
     check: bool = _option(True, "decode every image and mask up front", cli=False)
     max_pixels: int | None = _option(
         None,
-        "refuse images over N pixels (default 100000000 or $FRACTUREKIT_MAX_PIXELS)",
+        "refuse images over N pixels (0: no limit)",
         metavar="N",
+        shown_default="$FRACTUREKIT_MAX_PIXELS or 100000000",
     )
     download_timeout: float = _option(
         DEFAULT_DOWNLOAD_TIMEOUT,
