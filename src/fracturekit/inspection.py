@@ -452,17 +452,9 @@ def _fmt_stats(stats: dict[str, float]) -> str:
     return " / ".join(f"{stats[k]:g}" for k in ("min", "median", "max"))
 
 
-def print_report(report: InspectionReport, console: Any = None, *, limit: int = 50) -> None:
-    """Print the report with rich: tables of counts and sizes, then every problem plainly."""
-    from rich.console import Console
+def _counts_table(report: InspectionReport) -> Any:
     from rich.table import Table
 
-    console = console or Console()
-
-    def say(text: str = "", style: str | None = None) -> None:
-        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
-
-    say(f"{report.root}  (layout: {report.layout})", style="bold")
     table = Table(title="samples per class and split")
     table.add_column("class")
     for name in report.splits:
@@ -482,7 +474,11 @@ def print_report(report: InspectionReport, console: Any = None, *, limit: int = 
         str(sum(report.masks.values())),
         style="bold",
     )
-    console.print(table)
+    return table
+
+
+def _info_table(report: InspectionReport) -> Any:
+    from rich.table import Table
 
     info = Table(title=f"{report.readable} readable images", show_header=False)
     info.add_column("what")
@@ -491,7 +487,79 @@ def print_report(report: InspectionReport, console: Any = None, *, limit: int = 
     info.add_row("height min / median / max", _fmt_stats(report.sizes.get("height", {})))
     info.add_row("modes", ", ".join(f"{k} {v}" for k, v in report.modes.items()) or "-")
     info.add_row("formats", ", ".join(f"{k} {v}" for k, v in report.formats.items()) or "-")
-    console.print(info)
+    return info
+
+
+def _problem_blocks(report: InspectionReport) -> list[tuple[str, str, str, list[str]]]:
+    """``(kind, style, title, lines)`` per kind of problem, errors first (empty lines: none)."""
+    within = [g for g in report.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
+    return [
+        (
+            "ERROR",
+            "bold red",
+            f"{len(report.unreadable)} unreadable file(s); they cannot be used:",
+            [str(i) for i in report.unreadable],
+        ),
+        (
+            "ERROR",
+            "bold red",
+            f"{len(report.cross_split_duplicates)} identical image(s) in more than one split "
+            "(leakage: validation/test scores would be inflated):",
+            [g.describe() for g in report.cross_split_duplicates],
+        ),
+        (
+            "ERROR",
+            "bold red",
+            f"{len(report.group_leaks)} group(s) in more than one split (leakage):",
+            [f"{g}: {', '.join(s)}" for g, s in report.group_leaks.items()],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            "one class only: a classifier needs two or more class folders (or labels):",
+            report.classes if report.one_class else [],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(report.truncated)} truncated file(s): loaded with the missing end filled in "
+            "(--strict refuses them):",
+            [str(i.path) for i in report.truncated],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(report.label_conflicts)} identical image(s) filed under different classes:",
+            [g.describe() for g in report.label_conflicts],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(within)} group(s) of exact duplicates within one split (a random train/val "
+            "split may put copies on both sides; consider removing them):",
+            [g.describe() for g in within],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(report.mask_mismatches)} mask(s) differ in size from their image:",
+            [i.reason for i in report.mask_mismatches],
+        ),
+    ]
+
+
+def print_report(report: InspectionReport, console: Any = None, *, limit: int = 50) -> None:
+    """Print the report with rich: tables of counts and sizes, then every problem plainly."""
+    from rich.console import Console
+
+    console = console or Console()
+
+    def say(text: str = "", style: str | None = None) -> None:
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    say(f"{report.root}  (layout: {report.layout})", style="bold")
+    console.print(_counts_table(report))
+    console.print(_info_table(report))
 
     def block(kind: str, style: str, title: str, lines: list[str]) -> None:
         if not lines:
@@ -502,58 +570,8 @@ def print_report(report: InspectionReport, console: Any = None, *, limit: int = 
         if len(lines) > limit:
             say(f"  ... and {len(lines) - limit} more (all in summary.json with --out)")
 
-    block(
-        "ERROR",
-        "bold red",
-        f"{len(report.unreadable)} unreadable file(s); they cannot be used:",
-        [str(i) for i in report.unreadable],
-    )
-    block(
-        "ERROR",
-        "bold red",
-        f"{len(report.cross_split_duplicates)} identical image(s) in more than one split "
-        "(leakage: validation/test scores would be inflated):",
-        [g.describe() for g in report.cross_split_duplicates],
-    )
-    block(
-        "ERROR",
-        "bold red",
-        f"{len(report.group_leaks)} group(s) in more than one split (leakage):",
-        [f"{g}: {', '.join(s)}" for g, s in report.group_leaks.items()],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        "one class only: a classifier needs two or more class folders (or labels):",
-        report.classes if report.one_class else [],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(report.truncated)} truncated file(s): loaded with the missing end filled in "
-        "(--strict refuses them):",
-        [str(i.path) for i in report.truncated],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(report.label_conflicts)} identical image(s) filed under different classes:",
-        [g.describe() for g in report.label_conflicts],
-    )
-    within = [g for g in report.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(within)} group(s) of exact duplicates within one split (a random train/val "
-        "split may put copies on both sides; consider removing them):",
-        [g.describe() for g in within],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(report.mask_mismatches)} mask(s) differ in size from their image:",
-        [i.reason for i in report.mask_mismatches],
-    )
+    for kind, style, title, lines in _problem_blocks(report):
+        block(kind, style, title, lines)
     if report.ignored:
         say(f"note: {len(report.ignored)} non-image file(s) in class folders were ignored:")
         for p in report.ignored[:limit]:
