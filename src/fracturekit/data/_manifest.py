@@ -23,6 +23,14 @@ LABEL_COLUMNS = ("label", "class", "class_name", "target", "category")
 JSON_LABEL_KEYS = ("labels", "label", "choices", "choice", "class")
 
 
+class _BadRow(ValueError):
+    """A row the manifest cannot hold (every such row is listed in one DatasetError)."""
+
+
+class _Unlabelled(ValueError):
+    """A row without a usable label: left out and named in ``DatasetSplits.dropped``."""
+
+
 def read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -169,14 +177,6 @@ def _manifest(path: Path, header: list[str], options: LoadOptions) -> _Manifest:
         stems=_StemIndex(),
         masks=masks_beside(path.parent),
     )
-
-
-class _BadRow(ValueError):
-    """A row the manifest cannot hold (every such row is listed in one DatasetError)."""
-
-
-class _Unlabelled(ValueError):
-    """A row without a usable label: left out and named in ``DatasetSplits.dropped``."""
 
 
 def _row_label(raw: str, label_key: str | None) -> str:
