@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import pickle
 import threading
@@ -28,7 +30,9 @@ from fracturekit.data import (
     DatasetError,
     DatasetSplits,
     ImageDataset,
+    LoadOptions,
     Sample,
+    address_refusal,
     build_transforms,
     class_counts,
     class_weights,
@@ -265,34 +269,63 @@ def test_check_false_skips_decoding(tmp_path: Path) -> None:
 # labelling-tool export with URLs: a local server on 127.0.0.1 only
 
 
+class _Handler(SimpleHTTPRequestHandler):
+    """Files under ``directory``, plus ``/slow*`` (1.5 s late), ``/drip`` (a byte every 0.2 s
+    of a declared 100), ``/to?URL`` (a redirect to URL) and ``/loop`` (redirects to itself)."""
+
+    requests: list[str]
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if self.path.startswith("/slow"):
+            time.sleep(1.5)
+        if self.path.startswith(("/to?", "/loop")):
+            self.send_response(302)
+            self.send_header("Location", self.path.partition("?")[2] or "/loop")
+            self.end_headers()
+            return
+        if self.path == "/drip":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+            return
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def _serve(host: str, root: Path):
+    """An HTTP server on ``host`` serving ``root``: ``(base URL, requested paths)``."""
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"requests": requests})
+    server = ThreadingHTTPServer((host, 0), functools.partial(handler, directory=str(root)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def web(tmp_path: Path, monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     root = tmp_path / "www"
     root.mkdir()
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):  # keep test output quiet
-            pass
-
-        def do_GET(self):
-            requests.append(self.path)
-            if self.path.startswith("/slow"):
-                time.sleep(1.5)
-            super().do_GET()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_port}", requests
-    server.shutdown()
-    server.server_close()
+    with _serve("127.0.0.1", root) as (base, requests):
+        yield root, base, requests
 
 
 def test_labelling_export_downloads_once(tmp_path: Path, web) -> None:
@@ -312,7 +345,11 @@ def test_labelling_export_downloads_once(tmp_path: Path, web) -> None:
     assert detect_layout(export, image_column="image") == "labelling-export"
     cache = tmp_path / "cache"
     options = dict(
-        image_column="image", label_column="annotation", label_key="labels", cache_dir=cache
+        image_column="image",
+        label_column="annotation",
+        label_key="labels",
+        cache_dir=cache,
+        allow_private_hosts=True,  # the test server is on 127.0.0.1
     )
     splits = load_dataset(export, val_fraction=0.25, **options)
     assert splits.layout == "labelling-export"
@@ -327,7 +364,8 @@ def test_labelling_export_downloads_once(tmp_path: Path, web) -> None:
     fetched = len(requests)
     again = load_dataset(export, val_fraction=0.25, **options)
     assert [s.path for s in again.val] == [s.path for s in splits.val]
-    assert len(requests) - fetched == 1  # only the 404 is asked again; the rest is cached
+    # Only the 404 and the body that is not an image are asked again: neither was cached.
+    assert sorted(requests[fetched:]) == ["/broken.png", "/missing.png"]
     with pytest.raises(DatasetError, match="missing.png"):
         load_dataset(export, strict=True, **options)
 
@@ -346,6 +384,7 @@ def test_json_label_key_paths(tmp_path: Path, web) -> None:
         label_column="annotations",
         label_key="0.result.0.value.choices",
         cache_dir=tmp_path / "c",
+        allow_private_hosts=True,
         val_fraction=0,
     )
     assert splits.classes == ["Crack", "Intact"]
@@ -356,6 +395,7 @@ def test_json_label_key_paths(tmp_path: Path, web) -> None:
             label_column="annotations",
             label_key="nope",
             cache_dir=tmp_path / "c",
+            allow_private_hosts=True,
         )
 
 
@@ -364,7 +404,9 @@ def test_download_limits_are_reported_per_url(tmp_path: Path, web) -> None:
     (www / "big.png").write_bytes(b"x" * 5000)
     (www / "slow.png").write_bytes(b"x" * 10)
     urls = [f"{base}/big.png", f"{base}/slow.png", "ftp://127.0.0.1/x.png", f"{base}/nope.png"]
-    local, failed = download_images(urls, tmp_path / "cache", timeout=0.3, max_bytes=1000)
+    local, failed = download_images(
+        urls, tmp_path / "cache", timeout=0.3, max_bytes=1000, allow_private_hosts=True
+    )
     assert local == {}
     reasons = dict(failed)
     assert "download cap" in reasons[f"{base}/big.png"]
@@ -372,6 +414,135 @@ def test_download_limits_are_reported_per_url(tmp_path: Path, web) -> None:
     assert "unsupported URL scheme 'ftp'" in reasons["ftp://127.0.0.1/x.png"]
     assert "HTTP 404" in reasons[f"{base}/nope.png"]
     assert not list((tmp_path / "cache").iterdir())  # nothing half-written
+
+
+def test_load_options_object_and_keywords(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "d", {"a": 4, "b": 4})
+    options = LoadOptions(val_fraction=0.25, seed=3)
+    by_object = load_dataset(root, options)
+    by_keywords = load_dataset(root, val_fraction=0.25, seed=3)
+    assert by_object == by_keywords and len(by_object.val) == 2
+    assert len(load_dataset(root, options, val_fraction=0).val) == 0  # keywords win
+    with pytest.raises(TypeError, match="unknown data-loading option.*val_frac"):
+        load_dataset(root, val_frac=0.1)
+    with pytest.raises(DatasetError, match="download_timeout"):
+        load_dataset(root, download_timeout=0)
+
+
+def test_layout_and_augment_names_are_declared_once() -> None:
+    from fracturekit.config import AUGMENTS, LAYOUTS
+    from fracturekit.data import READERS
+    from fracturekit.data._transforms import _AUGMENT_STEPS
+
+    assert ("auto", *READERS) == LAYOUTS
+    assert tuple(_AUGMENT_STEPS) == AUGMENTS
+    assert LoadOptions.__dataclass_fields__["layout"].metadata["choices"] == LAYOUTS
+
+
+# --------------------------------------------------------------------------------------------
+# download hardening: where a URL may lead, how long it may take, what the cache keeps
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("fd12::1", "private"),
+        ("169.254.169.254", "cloud-metadata"),
+        ("fd00:ec2::254", "cloud-metadata"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1%2", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("100.64.0.1", "non-public"),
+        ("93.184.216.34", None),
+        ("2606:4700::1111", None),
+    ],
+)
+def test_address_refusal(address: str, why: str | None) -> None:
+    assert address_refusal(address) == why
+
+
+def test_private_hosts_are_refused_by_default(tmp_path: Path, web) -> None:
+    www, base, requests = web
+    noise_image(1).save(www / "a.png")
+    local, failed = download_images([f"{base}/a.png"], tmp_path / "cache")
+    assert local == {} and "127.0.0.1, a loopback address" in dict(failed)[f"{base}/a.png"]
+    assert requests == []  # refused before connecting
+    export = _write_csv(tmp_path / "e.csv", ["image", "label"], [[f"{base}/a.png", "crack"]])
+    with pytest.raises(DatasetError, match="loopback"):
+        load_dataset(export, cache_dir=tmp_path / "cache")
+
+
+def test_a_redirect_to_a_private_address_is_refused(tmp_path: Path, web, monkeypatch) -> None:
+    """A URL on an allowed host that redirects to 127.0.0.1: the redirect is checked too."""
+    from fracturekit.data import _download
+
+    www, base, requests = web
+    noise_image(1).save(www / "a.png")
+    refusal = _download.address_refusal
+    # 127.0.0.2 stands for a public host here; 127.0.0.1 stays refused.
+    monkeypatch.setattr(
+        _download, "address_refusal", lambda a: None if a == "127.0.0.2" else refusal(a)
+    )
+    with _serve("127.0.0.2", www) as (public, public_requests):
+        local, failed = download_images([f"{public}/to?{base}/a.png"], tmp_path / "cache")
+        assert public_requests == [f"/to?{base}/a.png"]
+    assert local == {} and "loopback" in failed[0].reason
+    assert requests == []  # the private server was never asked
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_redirects_are_followed_a_bounded_number_of_times(tmp_path: Path, web) -> None:
+    www, base, requests = web
+    noise_image(1).save(www / "a.png")
+    urls = [f"{base}/to?/a.png", f"{base}/loop"]
+    local, failed = download_images(urls, tmp_path / "cache", allow_private_hosts=True)
+    assert list(local) == [f"{base}/to?/a.png"]
+    assert local[urls[0]].read_bytes() == (www / "a.png").read_bytes()
+    assert "more than 5 redirects" in dict(failed)[f"{base}/loop"]
+    assert requests.count("/loop") == 6
+
+
+def test_the_deadline_bounds_a_slow_drip(tmp_path: Path, web) -> None:
+    """A server sending a byte every 0.2 s never trips the per-read timeout; the overall
+    deadline ends the download, and the partial body is not cached."""
+    _, base, _ = web
+    start = time.monotonic()
+    local, failed = download_images(
+        [f"{base}/drip"], tmp_path / "cache", timeout=5, deadline=1, allow_private_hosts=True
+    )
+    assert time.monotonic() - start < 3
+    assert local == {} and "1 s deadline" in failed[0].reason
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_a_cached_partial_body_is_downloaded_again(tmp_path: Path, web) -> None:
+    from fracturekit.data._hashing import cache_name
+
+    www, base, requests = web
+    noise_image(1).save(www / "a.png")
+    url = f"{base}/a.png"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    good = (www / "a.png").read_bytes()
+    (cache / cache_name(url)).write_bytes(good[:40])  # what an older version kept
+    local, failed = download_images([url], cache, allow_private_hosts=True)
+    assert not failed and local[url].read_bytes() == good and requests == ["/a.png"]
+    local, _ = download_images([url], cache, allow_private_hosts=True)
+    assert requests == ["/a.png"]  # a cached file that decodes is a hit
+
+    # The partial body is never reported as a success: gone from the server, it is a failure.
+    (cache / cache_name(url)).write_bytes(good[:40])
+    (www / "a.png").unlink()
+    local, failed = download_images([url], cache, allow_private_hosts=True)
+    assert local == {} and "HTTP 404" in failed[0].reason
+    assert not (cache / cache_name(url)).exists()
 
 
 # --------------------------------------------------------------------------------------------

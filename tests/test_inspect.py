@@ -178,3 +178,58 @@ def test_inspect_crack500_patches_by_source_image(shared_data: Path) -> None:
     )
     assert report.splits == ["train", "val"]
     assert not report.group_leaks and report.exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------
+# one class; the loading options shared with load_dataset
+
+
+def test_one_class_is_a_warning_not_clean(tmp_path: Path, capsys) -> None:
+    root = make_class_folders(tmp_path / "one", {"crack": 3})
+    report = inspect_dataset(root)
+    assert report.one_class and report.exit_code == 0
+    assert any("only one class (crack)" in w for w in report.warnings)
+    assert any("only one class" in w for w in report.to_dict()["warnings"])
+    assert main(["inspect", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "one class only" in text and "clean" not in text
+
+
+def test_inspect_flags_are_the_load_options(capsys) -> None:
+    from fracturekit.cli import build_parser
+    from fracturekit.cli._load_options import load_options
+    from fracturekit.data import LoadOptions
+    from fracturekit.data._options import cli_fields
+    from fracturekit.inspection import INSPECT_DEFAULTS
+
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    help_text = capsys.readouterr().out
+    for f in cli_fields():
+        assert "--" + f.name.replace("_", "-") in help_text
+    assert {"--download-timeout", "--download-deadline", "--max-download-bytes"} <= set(
+        help_text.split()
+    )
+    argv = ["inspect", "d", "--download-timeout", "5", "--download-deadline", "7"]
+    argv += ["--max-download-bytes", "10", "--strict", "--layout", "csv"]
+    options = load_options(build_parser().parse_args(argv), INSPECT_DEFAULTS)
+    assert options == LoadOptions(
+        val_fraction=0.0,
+        download_timeout=5.0,
+        download_deadline=7.0,
+        max_download_bytes=10,
+        strict=True,
+        layout="csv",
+    )
+    plain = load_options(build_parser().parse_args(["inspect", "d"]), INSPECT_DEFAULTS)
+    assert plain == INSPECT_DEFAULTS and plain.val_fraction == 0.0
+
+
+def test_inspect_takes_every_load_option(tmp_path: Path) -> None:
+    from fracturekit.data import LoadOptions
+
+    root = make_class_folders(tmp_path / "d", {"a": 4, "b": 4})
+    report = inspect_dataset(root, options=LoadOptions(val_fraction=0.25), download_timeout=5)
+    assert report.splits == ["train", "val"]
+    with pytest.raises(TypeError, match="unknown data-loading option"):
+        inspect_dataset(root, download_timeout_s=5)

@@ -36,10 +36,12 @@ from typing import Any
 import numpy as np
 
 from fracturekit._files import atomic_write, atomic_write_text
-from fracturekit.data import Sample, load_dataset
+from fracturekit.data import LoadOptions, Sample, load_dataset
 from fracturekit.io import ImageIssue, ImageReadError, open_image, read_mask
 
 THUMB_PX = 160
+# Inspection reports the data's own splits: nothing is carved at random unless asked.
+INSPECT_DEFAULTS = LoadOptions(val_fraction=0.0)
 
 
 @dataclass
@@ -127,8 +129,15 @@ class InspectionReport:
         return lines
 
     @property
+    def one_class(self) -> bool:
+        """Only one class: ``fracturekit train`` refuses such a data set."""
+        return len(self.classes) == 1
+
+    @property
     def warnings(self) -> list[str]:
         lines = []
+        if self.one_class:
+            lines.append(f"only one class ({self.classes[0]}); training needs two or more")
         if self.truncated:
             lines.append(f"{len(self.truncated)} truncated file(s) loaded")
         within = [g for g in self.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
@@ -229,46 +238,32 @@ def _stats(values: Iterable[int]) -> dict[str, float]:
 def inspect_dataset(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
+    options: LoadOptions | None = None,
     *,
-    layout: str = "auto",
-    val: str | os.PathLike[str] | None = None,
-    test: str | os.PathLike[str] | None = None,
-    val_fraction: float = 0.0,
-    test_fraction: float = 0.0,
-    seed: int = 0,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    label_key: str | None = None,
-    group_column: str | None = None,
-    strict: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
     samples_per_class: int = 8,
     workers: int | None = None,
+    **load_options: Any,
 ) -> InspectionReport:
     """Survey a data set (see the module docstring); with ``out``, write the summary and plots.
 
-    The load options are those of :func:`fracturekit.data.load_dataset`; ``strict`` counts
-    truncated files as unreadable. Raises :class:`fracturekit.data.DatasetError` only when the
-    data set cannot be laid out at all (no layout, bad manifest).
+    Args:
+        path: a folder or a CSV manifest.
+        out: where to write ``summary.json``, ``samples.png`` and ``histograms.png``.
+        options: how to load it (default :data:`INSPECT_DEFAULTS`: no split carved);
+            keyword arguments override its fields, as in
+            :func:`fracturekit.data.load_dataset`. ``strict`` counts truncated files as
+            unreadable.
+        samples_per_class: images per class in ``samples.png``.
+        workers: decoding threads (default: twice the CPUs, at most 16).
+
+    Raises:
+        DatasetError: only when the data set cannot be laid out at all (no layout, bad
+            manifest).
     """
-    splits = load_dataset(
-        path,
-        layout=layout,
-        val=val,
-        test=test,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        image_column=image_column,
-        label_column=label_column,
-        label_key=label_key,
-        group_column=group_column,
-        strict=False,
-        cache_dir=cache_dir,
-        check=False,
-        max_pixels=max_pixels,
-    )
+    opts = (options or INSPECT_DEFAULTS).updated(**load_options)
+    # Every file is decoded below, once, with problems reported rather than left out.
+    splits = load_dataset(path, opts.updated(strict=False, check=False))
+    strict, max_pixels, seed = opts.strict, opts.max_pixels, opts.seed
     unsplit = not splits.val and not splits.test
     split_names = ["all"] if unsplit else [k for k, v in splits.splits().items() if v]
     records = [
@@ -457,17 +452,9 @@ def _fmt_stats(stats: dict[str, float]) -> str:
     return " / ".join(f"{stats[k]:g}" for k in ("min", "median", "max"))
 
 
-def print_report(report: InspectionReport, console: Any = None, *, limit: int = 50) -> None:
-    """Print the report with rich: tables of counts and sizes, then every problem plainly."""
-    from rich.console import Console
+def _counts_table(report: InspectionReport) -> Any:
     from rich.table import Table
 
-    console = console or Console()
-
-    def say(text: str = "", style: str | None = None) -> None:
-        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
-
-    say(f"{report.root}  (layout: {report.layout})", style="bold")
     table = Table(title="samples per class and split")
     table.add_column("class")
     for name in report.splits:
@@ -487,7 +474,11 @@ def print_report(report: InspectionReport, console: Any = None, *, limit: int = 
         str(sum(report.masks.values())),
         style="bold",
     )
-    console.print(table)
+    return table
+
+
+def _info_table(report: InspectionReport) -> Any:
+    from rich.table import Table
 
     info = Table(title=f"{report.readable} readable images", show_header=False)
     info.add_column("what")
@@ -496,7 +487,79 @@ def print_report(report: InspectionReport, console: Any = None, *, limit: int = 
     info.add_row("height min / median / max", _fmt_stats(report.sizes.get("height", {})))
     info.add_row("modes", ", ".join(f"{k} {v}" for k, v in report.modes.items()) or "-")
     info.add_row("formats", ", ".join(f"{k} {v}" for k, v in report.formats.items()) or "-")
-    console.print(info)
+    return info
+
+
+def _problem_blocks(report: InspectionReport) -> list[tuple[str, str, str, list[str]]]:
+    """``(kind, style, title, lines)`` per kind of problem, errors first (empty lines: none)."""
+    within = [g for g in report.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
+    return [
+        (
+            "ERROR",
+            "bold red",
+            f"{len(report.unreadable)} unreadable file(s); they cannot be used:",
+            [str(i) for i in report.unreadable],
+        ),
+        (
+            "ERROR",
+            "bold red",
+            f"{len(report.cross_split_duplicates)} identical image(s) in more than one split "
+            "(leakage: validation/test scores would be inflated):",
+            [g.describe() for g in report.cross_split_duplicates],
+        ),
+        (
+            "ERROR",
+            "bold red",
+            f"{len(report.group_leaks)} group(s) in more than one split (leakage):",
+            [f"{g}: {', '.join(s)}" for g, s in report.group_leaks.items()],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            "one class only: a classifier needs two or more class folders (or labels):",
+            report.classes if report.one_class else [],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(report.truncated)} truncated file(s): loaded with the missing end filled in "
+            "(--strict refuses them):",
+            [str(i.path) for i in report.truncated],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(report.label_conflicts)} identical image(s) filed under different classes:",
+            [g.describe() for g in report.label_conflicts],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(within)} group(s) of exact duplicates within one split (a random train/val "
+            "split may put copies on both sides; consider removing them):",
+            [g.describe() for g in within],
+        ),
+        (
+            "WARNING",
+            "yellow",
+            f"{len(report.mask_mismatches)} mask(s) differ in size from their image:",
+            [i.reason for i in report.mask_mismatches],
+        ),
+    ]
+
+
+def print_report(report: InspectionReport, console: Any = None, *, limit: int = 50) -> None:
+    """Print the report with rich: tables of counts and sizes, then every problem plainly."""
+    from rich.console import Console
+
+    console = console or Console()
+
+    def say(text: str = "", style: str | None = None) -> None:
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    say(f"{report.root}  (layout: {report.layout})", style="bold")
+    console.print(_counts_table(report))
+    console.print(_info_table(report))
 
     def block(kind: str, style: str, title: str, lines: list[str]) -> None:
         if not lines:
@@ -507,52 +570,8 @@ def print_report(report: InspectionReport, console: Any = None, *, limit: int = 
         if len(lines) > limit:
             say(f"  ... and {len(lines) - limit} more (all in summary.json with --out)")
 
-    block(
-        "ERROR",
-        "bold red",
-        f"{len(report.unreadable)} unreadable file(s); they cannot be used:",
-        [str(i) for i in report.unreadable],
-    )
-    block(
-        "ERROR",
-        "bold red",
-        f"{len(report.cross_split_duplicates)} identical image(s) in more than one split "
-        "(leakage: validation/test scores would be inflated):",
-        [g.describe() for g in report.cross_split_duplicates],
-    )
-    block(
-        "ERROR",
-        "bold red",
-        f"{len(report.group_leaks)} group(s) in more than one split (leakage):",
-        [f"{g}: {', '.join(s)}" for g, s in report.group_leaks.items()],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(report.truncated)} truncated file(s): loaded with the missing end filled in "
-        "(--strict refuses them):",
-        [str(i.path) for i in report.truncated],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(report.label_conflicts)} identical image(s) filed under different classes:",
-        [g.describe() for g in report.label_conflicts],
-    )
-    within = [g for g in report.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(within)} group(s) of exact duplicates within one split (a random train/val "
-        "split may put copies on both sides; consider removing them):",
-        [g.describe() for g in within],
-    )
-    block(
-        "WARNING",
-        "yellow",
-        f"{len(report.mask_mismatches)} mask(s) differ in size from their image:",
-        [i.reason for i in report.mask_mismatches],
-    )
+    for kind, style, title, lines in _problem_blocks(report):
+        block(kind, style, title, lines)
     if report.ignored:
         say(f"note: {len(report.ignored)} non-image file(s) in class folders were ignored:")
         for p in report.ignored[:limit]:

@@ -22,54 +22,14 @@ from __future__ import annotations
 
 import argparse
 
-from fracturekit.config import LAYOUTS
-
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from fracturekit.cli._load_options import add_load_flags
+    from fracturekit.inspection import INSPECT_DEFAULTS
+
     parser.add_argument("data", metavar="DATA", help="data set folder or CSV manifest")
     parser.add_argument(
         "--out", metavar="DIR", help="write summary.json, samples.png and histograms.png here"
-    )
-    parser.add_argument(
-        "--layout", choices=LAYOUTS, default="auto", help="force a layout (default: detect)"
-    )
-    parser.add_argument("--val", metavar="PATH", help="a separate validation data set")
-    parser.add_argument("--test", metavar="PATH", help="a separate test data set")
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="carve a validation split of this share, as training would (default 0: report the "
-        "data's own splits only)",
-    )
-    parser.add_argument(
-        "--test-fraction", type=float, default=0.0, metavar="F", help="likewise for a test split"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of carved splits and samples")
-    parser.add_argument("--image-column", metavar="NAME", help="CSV column of image paths/URLs")
-    parser.add_argument("--label-column", metavar="NAME", help="CSV column of labels")
-    parser.add_argument(
-        "--label-key",
-        metavar="KEY",
-        help="dotted key path to the class name in a JSON label column, e.g. labels.0",
-    )
-    parser.add_argument(
-        "--group-column",
-        metavar="NAME",
-        help="CSV column of groups (patient, source photo): carved splits keep groups whole",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="count truncated files as unreadable (default: load them and warn)",
-    )
-    parser.add_argument("--cache-dir", metavar="DIR", help="download cache for URL manifests")
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        metavar="N",
-        help="refuse images over N pixels (default 100000000 or $FRACTUREKIT_MAX_PIXELS)",
     )
     parser.add_argument(
         "--samples-per-class",
@@ -78,27 +38,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images per class in samples.png (default 8)",
     )
+    add_load_flags(parser, INSPECT_DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracturekit.inspection import inspect_dataset, print_report
+    from fracturekit.cli._load_options import load_options
+    from fracturekit.inspection import INSPECT_DEFAULTS, inspect_dataset, print_report
 
     report = inspect_dataset(
         args.data,
         args.out,
-        layout=args.layout,
-        val=args.val,
-        test=args.test,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        label_key=args.label_key,
-        group_column=args.group_column,
-        strict=args.strict,
-        cache_dir=args.cache_dir,
-        max_pixels=args.max_pixels,
+        load_options(args, INSPECT_DEFAULTS),
         samples_per_class=args.samples_per_class,
     )
     print_report(report)

@@ -1,0 +1,180 @@
+"""Transforms: resize and normalise, with the augmentations of ``config.AUGMENTS``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fracturekit.config import AUGMENTS
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+NONE, DEFAULT, STRONG = AUGMENTS
+
+
+def _resize(size: int, interpolation: str) -> Any:
+    from torchvision.transforms import InterpolationMode, v2
+
+    interp = InterpolationMode(interpolation)
+    return v2.Resize((size, size), interpolation=interp, antialias=True)
+
+
+def _no_augmentation(size: int, interpolation: str) -> tuple[list, list]:
+    return [_resize(size, interpolation)], []
+
+
+def _default_augmentation(size: int, interpolation: str) -> tuple[list, list]:
+    from torchvision.transforms import v2
+
+    return [
+        _resize(size, interpolation),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ], []
+
+
+def _strong_augmentation(size: int, interpolation: str) -> tuple[list, list]:
+    from torchvision.transforms import InterpolationMode, v2
+
+    interp = InterpolationMode(interpolation)
+    return [
+        v2.RandomResizedCrop((size, size), scale=(0.6, 1.0), interpolation=interp, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomApply([v2.RandomRotation(90)], p=0.25),
+        v2.RandomAffine(degrees=30, translate=(0.15, 0.15), scale=(0.8, 1.25), shear=8),
+        v2.ColorJitter(brightness=0.4, contrast=0.4),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
+        v2.RandomAutocontrast(p=0.2),
+    ], [v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3)]
+
+
+# One row an augmentation of config.AUGMENTS: (size, interpolation) -> (steps on the uint8
+# image and its mask, steps after scaling to [0, 1]); normalisation follows.
+_AUGMENT_STEPS = {
+    NONE: _no_augmentation,
+    DEFAULT: _default_augmentation,
+    STRONG: _strong_augmentation,
+}
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> list[float]:
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if channels == 1:
+        return [sum(values) / len(values)]  # a gray image of an RGB-normalised backbone
+    if len(values) == 1:
+        return values * channels
+    raise ValueError(f"{what} has {len(values)} values for {channels} channels")
+
+
+class ImageTransform:
+    """The callable :func:`build_transforms` returns; picklable for DataLoader workers.
+
+    ``transform(image, mask=None) -> (float32 tensor C x H x W normalised, mask tensor
+    1 x H x W of 0./1. or None)``. The image is a PIL image (or a C x H x W uint8 tensor);
+    the mask a ``bool``/``uint8`` array or tensor of the image's height x width. Geometric
+    steps move the mask exactly as the image (torchvision ``tv_tensors.Mask``, nearest
+    neighbour); brightness/contrast/blur/noise touch the image only.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: str = NONE,
+        channels: int = 3,
+        interpolation: str = "bilinear",
+    ):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment={augment!r}: use {', '.join(AUGMENTS)}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels}: must be 1 or 3")
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation={interpolation!r}: use {', '.join(_INTERPOLATIONS)}")
+        self.img_size = int(img_size)
+        self.mean = _per_channel(mean, channels, "mean")
+        self.std = _per_channel(std, channels, "std")
+        self.augment = augment
+        self.channels = channels
+        self.interpolation = interpolation
+        self.pipeline = self._build()
+
+    def _build(self):
+        import torch
+        from torchvision.transforms import v2
+
+        before, after = _AUGMENT_STEPS[self.augment](self.img_size, self.interpolation)
+        steps = [*before, v2.ToDtype(torch.float32, scale=True), *after]
+        return v2.Compose([*steps, v2.Normalize(self.mean, self.std)])
+
+    def __call__(self, image: Any, mask: Any = None):
+        import torch
+        from PIL import Image
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        if isinstance(image, Image.Image):
+            want = "L" if self.channels == 1 else "RGB"
+            if image.mode != want:
+                image = image.convert(want)
+            tensor = F.pil_to_tensor(image)
+        else:
+            tensor = torch.as_tensor(image)
+            if tensor.ndim == 2:
+                tensor = tensor[None]
+            if tensor.shape[0] != self.channels:
+                if self.channels == 3 and tensor.shape[0] == 1:
+                    tensor = tensor.expand(3, -1, -1)
+                else:
+                    raise ValueError(f"image has {tensor.shape[0]} channels, want {self.channels}")
+        img = tv_tensors.Image(tensor)
+        if mask is None:
+            return self.pipeline(img).as_subclass(torch.Tensor), None
+        if isinstance(mask, Image.Image):
+            mask = np.asarray(mask) > 0
+        m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
+        if m.ndim == 3:
+            m = m[0]
+        if tuple(m.shape) != tuple(tensor.shape[-2:]):
+            raise ValueError(
+                f"mask is {tuple(m.shape)} (H, W) but the image is {tuple(tensor.shape[-2:])}"
+            )
+        out_img, out_mask = self.pipeline(img, tv_tensors.Mask((m > 0).to(torch.uint8)[None]))
+        return out_img.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor).float()
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageTransform(img_size={self.img_size}, augment={self.augment!r}, "
+            f"channels={self.channels}, interpolation={self.interpolation!r})"
+        )
+
+
+def build_transforms(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    augment: str = NONE,
+    channels: int = 3,
+    interpolation: str = "bilinear",
+) -> ImageTransform:
+    """The preprocessing (and augmentation) of one split.
+
+    * ``none`` (evaluation): resize to ``img_size`` x ``img_size``, scale to [0, 1], normalise.
+    * ``default`` (the seeds' set): resize, horizontal and vertical flips, rotation up to 10
+      degrees, shifts up to 10%, zoom 0.9-1.1, brightness and contrast +-20%.
+    * ``strong``: random resized crop (60-100% of the area), flips, 90-degree turns, rotation up
+      to 30 degrees, shifts 15%, zoom 0.8-1.25, shear, brightness and contrast +-40%, blur,
+      autocontrast and Gaussian noise.
+
+    ``mean``/``std`` with three values and ``channels=1`` are averaged into one.
+    """
+    return ImageTransform(img_size, mean, std, augment, channels, interpolation)
