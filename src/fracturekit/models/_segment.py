@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from fracturekit.models._families import FAMILIES, family_for
-from fracturekit.models._net import PretrainedUnavailableWarning, _is_frozen_norm, _make_trunk
+from fracturekit.models._net import PretrainedUnavailableWarning, _make_trunk, set_train_mode
 from fracturekit.models._table import BackboneSpec, data_config, get_spec
 from fracturekit.models._weights import (
     CHECKPOINT_FORMAT,
     EMBEDDED,
     WeightsError,
     load_weights_file,
+    misfit,
 )
 
 TASK = "segment"
@@ -162,10 +163,7 @@ class Segmenter(nn.Module):
     def train(self, mode: bool = True) -> Segmenter:
         """Set train/eval mode, keeping frozen BatchNorm layers in eval mode."""
         super().train(mode)
-        if mode:
-            for module in self.modules():
-                if _is_frozen_norm(module):
-                    module.eval()
+        set_train_mode(self.net, mode)  # every submodule lives under .net
         return self
 
 
@@ -272,12 +270,9 @@ def load_encoder_state(encoder: nn.Module, state: Mapping[str, torch.Tensor], so
         if _flat(k) in by_flat and by_flat[_flat(k)].shape != v.shape
     ]
     if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} encoder tensors missing (e.g. {', '.join(missing[:5])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shapes differ (e.g. {'; '.join(wrong[:5])})")
-        raise WeightsError(source, "does not fit the segmenter's encoder: " + "; ".join(parts))
+        raise WeightsError(
+            source, "does not fit the segmenter's encoder: " + misfit(missing, wrong, "encoder")
+        )
     model.load_state_dict({k: by_flat[_flat(k)] for k in own}, strict=True)
     return len(own)
 

@@ -276,14 +276,11 @@ def load_weights_file(
         if k in source and source[k].shape != own[k].shape
     ]
     if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} trunk tensors missing (e.g. {', '.join(missing[:5])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shapes differ (e.g. {'; '.join(wrong[:5])})")
         raise WeightsError(
             path,
-            "does not fit this backbone: " + "; ".join(parts) + " — is it the same architecture?",
+            "does not fit this backbone: "
+            + misfit(missing, wrong, "trunk")
+            + " — is it the same architecture?",
         )
     ignored = sorted(set(source) - set(own))
     if ignored:
@@ -291,6 +288,16 @@ def load_weights_file(
     loadable = {k: v for k, v in source.items() if k in own}
     net.load_state_dict(loadable, strict=False)
     return f"file:{path.resolve()}"
+
+
+def misfit(missing: list[str], wrong: list[str], part: str) -> str:
+    """``"N <part> tensors missing (e.g. ...); M shapes differ (e.g. ...)"``, first five each."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} {part} tensors missing (e.g. {', '.join(missing[:5])})")
+    if wrong:
+        parts.append(f"{len(wrong)} shapes differ (e.g. {'; '.join(wrong[:5])})")
+    return "; ".join(parts)
 
 
 def _try_position(
