@@ -150,6 +150,8 @@ def test_weights_file_from_a_classifier_checkpoint(tmp_path) -> None:
     assert "stages_0.blocks.0.conv_dw.weight" in encoder
     flat = {k.replace(".", "_"): v for k, v in trunk.items()}
     assert all(torch.equal(v, flat[k.replace(".", "_")]) for k, v in encoder.items())
+    # Every encoder tensor is loaded, counted, and the rest of the trunk (its head norm) is not.
+    assert load_encoder_state(model.net.encoder, trunk, "trunk") == len(encoder) < len(trunk)
 
 
 def test_encoder_state_that_does_not_fit_is_listed() -> None:
