@@ -18,6 +18,7 @@ LEVELS = {
     "synthetic": 0,
     "width": 0,
     "localisation": 0,
+    "seg_metrics": 0,
     "data": 1,
     "inspection": 2,
     "models": 1,

