@@ -210,3 +210,13 @@ def test_concurrent_writers_into_one_folder(tmp_path) -> None:
         t.join()
     assert not errors
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"f{i}.txt" for i in range(4)]
+
+
+def test_unwritable_folder_error_names_the_target(tmp_path, monkeypatch) -> None:
+    def mkstemp(**kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".out.csv.fk-1-x.tmp"))
+
+    monkeypatch.setattr(_files.tempfile, "mkstemp", mkstemp)
+    with pytest.raises(PermissionError) as info:
+        atomic_write_text(tmp_path / "out.csv", "x")
+    assert info.value.filename == str(tmp_path / "out.csv")
