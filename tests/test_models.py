@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -29,6 +30,7 @@ from fracturekit.models import (
     data_config,
     load_checkpoint,
     logits_to_proba,
+    read_checkpoint,
     save_checkpoint,
     set_train_mode,
 )
@@ -443,6 +445,81 @@ def test_load_checkpoint_errors(tmp_path) -> None:
     torch.save(raw, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "mixed.pt")
+
+
+_MALFORMED = [
+    ("hidden", [10**9], r"hidden=\[1000000000\]: widths must be whole numbers"),
+    ("hidden", [1e9], "hidden"),
+    ("hidden", "64", "hidden"),
+    ("classes", "notalist", "classes='notalist': must be a list"),
+    ("classes", ["a", "a"], "classes.*duplicate"),
+    ("classes", ["a", "b", "c"], "classes.*3 name"),
+    ("num_classes", 0, "num_classes"),
+    ("num_classes", 2.0, "num_classes"),
+    ("img_size", 10**6, "img_size.*8..4096"),
+    ("img_size", "32", "img_size"),
+    ("in_chans", 2, "in_chans=2: must be 1 or 3"),
+    ("mean", [0.5, float("nan"), 0.5], "mean"),
+    ("mean", [0.5], "mean.*3 finite"),
+    ("std", [0.0, 1.0, 1.0], "std.*positive"),
+    ("dropout", 1.0, "dropout"),
+    ("dropout", "0.1", "dropout"),
+    ("threshold", 1.5, "threshold"),
+    ("temperature", float("inf"), "temperature"),
+    ("temperature", 0.0, "temperature"),
+    ("tta", 3, "tta=3: must be one of"),
+    ("tta", True, "tta"),
+    ("backbone", 5, "backbone"),
+    ("positive", "zebra", "positive"),
+    ("interpolation", 3, "interpolation"),
+    ("config", [], "config"),
+]
+
+
+@pytest.fixture(scope="module")
+def raw_checkpoint(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("ckpt") / "good.pt"
+    save_checkpoint(path, _quiet_build("lenet", 2), {"classes": ["crack", "no_crack"]})
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), _MALFORMED)
+def test_malformed_meta_refused(raw_checkpoint, tmp_path, key: str, value, message: str) -> None:
+    raw = {**raw_checkpoint, "meta": {**raw_checkpoint["meta"], key: value}}
+    torch.save(raw, tmp_path / "bad.pt")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"bad\.pt: checkpoint meta {message}"):
+        load_checkpoint(tmp_path / "bad.pt")
+    assert time.perf_counter() - start < 5  # refused before any model is built
+
+
+def test_checkpoint_structure_refused(raw_checkpoint, tmp_path) -> None:
+    meta = dict(raw_checkpoint["meta"])
+    del meta["img_size"]
+    torch.save({**raw_checkpoint, "meta": meta}, tmp_path / "short.pt")
+    with pytest.raises(CheckpointError, match=r"short\.pt: checkpoint meta lacks img_size"):
+        read_checkpoint(tmp_path / "short.pt")
+    torch.save({**raw_checkpoint, "state_dict": {"w": [1.0]}}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state\.pt: .*state_dict entry 'w'"):
+        read_checkpoint(tmp_path / "state.pt")
+    torch.save({**raw_checkpoint, "state_dict": []}, tmp_path / "nostate.pt")
+    with pytest.raises(CheckpointError, match="lacks its state_dict"):
+        read_checkpoint(tmp_path / "nostate.pt")
+    meta = {**raw_checkpoint["meta"], "backbone": "no_such_backbone_xyz"}
+    torch.save({**raw_checkpoint, "meta": meta}, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match=r"unknown\.pt: cannot rebuild.*no_such_backbone"):
+        load_checkpoint(tmp_path / "unknown.pt")
+
+
+def test_valid_checkpoint_variants_load(raw_checkpoint, tmp_path) -> None:
+    """Optional keys may be absent or null, as in files written before they existed."""
+    meta = dict(raw_checkpoint["meta"])
+    for key in ("tta", "interpolation", "positive", "versions", "config"):
+        meta.pop(key, None)
+    meta.update(threshold=None, temperature=None, positive="crack", hidden=[], dropout=0)
+    torch.save({**raw_checkpoint, "meta": meta}, tmp_path / "old.pt")
+    model, loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded["classes"] == ["crack", "no_crack"] and not model.training
 
 
 # --- embedded ImageNet weights -------------------------------------------------------------

@@ -72,3 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors carry user-facing messages that name the file and the problem.
         print(f"fracturekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (NotImplementedError, RecursionError):
+        raise  # programming errors keep their traceback
+    except (RuntimeError, OSError) as exc:
+        # The system or a library refused (disk full, no permission, out of memory): one line.
+        print(f"fracturekit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one line: ``<file>: <reason>`` for system errors, newlines folded."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+        if exc.filename2 is not None:
+            text += f" (-> {exc.filename2})"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

@@ -9,13 +9,14 @@ File layout (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fracturekit._files import atomic_write
+from fracturekit.config import CACHE_VIEWS
 from fracturekit.models._net import FractureNet, build_model
 from fracturekit.models._table import data_config
 from fracturekit.models._weights import CHECKPOINT_FORMAT
@@ -42,6 +43,11 @@ META_KEYS = (
     "versions",
 )
 _ARCH_KEYS = ("backbone", "num_classes", "in_chans", "hidden", "dropout")
+# Bounds that keep a malformed file from allocating absurd models: far above any real use.
+IMG_SIZE_RANGE = (8, 4096)
+MAX_HIDDEN_WIDTH = 16384
+MAX_HIDDEN_LAYERS = 16
+MAX_CLASSES = 100_000
 
 
 class CheckpointError(ValueError):
@@ -148,12 +154,146 @@ def save_checkpoint(path: str | Path, model: FractureNet, meta: Mapping[str, Any
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _reals(meta: dict, key: str, positive: bool) -> str | None:
+    value, n = meta[key], meta["in_chans"]
+    if not isinstance(value, list | tuple) or len(value) != n or not all(map(_real, value)):
+        return f"must be a list of {n} finite number(s) (one per input channel)"
+    if positive and not all(v > 0 for v in value):
+        return "must be positive"
+    return None
+
+
+def _classes(meta: dict) -> str | None:
+    value = meta["classes"]
+    if not isinstance(value, list | tuple) or not all(isinstance(c, str) and c for c in value):
+        return "must be a list of class names"
+    if len(set(value)) != len(value):
+        return "has duplicate names"
+    n_out = meta["num_classes"]
+    if len(value) != max(n_out, 2):
+        return f"has {len(value)} name(s) for a head with {n_out} output(s)"
+    return None
+
+
+def _hidden(meta: dict) -> str | None:
+    value = meta["hidden"]
+    if not isinstance(value, list | tuple) or len(value) > MAX_HIDDEN_LAYERS:
+        return f"must be a list of at most {MAX_HIDDEN_LAYERS} layer widths"
+    if not all(_count(v, 1, MAX_HIDDEN_WIDTH) for v in value):
+        return f"widths must be whole numbers in 1..{MAX_HIDDEN_WIDTH}"
+    return None
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[dict, str], bool]:
+    return lambda meta, key: meta.get(key) is None or check(meta[key])
+
+
+_Check = Callable[[dict, str], "str | None"]
+
+
+def _rule(test: Callable[[dict, str], bool], need: str) -> _Check:
+    return lambda meta, key: None if test(meta, key) else f"must be {need}"
+
+
+# key -> (required, check): checked in this order, so later rows may rely on earlier keys.
+# A check returns None when the value is fine, else what the value must be.
+_META_RULES: dict[str, tuple[bool, _Check]] = {
+    "backbone": (True, _rule(lambda m, k: isinstance(m[k], str) and m[k] != "", "a name")),
+    "num_classes": (
+        True,
+        _rule(lambda m, k: _count(m[k], 1, MAX_CLASSES), f"a whole number in 1..{MAX_CLASSES}"),
+    ),
+    "in_chans": (True, _rule(lambda m, k: _count(m[k], 1, 1) or _count(m[k], 3, 3), "1 or 3")),
+    "classes": (True, lambda m, k: _classes(m)),
+    "img_size": (
+        True,
+        _rule(
+            lambda m, k: _count(m[k], *IMG_SIZE_RANGE),
+            "a whole number in {}..{}".format(*IMG_SIZE_RANGE),
+        ),
+    ),
+    "mean": (True, lambda m, k: _reals(m, k, positive=False)),
+    "std": (True, lambda m, k: _reals(m, k, positive=True)),
+    "hidden": (True, lambda m, k: _hidden(m)),
+    "dropout": (True, _rule(lambda m, k: _real(m[k]) and 0 <= m[k] < 1, "a number in [0, 1)")),
+    "interpolation": (False, _rule(_optional(lambda v: isinstance(v, str)), "a name")),
+    "threshold": (
+        False,
+        _rule(_optional(lambda v: _real(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+    ),
+    "temperature": (False, _rule(_optional(lambda v: _real(v) and v > 0), "a positive number")),
+    "tta": (
+        False,
+        _rule(
+            _optional(lambda v: _count(v, 1, max(CACHE_VIEWS)) and v in CACHE_VIEWS),
+            f"one of {', '.join(map(str, CACHE_VIEWS))}",
+        ),
+    ),
+    "positive": (
+        False,
+        _rule(lambda m, k: m.get(k) is None or m[k] in m["classes"], "null or one of classes"),
+    ),
+    "pretrained": (False, _rule(_optional(lambda v: isinstance(v, str)), "null or a source")),
+    "config": (False, _rule(_optional(lambda v: isinstance(v, dict)), "a mapping")),
+    "metrics": (False, _rule(_optional(lambda v: isinstance(v, dict)), "a mapping")),
+    "versions": (False, _rule(_optional(lambda v: isinstance(v, dict)), "a mapping")),
+}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = (
+        repr(value)
+        if not isinstance(value, list | tuple) or len(value) <= 16
+        else (f"<{type(value).__name__} of {len(value)}>")
+    )
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_meta(path: str | Path, meta: Any) -> None:
+    """Refuse checkpoint ``meta`` whose types or sizes are unusable, before anything is built.
+
+    Raises:
+        CheckpointError: naming ``path``, the key and what its value must be.
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(path, "checkpoint lacks its meta")
+    missing = [k for k, (required, _) in _META_RULES.items() if required and k not in meta]
+    if missing:
+        raise CheckpointError(path, f"checkpoint meta lacks {', '.join(missing)}")
+    for key, (_, check) in _META_RULES.items():
+        problem = check(meta, key)
+        if problem is not None:
+            raise CheckpointError(path, f"checkpoint meta {key}={_short(meta.get(key))}: {problem}")
+
+
+def _check_state(path: Path, state: Any) -> None:
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(path, "checkpoint lacks its state_dict")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                path, f"checkpoint state_dict entry {_short(name)} is not a named tensor"
+            )
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The raw checkpoint dict, validated (format marker, version, meta, state dict).
 
+    Every meta value is checked for type and size (see ``check_meta``) before anything is
+    built from it, so a damaged or hostile file is refused instead of allocating a huge model.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: not a fracturekit checkpoint, damaged, or from a newer format.
+        CheckpointError: not a fracturekit checkpoint, damaged, malformed meta, or from a
+            newer format.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -176,12 +316,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"written by a newer fracturekit (format {version}, this version reads up to "
             f"{FORMAT_VERSION}): upgrade fracturekit",
         )
-    meta, state = obj.get("meta"), obj.get("state_dict")
-    if not isinstance(meta, dict) or not isinstance(state, dict):
-        raise CheckpointError(path, "checkpoint lacks its meta or state_dict")
-    missing = [k for k in _ARCH_KEYS if k not in meta]
-    if missing:
-        raise CheckpointError(path, f"checkpoint meta lacks {', '.join(missing)}")
+    check_meta(path, obj.get("meta"))
+    _check_state(path, obj.get("state_dict"))
     return obj
 
 
@@ -195,20 +331,23 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: not a fracturekit checkpoint, a newer format, or weights that do not
-            fit the recorded architecture.
+        CheckpointError: not a fracturekit checkpoint, a newer format, malformed meta, an
+            unknown backbone, or weights that do not fit the recorded architecture.
     """
     obj = read_checkpoint(path, map_location)
     meta = obj["meta"]
-    model = build_model(
-        meta["backbone"],
-        meta["num_classes"],
-        in_chans=meta["in_chans"],
-        pretrained=False,
-        weights=None,
-        hidden=meta["hidden"],
-        dropout=meta["dropout"],
-    )
+    try:
+        model = build_model(
+            meta["backbone"],
+            meta["num_classes"],
+            in_chans=meta["in_chans"],
+            pretrained=False,
+            weights=None,
+            hidden=meta["hidden"],
+            dropout=meta["dropout"],
+        )
+    except ValueError as exc:  # an unknown backbone, or one that refuses these settings
+        raise CheckpointError(path, f"cannot rebuild the model: {exc}") from exc
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as exc:
