@@ -217,9 +217,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, durable: bo
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda p: p.write_bytes(data))
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data), durable=durable)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, durable: bool = True) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"), durable=durable)
