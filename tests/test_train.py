@@ -25,8 +25,8 @@ from fracturekit.config import (
     packaged_configs,
     resolve_config,
 )
-from fracturekit.models import load_checkpoint, read_checkpoint
-from fracturekit.train import HISTORY_COLUMNS, VIEW_OPS, TrainError, build_cache, train
+from fracturekit.models import VIEW_OPS, load_checkpoint, read_checkpoint
+from fracturekit.train import HISTORY_COLUMNS, TrainError, build_cache, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -281,10 +281,10 @@ def test_balance_modes(tmp_path: Path, balance: str) -> None:
 
 def test_balance_weights_and_sampler_change_the_objective(tmp_path: Path) -> None:
     """Class weights give the minority class weight > 1; the sampler draws it as often."""
-    from fracturekit.train._loop import _epoch_order
+    from fracturekit.train._sampling import epoch_order
 
     weights = torch.tensor([1.0 / 6] * 6 + [1.0 / 18] * 18, dtype=torch.double)
-    order = torch.cat([_epoch_order(24, seed=0, epoch=e, weights=weights) for e in range(50)])
+    order = torch.cat([epoch_order(24, seed=0, epoch=e, weights=weights) for e in range(50)])
     minority = (order < 6).float().mean().item()
     assert 0.4 < minority < 0.6
 
@@ -485,12 +485,12 @@ def test_default_yaml_is_the_built_in_default() -> None:
 
 def test_trunk_lr_scale_gives_the_backbone_a_lower_rate() -> None:
     from fracturekit.models import apply_freeze, build_model
-    from fracturekit.train._loop import _optimizer
+    from fracturekit.train._optim import build_optimizer
 
     model = build_model("simple_cnn", 2, pretrained=False)
     apply_freeze(model, "train-last", train_last=1)
     cfg = TrainConfig(data="x", lr=1e-3, trunk_lr_scale=0.1, weight_decay=0.01)
-    opt = _optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
     head = {id(p) for p in model.head.parameters()}
     trunk = {id(p) for p in model.backbone.parameters() if p.requires_grad}
     assert trunk and head
