@@ -378,7 +378,7 @@ def test_refuses_to_overwrite_a_run(data: Path, tmp_path: Path, capsys) -> None:
     assert (run / "report.html").is_file()
 
 
-def test_cli_evaluates_the_test_split(tmp_path: Path) -> None:
+def test_cli_evaluates_the_test_split(tmp_path: Path, capsys) -> None:
     root = tmp_path / "split"
     for split, n in (("train", 12), ("val", 6), ("test", 6)):
         make_data(root / split, n=n, seed=len(split))
@@ -391,6 +391,7 @@ def test_cli_evaluates_the_test_split(tmp_path: Path) -> None:
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 12 and metrics["source"]["split"] == "all"
+    assert "test (12 images): accuracy" in capsys.readouterr().out
     assert (run / "test.csv").is_file() and (run / "report.html").is_file()
 
 
@@ -668,3 +669,10 @@ def test_resume_checks_last_pt_before_the_data(
     err = capsys.readouterr().err.strip()
     assert message in err and str(run / "last.pt") in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_evaluate_run_needs_a_finished_run(tmp_path: Path) -> None:
+    from fracturekit.evaluate import evaluate_run
+
+    with pytest.raises(FileNotFoundError, match="no model.pt"):
+        evaluate_run(tmp_path)
