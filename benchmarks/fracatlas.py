@@ -22,15 +22,11 @@ Defaults on top of ``--config``: see ``SETUP``; ``--set`` overrides any key
 
 from __future__ import annotations
 
-import argparse
 import csv
-import os
-import platform
-import tempfile
-import time
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
+from _common import SHARED_DATA, Benchmark, Row, ci_text, main
+
 SETUP = {
     "img_size": 448,
     "freeze": "train-last",
@@ -67,84 +63,50 @@ def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, li
     return path, len(train), len(test)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
-    parser.add_argument("--config", default="default", help="config file or packaged name")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--limit", type=int, default=None, help="keep N images (reduced run)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+def _missing(root: Path) -> str | None:
+    if not (root / "fractured").is_dir():
+        return f"{root}: FracAtlas not found (pass --data)"
+    return None
 
-    from rich.console import Console
-    from rich.table import Table
 
-    from fracturekit.config import resolve_config
-    from fracturekit.evaluate import evaluate_checkpoint
-    from fracturekit.train import train
+def _rows(metrics: dict, result, n_train: int) -> list[Row]:
+    val_auc = result.metrics.get("roc_auc") or float("nan")
+    return [
+        ("train+val / test images", f"{n_train} / {metrics['n']}", ""),
+        ("ROC AUC, test", f"{metrics['roc_auc']:.4f}", ci_text(metrics, "roc_auc")),
+        ("F1 (fractured), test", f"{metrics['f1']:.4f}", ci_text(metrics, "f1")),
+        ("average precision, test", f"{metrics['average_precision']:.4f}", ""),
+        ("balanced accuracy, test", f"{metrics['balanced_accuracy']:.4f}", ""),
+        ("validation ROC AUC", f"{val_auc:.4f}", ""),
+    ]
 
-    if not (args.data / "fractured").is_dir():
-        raise SystemExit(f"{args.data}: FracAtlas not found (pass --data)")
-    tmp = None
-    out = args.out
-    if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fracatlas-")
-        out = Path(tmp.name)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest, n_train, n_test = write_manifest(
-        args.data, out, seed=args.seed, test_fraction=args.test_fraction, limit=args.limit
-    )
-    overrides = {**SETUP, **dict(kv.split("=", 1) for kv in args.set)}
-    cfg = resolve_config(
-        {"data": str(manifest), "seed": args.seed, "val_fraction": 0.2, **overrides}, args.config
-    )
-    load = os.getloadavg()
-    t0 = time.perf_counter()
-    result = train(cfg, out / "run", progress=not args.no_progress, overwrite=True)
-    train_s = time.perf_counter() - t0
-    metrics = evaluate_checkpoint(
-        result.checkpoint, manifest, out / "eval", split="test", layout="csv", seed=args.seed
-    )
-    load_after = os.getloadavg()
 
-    ci = metrics["ci95"]
-    table = Table(title=f"FracAtlas, stratified 80/20 (seed {args.seed})")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("95% CI", justify="right")
-    table.add_row("train+val / test images", f"{n_train} / {metrics['n']}", "")
-    table.add_row(
-        "ROC AUC, test", f"{metrics['roc_auc']:.4f}", "{:.4f}-{:.4f}".format(*ci["roc_auc"])
-    )
-    table.add_row("F1 (fractured), test", f"{metrics['f1']:.4f}", "{:.4f}-{:.4f}".format(*ci["f1"]))
-    table.add_row("average precision, test", f"{metrics['average_precision']:.4f}", "")
-    table.add_row("balanced accuracy, test", f"{metrics['balanced_accuracy']:.4f}", "")
-    table.add_row("validation ROC AUC", f"{result.metrics.get('roc_auc') or float('nan'):.4f}", "")
-    table.add_row("training time (train() call)", f"{train_s:.1f} s", "")
-    caches = result.metrics.get("cache_seconds") or {}
-    table.add_row("  of which caching", f"{sum(caches.values()):.1f} s", "")
-    table.add_row(
-        "epochs run (best)", f"{len(result.history)} ({result.metrics['best_epoch']})", ""
-    )
-    table.add_row("mode", result.mode, "")
-    con = Console(width=160)
-    con.print(table)
-    con.print(
+def _config_line(args, cfg, overrides: dict) -> str:
+    return (
         f"config: {args.config} + {overrides}; backbone {cfg.backbone}, "
         f"{cfg.img_size or 'default'} px"
     )
-    con.print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average before "
-        f"{load[0]:.2f}, after {load_after[0]:.2f}"
-    )
+
+
+def _verdict(metrics: dict, train_s: float) -> str:
     verdict = "met" if metrics["roc_auc"] >= 0.90 else "NOT met"
-    con.print(f"target ROC AUC >= 0.90: {verdict}")
-    if tmp is not None:
-        tmp.cleanup()
+    return f"target ROC AUC >= 0.90: {verdict}"
+
+
+FRACATLAS = Benchmark(
+    description=__doc__.splitlines()[0],
+    title="FracAtlas, stratified 80/20 (seed {seed})",
+    default_data=SHARED_DATA / "fracatlas",
+    missing=_missing,
+    write_manifest=write_manifest,
+    limit_flag="--limit",
+    limit_help="keep N images (reduced run)",
+    rows=_rows,
+    config_line=_config_line,
+    verdict=_verdict,
+    setup=SETUP,
+)
 
 
 if __name__ == "__main__":
-    main()
+    main(FRACATLAS)

@@ -25,8 +25,8 @@ from fracturekit.config import (
     packaged_configs,
     resolve_config,
 )
-from fracturekit.models import load_checkpoint, read_checkpoint
-from fracturekit.train import HISTORY_COLUMNS, VIEW_OPS, TrainError, build_cache, train
+from fracturekit.models import VIEW_OPS, load_checkpoint, read_checkpoint
+from fracturekit.train import HISTORY_COLUMNS, TrainError, build_cache, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -281,10 +281,10 @@ def test_balance_modes(tmp_path: Path, balance: str) -> None:
 
 def test_balance_weights_and_sampler_change_the_objective(tmp_path: Path) -> None:
     """Class weights give the minority class weight > 1; the sampler draws it as often."""
-    from fracturekit.train._loop import _epoch_order
+    from fracturekit.train._sampling import epoch_order
 
     weights = torch.tensor([1.0 / 6] * 6 + [1.0 / 18] * 18, dtype=torch.double)
-    order = torch.cat([_epoch_order(24, seed=0, epoch=e, weights=weights) for e in range(50)])
+    order = torch.cat([epoch_order(24, seed=0, epoch=e, weights=weights) for e in range(50)])
     minority = (order < 6).float().mean().item()
     assert 0.4 < minority < 0.6
 
@@ -378,7 +378,7 @@ def test_refuses_to_overwrite_a_run(data: Path, tmp_path: Path, capsys) -> None:
     assert (run / "report.html").is_file()
 
 
-def test_cli_evaluates_the_test_split(tmp_path: Path) -> None:
+def test_cli_evaluates_the_test_split(tmp_path: Path, capsys) -> None:
     root = tmp_path / "split"
     for split, n in (("train", 12), ("val", 6), ("test", 6)):
         make_data(root / split, n=n, seed=len(split))
@@ -391,6 +391,7 @@ def test_cli_evaluates_the_test_split(tmp_path: Path) -> None:
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 12 and metrics["source"]["split"] == "all"
+    assert "test (12 images): accuracy" in capsys.readouterr().out
     assert (run / "test.csv").is_file() and (run / "report.html").is_file()
 
 
@@ -476,6 +477,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
         with (run / "splits.csv").open() as fh:
             n_val = sum(r["split"] == "val" for r in csv.DictReader(fh))
         assert meta["metrics"]["n"] == n_val  # validation gathered from both ranks
+        # ... and stored in the order of the validation samples
+        labels = [meta["classes"].index(r["label"]) for r in _val_rows(run)]
+        assert meta["validation"]["labels"] == labels and len(set(labels)) == 2
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
 
 
@@ -485,12 +489,12 @@ def test_default_yaml_is_the_built_in_default() -> None:
 
 def test_trunk_lr_scale_gives_the_backbone_a_lower_rate() -> None:
     from fracturekit.models import apply_freeze, build_model
-    from fracturekit.train._loop import _optimizer
+    from fracturekit.train._optim import build_optimizer
 
     model = build_model("simple_cnn", 2, pretrained=False)
     apply_freeze(model, "train-last", train_last=1)
     cfg = TrainConfig(data="x", lr=1e-3, trunk_lr_scale=0.1, weight_decay=0.01)
-    opt = _optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
     head = {id(p) for p in model.head.parameters()}
     trunk = {id(p) for p in model.backbone.parameters() if p.requires_grad}
     assert trunk and head
@@ -535,3 +539,140 @@ def test_tta_views_are_fitted_on_validation_and_used_by_the_predictor(
     assert not torch.allclose(predictor.logits(batch), logits, atol=1e-4)
     with pytest.raises(ConfigError, match="tta"):
         TrainConfig(data="x", tta=3).validate()
+
+
+# --------------------------------------------------------------------------------------------
+# The run's result, the validation outputs in model.pt, resume checks
+
+
+def test_result_names_the_best_and_the_last_checkpoint(data: Path, tmp_path: Path) -> None:
+    import fracturekit.train
+
+    result = train(cfg_for(data, epochs=1), tmp_path / "run", progress=False)
+    assert result.checkpoint == tmp_path / "run" / "model.pt"
+    assert result.last_checkpoint == tmp_path / "run" / "last.pt"
+    assert "train_state" not in torch.load(result.checkpoint, weights_only=True)
+    assert "train_state" in torch.load(result.last_checkpoint, weights_only=True)
+    assert "best_checkpoint" not in {f.name for f in dataclasses.fields(result)}
+    with pytest.warns(DeprecationWarning, match="checkpoint"):
+        assert result.best_checkpoint == result.checkpoint
+    # VIEW_OPS lives in fracturekit.models only
+    assert not hasattr(fracturekit.train, "VIEW_OPS")
+
+
+def test_the_classify_task_is_a_row_the_loop_calls(data: Path, tmp_path: Path, monkeypatch):
+    from fracturekit.train import TASKS, ClassifyTask
+
+    assert set(TASKS) == {"classify"} and isinstance(TASKS["classify"], ClassifyTask)
+    calls: list[str] = []
+    task = TASKS["classify"]
+    for name in ("to_device", "validate", "calibrate", "validation_record"):
+        original = getattr(task, name)
+
+        def spy(*args, _name=name, _original=original, **kw):
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(task, name, spy)
+    train(cfg_for(data, epochs=1), tmp_path / "run", progress=False)
+    assert {"to_device", "validate", "calibrate", "validation_record"} <= set(calls)
+
+
+def _val_rows(run: Path) -> list[dict[str, str]]:
+    with (run / "splits.csv").open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["split"] == "val"]
+
+
+def test_model_pt_stores_the_validation_labels_and_probabilities(
+    data: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import onnx
+
+    from fracturekit.export import export_onnx
+    from fracturekit.io import read_image
+    from fracturekit.predict import ONNX_META_KEY, Predictor
+
+    run = tmp_path / "run"
+    train(cfg_for(data, tta=2, freeze="train-last", train_last=1, epochs=2), run, progress=False)
+    _, meta = load_checkpoint(run / "model.pt")  # weights_only
+    stored = meta["validation"]
+    predictor = Predictor.from_checkpoint(run / "model.pt")
+    assert predictor.temperature != 1.0 and predictor.tta == 2
+    rows = _val_rows(run)
+    assert stored["labels"] == [predictor.classes.index(r["label"]) for r in rows]
+    batch = torch.stack([predictor.preprocess(read_image(r["path"])) for r in rows])
+    expected = predictor.predict_proba(batch)
+    got = np.array(stored["probabilities"])
+    assert got.shape == expected.shape == (len(rows), 2)
+    assert np.abs(got - expected).max() < 1e-5
+    assert all(p == round(p, 6) for row in stored["probabilities"] for p in row)
+    export_onnx(run / "model.pt", tmp_path / "model.onnx")
+    props = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert json.loads(props[ONNX_META_KEY])["validation"] == stored
+
+
+def test_no_validation_stores_no_validation_outputs(data: Path, tmp_path: Path) -> None:
+    result = train(cfg_for(data, val_fraction=0.0, epochs=1), tmp_path / "run", progress=False)
+    assert "validation" not in read_checkpoint(result.checkpoint)["meta"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(data: Path, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(cfg_for(data, epochs=1), run, progress=False)
+    return run
+
+
+def _damaged_copy(finished_run: Path, tmp_path: Path, damage: str) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    last = run / "last.pt"
+    if damage == "missing-key":
+        obj = torch.load(last, weights_only=True)
+        del obj["train_state"]["scheduler"]
+        torch.save(obj, last)
+    elif damage == "empty":
+        last.write_bytes(b"")
+    else:
+        last.write_bytes(b"this is not a checkpoint\n" * 10)
+    return run
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing-key", "training state lacks scheduler"),
+        ("empty", "empty file"),
+        ("garbage", "not a readable PyTorch checkpoint"),
+    ],
+)
+def test_resume_checks_last_pt_before_the_data(
+    finished_run: Path, tmp_path: Path, monkeypatch, capsys, damage: str, message: str
+) -> None:
+    import fracturekit.data
+
+    run = _damaged_copy(finished_run, tmp_path, damage)
+
+    def no_data(*args, **kw):
+        raise AssertionError("the data were loaded before last.pt was checked")
+
+    monkeypatch.setattr(fracturekit.data, "load_dataset", no_data)
+    cfg = TrainConfig(**{**yaml.safe_load((run / "config.yaml").read_text()), "resume": str(run)})
+    with pytest.raises(TrainError, match=message) as info:
+        train(cfg, run, progress=False)
+    assert str(run / "last.pt") in str(info.value) and "\n" not in str(info.value)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(run / "last.pt") in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_evaluate_run_needs_a_finished_run(tmp_path: Path) -> None:
+    from fracturekit.evaluate import evaluate_run
+
+    with pytest.raises(FileNotFoundError, match="no model.pt"):
+        evaluate_run(tmp_path)

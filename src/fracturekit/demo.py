@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fracturekit.config import TrainConfig
-from fracturekit.evaluate import evaluate_checkpoint
+from fracturekit.evaluate import evaluate_run
 from fracturekit.report import write_report
 from fracturekit.synthetic import generate_dataset
 from fracturekit.train import train
@@ -102,7 +102,7 @@ def run_demo(
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    metrics = evaluate_checkpoint(result.checkpoint, test, run_dir)
+    metrics = evaluate_run(result.run_dir, test)
     seconds["evaluate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

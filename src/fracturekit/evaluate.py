@@ -1044,3 +1044,80 @@ def evaluate_checkpoint(
         extra=extra,
         notes=notes,
     )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    batch_size: int | None = None,
+    log: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate a training run's best model (``RUN/model.pt``) as ``fracturekit evaluate`` would.
+
+    Shared by ``fracturekit train`` (the run's own test split), the demo (a separate test set)
+    and the benchmarks (the test rows of a manifest).
+
+    Args:
+        run_dir: the run folder ``fracturekit.train.train`` wrote.
+        data: labelled data to evaluate on; None: the run's own test split (the ``test`` rows of
+            ``RUN/splits.csv``, written to ``RUN/test.csv`` and evaluated whole).
+        out: where the evaluation files go (default: the run folder).
+        batch_size: inference batch size (default: the run's ``batch_size``, else 32).
+        log: called with a line of text before the evaluation starts (e.g. ``print``).
+        **options: more keyword arguments for :func:`evaluate_checkpoint` (``split``,
+            ``layout``, ``seed``...).
+
+    Returns:
+        The metrics dict of :func:`evaluate_checkpoint`.
+
+    Raises:
+        FileNotFoundError: the run folder holds no ``model.pt``.
+        ValueError: as :func:`evaluate_checkpoint`.
+    """
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.pt (not a finished training run?)")
+    if batch_size is None:
+        batch_size = _run_batch_size(run_dir)
+    if data is None:
+        data, n = _write_test_manifest(run_dir)
+        options = {"split": "all", "layout": "csv", "val_fraction": 0.0, **options}
+        if log is not None:
+            log(f"evaluating {ckpt} on the test split ({n} images, {data})")
+    elif log is not None:
+        log(f"evaluating {ckpt} on {data}")
+    return evaluate_checkpoint(
+        ckpt, data, run_dir if out is None else out, batch_size=batch_size, **options
+    )
+
+
+def _run_batch_size(run_dir: Path) -> int:
+    from fracturekit.config import load_yaml
+
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        value = load_yaml(config).get("batch_size")
+        if isinstance(value, int) and value > 0:
+            return value
+    return 32
+
+
+def _write_test_manifest(run_dir: Path) -> tuple[Path, int]:
+    """``RUN/test.csv`` (path,label): the test rows of ``RUN/splits.csv``."""
+    splits = run_dir / "splits.csv"
+    try:
+        with splits.open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("split") == "test"]
+    except OSError as exc:
+        raise FileNotFoundError(f"{splits}: cannot read the run's splits ({exc})") from exc
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["path", "label"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    test_csv = run_dir / "test.csv"
+    atomic_write_text(test_csv, buf.getvalue())
+    return test_csv, len(rows)

@@ -172,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
     if not Dist.from_env().main:  # under torchrun the other ranks are done
         return 0
     if result.n_test and args.test_eval:
-        _evaluate_test(result)
+        from fracturekit.evaluate import evaluate_run
+
+        metrics = evaluate_run(out, batch_size=cfg.batch_size, log=print)
+        print(_test_line(metrics))
     from fracturekit.report import write_report
 
     report = write_report(out)
@@ -180,34 +183,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_test(result: Any) -> None:
-    """Evaluate the best model on the run's test split (RUN/test.csv) into the run folder."""
-    import csv
-
-    from fracturekit.evaluate import evaluate_checkpoint
-
-    run_dir = result.run_dir
-    with (run_dir / "splits.csv").open(newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-    test_csv = run_dir / "test.csv"
-    with test_csv.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"evaluating {result.checkpoint} on the test split ({len(rows)} images, {test_csv})")
-    metrics = evaluate_checkpoint(
-        result.checkpoint,
-        test_csv,
-        run_dir,
-        split="all",
-        layout="csv",
-        batch_size=result.config.batch_size,
-        val_fraction=0.0,
-    )
+def _test_line(metrics: dict[str, Any]) -> str:
+    """``test (N images): accuracy ..., f1 ... [lo, hi], roc_auc ...``."""
     parts = []
     for key in ("accuracy", "f1", "roc_auc"):
         value = metrics.get(key)
         ci = (metrics.get("ci95") or {}).get(key)
         if value is not None:
             parts.append(f"{key} {value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
-    print(f"test ({metrics.get('n')} images): " + ", ".join(parts))
+    return f"test ({metrics.get('n')} images): " + ", ".join(parts)

@@ -5,6 +5,7 @@
 
     out/config.yaml    the resolved configuration (defaults < config file < flags)
     out/model.pt       best epoch by validation loss; meta holds threshold, temperature, metrics
+                       and the validation labels and probabilities (``validation``)
     out/last.pt        last epoch + optimizer/scheduler/RNG state (``--resume out`` continues)
     out/history.csv    epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds
     out/curves.png     loss and accuracy, training and validation
@@ -28,9 +29,12 @@ Under ``torchrun --nproc_per_node N -m fracturekit train ...`` each process trai
 the data through ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs); rank 0 alone loads
 and checks the data set, writes files and prints. ``--resume`` needs the run folder on a file
 system every process sees.
+
+The loop is the same for every kind of model; what is specific to one (the batch, the loss, the
+validation score, what the checkpoint stores) is a row of ``TASKS`` (``classify`` now).
 """
 
-from fracturekit.train._cache import VIEW_OPS, FeatureCache, build_cache
+from fracturekit.train._cache import FeatureCache, build_cache
 from fracturekit.train._loop import (
     LAST_FILE,
     MODEL_FILE,
@@ -41,13 +45,15 @@ from fracturekit.train._loop import (
     train,
 )
 from fracturekit.train._records import HISTORY_COLUMNS
+from fracturekit.train._tasks import TASKS, ClassifyTask
 
 __all__ = [
     "HISTORY_COLUMNS",
     "LAST_FILE",
     "MODEL_FILE",
     "RUN_FILES",
-    "VIEW_OPS",
+    "TASKS",
+    "ClassifyTask",
     "FeatureCache",
     "TrainError",
     "TrainResult",

@@ -148,16 +148,40 @@ def save_last(path: Path, model: Any, meta: Mapping[str, Any], train_state: dict
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+# What resuming needs from train_state (a file without one of them cannot continue the run).
+RESUME_KEYS = ("epoch", "optimizer", "scheduler", "history", "best", "rng")
+
+
 def load_last(path: Path) -> dict:
-    """The checkpoint dict of ``last.pt`` (validated), with its ``train_state``.
+    """The checkpoint dict of ``last.pt`` (validated), with a complete ``train_state``.
 
     Raises:
         FileNotFoundError: no ``last.pt``.
-        ValueError: the file holds no training state (not written by ``fracturekit train``).
+        ValueError: the file is empty, unreadable, not a fracturekit checkpoint, or holds no
+            (or an incomplete) training state; the one-line message names the file.
     """
     from fracturekit.models import read_checkpoint
+    from fracturekit.models._checkpoint import CheckpointError
 
-    obj = read_checkpoint(path)
-    if TRAIN_STATE_KEY not in obj:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), cannot resume from it")
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError as exc:
+        reason = exc.reason.splitlines()[0] if exc.reason else "unreadable"
+        if "not a readable PyTorch checkpoint" in reason:
+            reason = "not a readable PyTorch checkpoint (damaged or not written by fracturekit)"
+        raise ValueError(f"{path}: {reason}; cannot resume from it") from exc
+    state = obj.get(TRAIN_STATE_KEY)
+    if not isinstance(state, dict):
         raise ValueError(f"{path}: holds no training state to resume from")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise ValueError(
+            f"{path}: training state lacks {', '.join(missing)} (damaged or from another "
+            "version); cannot resume from it"
+        )
     return obj

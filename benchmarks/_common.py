@@ -1,0 +1,144 @@
+"""What the data-set benchmarks (``crack500.py``, ``fracatlas.py``) share.
+
+Each benchmark is a :class:`Benchmark`: where its data live, how its train/test manifest is
+written, its set-up on top of ``--config``, its rows of the results table and its target.
+:func:`main` does the rest: flags, the output folder, training, one evaluation of the test
+split (``fracturekit.evaluate.evaluate_run``), the table and the machine line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+Row = tuple[str, str, str]  # measure, value, 95% CI
+
+
+@dataclass
+class Benchmark:
+    """One data-set benchmark.
+
+    Attributes:
+        description: the first line of ``--help``.
+        title: the table's title (``{seed}`` is filled in).
+        default_data: the data folder when ``--data`` is not given.
+        missing: the message when ``--data`` does not hold the data set (None: it does).
+        write_manifest: ``(root, out, seed=, test_fraction=, limit=) -> (path, n_train,
+            n_test)``: a CSV manifest with a train/test split.
+        limit_flag, limit_help: the flag that keeps a part of the data (a reduced check).
+        rows: the benchmark's own rows ``(metrics, result, n_train) -> [(measure, value, ci)]``.
+        config_line: ``(args, cfg, overrides) -> str`` describing the set-up.
+        verdict: ``(metrics, train_seconds) -> str``: the target line.
+        setup: config values on top of ``--config`` (``--set`` overrides them).
+    """
+
+    description: str
+    title: str
+    default_data: Path
+    missing: Callable[[Path], str | None]
+    write_manifest: Callable[..., tuple[Path, int, int]]
+    limit_flag: str
+    limit_help: str
+    rows: Callable[[dict, Any, int], list[Row]]
+    config_line: Callable[[argparse.Namespace, Any, dict], str]
+    verdict: Callable[[dict, float], str]
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_args(bench: Benchmark, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=bench.description)
+    parser.add_argument("--data", type=Path, default=bench.default_data)
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
+    parser.add_argument("--config", default="default", help="config file or packaged name")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument(
+        bench.limit_flag, dest="limit", type=int, default=None, help=bench.limit_help
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def ci_text(metrics: dict, key: str) -> str:
+    """``lo-hi`` of a metric's 95% confidence interval."""
+    return "{:.4f}-{:.4f}".format(*metrics["ci95"][key])
+
+
+def main(bench: Benchmark, argv: list[str] | None = None) -> None:
+    """Run the benchmark: manifest, train, evaluate the test split once, print the table."""
+    args = parse_args(bench, argv)
+    problem = bench.missing(args.data)
+    if problem:
+        raise SystemExit(problem)
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+        out = args.out if args.out is not None else Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        _run(bench, args, out)
+
+
+def _run(bench: Benchmark, args: argparse.Namespace, out: Path) -> None:
+    from fracturekit.config import resolve_config
+    from fracturekit.evaluate import evaluate_run
+    from fracturekit.train import train
+
+    manifest, n_train, _ = bench.write_manifest(
+        args.data, out, seed=args.seed, test_fraction=args.test_fraction, limit=args.limit
+    )
+    overrides = {**bench.setup, **dict(kv.split("=", 1) for kv in args.set)}
+    cfg = resolve_config(
+        {"data": str(manifest), "seed": args.seed, "val_fraction": 0.2, **overrides}, args.config
+    )
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    result = train(cfg, out / "run", progress=not args.no_progress, overwrite=True)
+    train_s = time.perf_counter() - t0
+    metrics = evaluate_run(
+        result.run_dir, manifest, out / "eval", split="test", layout="csv", seed=args.seed
+    )
+    load_after = os.getloadavg()
+    caches = result.metrics.get("cache_seconds") or {}
+    rows = [
+        *bench.rows(metrics, result, n_train),
+        ("training time (train() call)", f"{train_s:.1f} s", ""),
+        ("  of which caching", f"{sum(caches.values()):.1f} s", ""),
+        ("epochs run (best)", f"{len(result.history)} ({result.metrics['best_epoch']})", ""),
+        ("mode", result.mode, ""),
+    ]
+    _print(bench.title.format(seed=args.seed), rows)
+    _print_lines(
+        bench.config_line(args, cfg, overrides),
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average before {load[0]:.2f}, after {load_after[0]:.2f}",
+        bench.verdict(metrics, train_s),
+    )
+
+
+def _print(title: str, rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)
+
+
+def _print_lines(*lines: str) -> None:
+    from rich.console import Console
+
+    con = Console(width=160)
+    for line in lines:
+        con.print(line)
