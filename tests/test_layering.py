@@ -11,6 +11,7 @@ LEVELS = {
     "_files": -1,
     "_alloc": -1,
     "config": 0,
+    "_serve_env": 0,
     "calibration": 0,
     "io": 0,
     "synthetic": 0,
