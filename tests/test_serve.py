@@ -25,8 +25,15 @@ from fracturekit.predict import Predictor
 from fracturekit.serve import create_app
 from fracturekit.serve.app import ENV_CHECKPOINT, ENV_MAX_UPLOAD_MB, create_app_from_env
 
+LOCAL = "http://127.0.0.1"  # the Host the service answers to by default
+
 CLASSES = ["crack", "no_crack"]
 STATIC = Path(__file__).resolve().parents[1] / "src" / "fracturekit" / "serve" / "static"
+
+
+def local_client(app, **kwargs) -> TestClient:
+    """A TestClient that talks to the app as http://127.0.0.1 (the default allowed Host)."""
+    return TestClient(app, base_url=LOCAL, **kwargs)
 
 
 def make_checkpoint(path: Path, threshold: float = 0.4) -> Path:
@@ -72,7 +79,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(ckpt: Path):
-    with TestClient(create_app(ckpt)) as c:
+    with local_client(create_app(ckpt)) as c:
         yield c
 
 
@@ -107,6 +114,7 @@ def test_model(client: TestClient) -> None:
     assert body["img_size"] == 32 and body["threshold"] == pytest.approx(0.4)
     assert body["metrics"] == {"f1": 0.91, "roc_auc": 0.97}
     assert body["max_upload_mb"] == 25 and "gradcam" in body["explain_methods"]
+    assert body["max_pixels"] == 40_000_000
 
 
 def test_predict_matches_the_predictor(client: TestClient, ckpt: Path, picture: bytes) -> None:
@@ -188,7 +196,7 @@ def test_explain_measures_the_crack_width(tmp_path: Path) -> None:
     sample = render_sample(np.random.default_rng(5), 128, "concrete", True)
     crack = png_bytes(Image.fromarray(sample.image))
     big = png_bytes(Image.fromarray(sample.image).resize((1024, 1024), Image.Resampling.NEAREST))
-    with TestClient(create_app(make_checkpoint(tmp_path / "always.pt", threshold=0.0))) as c:
+    with local_client(create_app(make_checkpoint(tmp_path / "always.pt", threshold=0.0))) as c:
         body = c.post("/explain?format=json&px_per_mm=4", files=upload(crack)).json()
         assert body["label"] == "crack" and body["target"] == "crack"
         width = body["width"]
@@ -233,7 +241,14 @@ def test_openapi_documents_the_upload(client: TestClient) -> None:
     assert "413" in schema["paths"]["/predict"]["post"]["responses"]
     props = schema["components"]["schemas"]["PredictionResponse"]["properties"]
     assert {"path", "label", "confidence", "probabilities", "threshold", "error"} <= set(props)
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_are_off_unless_asked(client: TestClient, ckpt: Path) -> None:
+    """Swagger UI loads its scripts from a CDN: only with docs=True (fracturekit serve --docs)."""
+    assert client.get("/docs").status_code == 404
+    assert client.get("/redoc").status_code == 404
+    with local_client(create_app(ckpt, docs=True)) as c:
+        assert c.get("/docs").status_code == 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,14 +279,14 @@ def test_decompression_bomb(client: TestClient) -> None:
 
 
 def test_pixel_limit_is_configurable(ckpt: Path, picture: bytes) -> None:
-    with TestClient(create_app(ckpt, max_pixels=1000)) as c:
+    with local_client(create_app(ckpt, max_pixels=1000)) as c:
         assert_error(c.post("/predict", files=upload(picture)), 413, "megapixels")
         small = png_bytes(noise_image(1, (20, 20)))
         assert c.post("/predict", files=upload(small)).status_code == 200
 
 
 def test_upload_over_the_size_limit(ckpt: Path) -> None:
-    with TestClient(create_app(ckpt, max_upload_mb=0.05)) as c:  # 51 KiB
+    with local_client(create_app(ckpt, max_upload_mb=0.05)) as c:  # 51 KiB
         big = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
         # Refused from the Content-Length header...
         assert_error(c.post("/predict", files=upload(big)), 413, "limit", "--max-upload-mb")
@@ -336,9 +351,9 @@ def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
     would read the whole body before the app sees it)."""
     import anyio
 
-    from fracturekit.serve import app as app_module
+    from fracturekit.serve import _upload
 
-    monkeypatch.setattr(app_module, "UPLOAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(_upload, "UPLOAD_TIMEOUT_S", 0.3)
     head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.png"\r\n\r\n'
     calls = []
 
@@ -358,12 +373,12 @@ def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
         "raw_path": b"/predict",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"host", b"127.0.0.1")],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
     app = create_app(ckpt)
-    with TestClient(app) as c:
+    with local_client(app) as c:
         sent: list[dict] = []
 
         async def drive() -> None:
@@ -377,7 +392,7 @@ def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
         assert time.perf_counter() - started < 3
         assert c.get("/health").status_code == 200
     assert sent[0]["status"] == 408
-    assert b"longer than" in b"".join(m.get("body", b"") for m in sent[1:])
+    assert b"too slowly" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def test_wrong_field_name(client: TestClient, picture: bytes) -> None:
@@ -416,6 +431,9 @@ def test_bad_query_parameters(client: TestClient, picture: bytes) -> None:
     r = client.post("/explain?target=dog", files=upload(picture))
     assert_error(r, 422, "'dog'", "crack, no_crack")
     assert_error(client.post("/explain?px_per_mm=-2", files=upload(picture)), 422, "px_per_mm")
+    for bad in ("inf", "-inf", "nan", "1e308"):  # finite, > 0 and sane, never a 500
+        r = client.post(f"/explain?format=json&px_per_mm={bad}", files=upload(picture))
+        assert_error(r, 422, "px_per_mm")
     assert_error(client.post("/predict?preview=maybe", files=upload(picture)), 422, "preview")
 
 
@@ -459,7 +477,7 @@ def test_nothing_written_to_disk(ckpt: Path, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.chdir(cwd)
     big = png_bytes(noise_image(9, (900, 900)))  # over 1 MB: larger than any in-memory spool
     assert len(big) > 2**20
-    with TestClient(create_app(ckpt)) as c:
+    with local_client(create_app(ckpt)) as c:
         assert c.post("/predict", files=upload(big)).status_code == 200
         assert c.post("/explain", files=upload(big)).status_code == 200
     assert list(spool.iterdir()) == [] and list(cwd.iterdir()) == []
@@ -467,12 +485,15 @@ def test_nothing_written_to_disk(ckpt: Path, tmp_path: Path, monkeypatch) -> Non
 
 def test_save_uploads(ckpt: Path, tmp_path: Path, picture: bytes) -> None:
     keep = tmp_path / "kept"
-    with TestClient(create_app(ckpt, save_uploads=keep)) as c:
+    with local_client(create_app(ckpt, save_uploads=keep)) as c:
         c.post("/predict", files=upload(picture, "../../evil name.png"))
         c.post("/predict", files=upload(picture, "../../evil name.png"))
         c.post("/predict", files=upload(b"junk", "bad.png"))
+        c.post("/predict", files=upload(b"", "empty.png"))
+        c.post("/explain", files=upload(picture[: len(picture) // 2], "half.png"))
     files = sorted(keep.iterdir())
-    assert len(files) == 3 and all(f.parent == keep for f in files)
+    # Only uploads that decoded are kept: no empty, junk or truncated files.
+    assert len(files) == 2 and all(f.parent == keep for f in files)
     named = [f for f in files if f.name.endswith("evil_name.png")]
     assert len(named) == 2 and named[0].name != named[1].name
     assert named[0].read_bytes() == picture
@@ -484,7 +505,7 @@ def test_save_uploads(ckpt: Path, tmp_path: Path, picture: bytes) -> None:
 
 
 def test_create_app_from_a_predictor(ckpt: Path, picture: bytes) -> None:
-    with TestClient(create_app(Predictor.from_checkpoint(ckpt))) as c:
+    with local_client(create_app(Predictor.from_checkpoint(ckpt))) as c:
         assert c.post("/predict", files=upload(picture)).json()["label"] in CLASSES
     with pytest.raises(ValueError, match="max_upload_mb"):
         create_app(ckpt, max_upload_mb=0)
@@ -496,9 +517,9 @@ def test_onnx_backend_serves_predictions_not_heat_maps(ckpt: Path, tmp_path: Pat
     onnx_path = export_onnx(ckpt, tmp_path / "model.onnx").path
     picture = png_bytes(noise_image(4))
     torch_body = None
-    with TestClient(create_app(ckpt)) as c:
+    with local_client(create_app(ckpt)) as c:
         torch_body = c.post("/predict", files=upload(picture)).json()
-    with TestClient(create_app(onnx_path)) as c:
+    with local_client(create_app(onnx_path)) as c:
         assert c.get("/model").json()["explain_methods"] == []
         body = c.post("/predict", files=upload(picture)).json()
         assert body["label"] == torch_body["label"]
@@ -509,7 +530,7 @@ def test_onnx_backend_serves_predictions_not_heat_maps(ckpt: Path, tmp_path: Pat
 def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:
     monkeypatch.setenv(ENV_CHECKPOINT, str(ckpt))
     monkeypatch.setenv(ENV_MAX_UPLOAD_MB, "0.01")
-    with TestClient(create_app_from_env()) as c:
+    with local_client(create_app_from_env()) as c:
         assert c.get("/model").json()["max_upload_mb"] == pytest.approx(0.01)
         assert c.post("/predict", files=upload(picture)).status_code == 200
         assert_error(c.post("/predict", files=upload(b"x" * 90_000)), 413)
@@ -519,11 +540,18 @@ def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:
 
 
 def test_cli_and_app_agree_on_the_environment() -> None:
+    """The variable names are declared once, in fracturekit._serve_env, and used by both."""
+    from fracturekit import _serve_env
     from fracturekit.cli import serve as cli_serve
     from fracturekit.serve import app
 
-    for name in ("ENV_CHECKPOINT", "ENV_BACKEND", "ENV_MAX_UPLOAD_MB", "ENV_SAVE_UPLOADS"):
-        assert getattr(cli_serve, name) == getattr(app, name)
+    assert cli_serve.env is _serve_env
+    names = [n for n in dir(_serve_env) if n.startswith("ENV_")]
+    assert len(names) >= 9
+    for name in names:
+        assert getattr(app, name) == getattr(_serve_env, name)
+        assert f'"{getattr(_serve_env, name)}"' not in Path(cli_serve.__file__).read_text()
+        assert f'"{getattr(_serve_env, name)}"' not in Path(app.__file__).read_text()
     module, factory = cli_serve.APP_FACTORY.split(":")
     assert module == app.__name__ and callable(getattr(app, factory))
 
