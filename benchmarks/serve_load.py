@@ -415,22 +415,19 @@ def hostile(url: str, port: int, args: argparse.Namespace, images: list[bytes], 
         images[0],
         args.slow_seconds,
     )
-    tiff = tiff16_bomb()
-    reqs = [
-        {"route": r, "files": {"file": ("bomb.tif", tiff, "image/tiff")}, "headers": AUTH}
-        for r in ("/predict", "/explain?format=json") * 4
+    bombs = [
+        ("tiff", "16-bit TIFF bomb, 36 MP", "bomb.tif", tiff16_bomb()),
+        ("dicom", "DICOM frame bomb, 48 x 4 MP", "bomb.dcm", dicom_frame_bomb()),
     ]
-    out["tiff"] = mem.phase(
-        f"16-bit TIFF bomb, 36 MP ({len(tiff) // 1024} KB) x8", statuses_of, url, reqs
-    )
-    dcm = dicom_frame_bomb()
-    reqs = [
-        {"route": r, "files": {"file": ("bomb.dcm", dcm, "application/dicom")}, "headers": AUTH}
-        for r in ("/predict", "/explain?format=json") * 4
-    ]
-    out["dicom"] = mem.phase(
-        f"DICOM frame bomb, 48 x 4 MP ({len(dcm) // 1024} KB) x8", statuses_of, url, reqs
-    )
+    for key, title, name, data in bombs:
+        reqs = [
+            {"route": r, "files": {"file": (name, data, "application/octet-stream")}}
+            for r in ("/predict", "/explain?format=json") * 4
+        ]
+        for req in reqs:
+            req["headers"] = AUTH
+        title = f"{title} ({len(data) // 1024} KB) x8"
+        out[key] = mem.phase(title, statuses_of, url, reqs)
     evil = {**AUTH, "Origin": "http://evil.example"}
     reqs = [{"route": "/predict", "files": png, "headers": evil}] * 20
     out["origin"] = mem.phase("foreign Origin x20", statuses_of, url, reqs)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -136,6 +137,41 @@ def _save_dir(save_uploads: str | Path | None) -> Path | None:
     return save_dir
 
 
+def _lifespan(
+    checkpoint_or_predictor: str | Path | Predictor,
+    backend: str,
+    engine: Callable[[Predictor], _Engine],
+    methods: list[str] | tuple[str, ...] | None,
+):
+    """The app's lifespan: load the model (off the event loop), warm it up, set
+    ``app.state.engine`` and ``app.state.methods``; the engine is dropped at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if isinstance(checkpoint_or_predictor, Predictor):
+            predictor = checkpoint_or_predictor
+        else:
+            predictor = await anyio.to_thread.run_sync(
+                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend)
+            )
+        await anyio.to_thread.run_sync(_warm_up, predictor)
+        app.state.engine = engine(predictor)
+        app.state.methods = engine_module.explain_methods(predictor, methods)
+        log.info(
+            "fracturekit serve: %s (%s, %s backend), classes %s",
+            predictor.source or "model",
+            predictor.meta.get("backbone"),
+            predictor.backend,
+            ", ".join(predictor.classes),
+        )
+        try:
+            yield
+        finally:
+            app.state.engine = None
+
+    return lifespan
+
+
 def create_app(
     checkpoint_or_predictor: str | Path | Predictor,
     *,
@@ -183,38 +219,18 @@ def create_app(
     save_dir = _save_dir(save_uploads)
     max_bytes = int(max_upload_mb * 2**20)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        if isinstance(checkpoint_or_predictor, Predictor):
-            predictor = checkpoint_or_predictor
-        else:
-            predictor = await anyio.to_thread.run_sync(
-                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend)
-            )
-        await anyio.to_thread.run_sync(_warm_up, predictor)
-        app.state.engine = _Engine(
-            predictor, max_pixels=max_pixels, save_dir=save_dir, save_max=save_max
-        )
-        app.state.methods = engine_module.explain_methods(predictor, explain_methods)
-        log.info(
-            "fracturekit serve: %s (%s, %s backend), classes %s",
-            predictor.source or "model",
-            predictor.meta.get("backbone"),
-            predictor.backend,
-            ", ".join(predictor.classes),
-        )
-        try:
-            yield
-        finally:
-            app.state.engine = None
-
     app = FastAPI(
         title="fracturekit",
         version=__version__,
         description="Find fractures and cracks in images: classify an upload (POST /predict), "
         "see where the model looks (POST /explain). Send images as multipart field "
         f"'{FIELD}'; uploads up to {max_upload_mb:g} MB.",
-        lifespan=lifespan,
+        lifespan=_lifespan(
+            checkpoint_or_predictor,
+            backend,
+            partial(_Engine, max_pixels=max_pixels, save_dir=save_dir, save_max=save_max),
+            explain_methods,
+        ),
         docs_url="/docs" if docs else None,
         redoc_url=None,
     )
