@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -857,3 +858,31 @@ def test_cli_keeps_the_default_allocator_for_serve(tmp_path: Path, monkeypatch) 
     assert calls == []
     assert main(["export", str(tmp_path / "none.pt")]) == 2
     assert calls == [1]
+
+
+def test_one_image_is_decoded_at_a_time(client: TestClient, monkeypatch) -> None:
+    """Decoding is the memory peak of a request: two uploads never decode together."""
+    from fracturekit.serve import _engine
+
+    active, most = [0], [0]
+    lock = threading.Lock()
+    original = _engine.read_image_bytes
+
+    def counting(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(_engine, "read_image_bytes", counting)
+    pictures = [png_bytes(noise_image(i, (40, 40))) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(
+            pool.map(lambda p: client.post("/predict", files=upload(p)).status_code, pictures)
+        )
+    assert codes == [200] * 4 and most[0] == 1

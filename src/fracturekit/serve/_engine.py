@@ -38,6 +38,7 @@ log = logging.getLogger("fracturekit.serve")
 PREVIEW_MAX_SIDE = 512  # previews and overlays: enough for the page, small to send
 WORK_THREADS = 2  # decode + inference threads; each holds at most one decoded image
 WORK_QUEUE = 8  # requests decoding, running or waiting for a thread; more get 503
+DECODES_AT_ONCE = 1  # images being decoded at once (see _Engine.decode_gate)
 # Score-CAM runs one forward pass per channel of the explained layer (hundreds): offered only
 # when the server lists it (fracturekit serve --explain-methods).
 COSTLY_METHODS = frozenset({"scorecam"})
@@ -87,6 +88,10 @@ class _Engine:
             self.save_left = max(0, save_max - sum(1 for _ in save_dir.iterdir()))
         self.save_lock = threading.Lock()
         self.lock = threading.Lock()
+        # Decoding is where a request's memory peaks (a full-size image and its converted
+        # copies: hundreds of MB for a 16-bit 36 MP TIFF), inference runs at the model's size:
+        # one decode at a time bounds the peak while the other thread keeps inferring.
+        self.decode_gate = threading.Semaphore(DECODES_AT_ONCE)
 
     def save(self, data: bytes, name: str) -> None:
         """Keep a decoded upload in ``save_dir`` (called only once it decoded: empty, junk or
@@ -108,9 +113,10 @@ class _Engine:
         if not data:
             raise UploadError(422, f"{name}: the file is empty (0 bytes)")
         try:
-            return read_image_bytes(
-                data, name=name, channels=3, strict=True, max_pixels=self.max_pixels
-            )
+            with self.decode_gate:
+                return read_image_bytes(
+                    data, name=name, channels=3, strict=True, max_pixels=self.max_pixels
+                )
         except ImageReadError as exc:
             # io's pixel-limit refusal reports the size in megapixels: 413, as for the body.
             status = 413 if "megapixels" in exc.reason else 422
