@@ -59,9 +59,13 @@ def wait_for_health(url: str, proc: subprocess.Popen, log: Path, timeout: float 
     pytest.fail(f"fracturekit serve did not answer /health in {timeout} s:\n{log.read_text()}")
 
 
-@pytest.fixture()
-def server(tmp_path: Path):
-    """A real `fracturekit serve` process on a free localhost port; yields its URL."""
+API_KEY = "page-key-42"
+
+
+@pytest.fixture(params=[None], ids=["open"])
+def server(tmp_path: Path, request):
+    """A real `fracturekit serve` process on a free localhost port; yields its URL
+    (``request.param``: the API key it is started with, or None)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model("simple_cnn", 2, pretrained=False)
@@ -74,6 +78,9 @@ def server(tmp_path: Path):
     port = free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env.pop("FRACTUREKIT_API_KEY", None)
+    if request.param:
+        env["FRACTUREKIT_API_KEY"] = request.param
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fracturekit", "serve", str(ckpt), "--port", str(port)],
@@ -94,10 +101,14 @@ def server(tmp_path: Path):
             proc.wait()
 
 
-def test_page_in_chromium(server: str, tmp_path: Path) -> None:
+def _playwright():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (tools/test.sh does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+def test_page_in_chromium(server: str, tmp_path: Path) -> None:
+    sync_api = _playwright()
 
     sample = render_sample(np.random.default_rng(3), 160, "concrete", True)
     crack_png = tmp_path / "crack.png"
@@ -176,3 +187,38 @@ def test_page_in_chromium(server: str, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("server", [API_KEY], ids=["api-key"], indirect=True)
+def test_page_asks_for_the_api_key(server: str, tmp_path: Path) -> None:
+    """A server started with a key: the page asks for it, keeps it for the tab and sends it."""
+    sync_api = _playwright()
+    crack_png = tmp_path / "crack.png"
+    Image.fromarray(render_sample(np.random.default_rng(3), 96, "concrete", True).image).save(
+        crack_png
+    )
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            form = page.locator("#key-form")
+            sync_api.expect(form).to_be_visible()
+            page.fill("#api-key", "wrong")
+            page.click("#key-form button")
+            sync_api.expect(page.locator("#key-help")).to_contain_text("refused")
+            page.fill("#api-key", API_KEY)
+            page.click("#key-form button")
+            sync_api.expect(page.locator("#model-info")).to_contain_text("simple_cnn")
+            sync_api.expect(form).to_be_hidden()
+            page.set_input_files("#file", str(crack_png))
+            label = page.locator("#label")
+            sync_api.expect(label).not_to_have_text("…", timeout=30_000)
+            assert label.inner_text().strip() in CLASSES
+            sync_api.expect(page.locator("#show-overlay")).to_be_enabled(timeout=30_000)
+            # Kept for the tab: a reload needs no key again.
+            page.reload()
+            sync_api.expect(page.locator("#model-info")).to_contain_text("simple_cnn")
+            assert page.evaluate("sessionStorage.getItem('fracturekit-api-key')") == API_KEY
+        finally:
+            browser.close()

@@ -13,6 +13,7 @@ LEVELS = {
     "contracts": -1,
     "progress": 0,
     "config": 0,
+    "_serve_env": 0,
     "calibration": 0,
     "io": 0,
     "synthetic": 0,

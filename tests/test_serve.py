@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -25,8 +26,15 @@ from fracturekit.predict import Predictor
 from fracturekit.serve import create_app
 from fracturekit.serve.app import ENV_CHECKPOINT, ENV_MAX_UPLOAD_MB, create_app_from_env
 
+LOCAL = "http://127.0.0.1"  # the Host the service answers to by default
+
 CLASSES = ["crack", "no_crack"]
 STATIC = Path(__file__).resolve().parents[1] / "src" / "fracturekit" / "serve" / "static"
+
+
+def local_client(app, **kwargs) -> TestClient:
+    """A TestClient that talks to the app as http://127.0.0.1 (the default allowed Host)."""
+    return TestClient(app, base_url=LOCAL, **kwargs)
 
 
 def make_checkpoint(path: Path, threshold: float = 0.4) -> Path:
@@ -72,7 +80,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(ckpt: Path):
-    with TestClient(create_app(ckpt)) as c:
+    with local_client(create_app(ckpt)) as c:
         yield c
 
 
@@ -107,6 +115,7 @@ def test_model(client: TestClient) -> None:
     assert body["img_size"] == 32 and body["threshold"] == pytest.approx(0.4)
     assert body["metrics"] == {"f1": 0.91, "roc_auc": 0.97}
     assert body["max_upload_mb"] == 25 and "gradcam" in body["explain_methods"]
+    assert body["max_pixels"] == 40_000_000
 
 
 def test_predict_matches_the_predictor(client: TestClient, ckpt: Path, picture: bytes) -> None:
@@ -188,7 +197,7 @@ def test_explain_measures_the_crack_width(tmp_path: Path) -> None:
     sample = render_sample(np.random.default_rng(5), 128, "concrete", True)
     crack = png_bytes(Image.fromarray(sample.image))
     big = png_bytes(Image.fromarray(sample.image).resize((1024, 1024), Image.Resampling.NEAREST))
-    with TestClient(create_app(make_checkpoint(tmp_path / "always.pt", threshold=0.0))) as c:
+    with local_client(create_app(make_checkpoint(tmp_path / "always.pt", threshold=0.0))) as c:
         body = c.post("/explain?format=json&px_per_mm=4", files=upload(crack)).json()
         assert body["label"] == "crack" and body["target"] == "crack"
         width = body["width"]
@@ -233,7 +242,14 @@ def test_openapi_documents_the_upload(client: TestClient) -> None:
     assert "413" in schema["paths"]["/predict"]["post"]["responses"]
     props = schema["components"]["schemas"]["PredictionResponse"]["properties"]
     assert {"path", "label", "confidence", "probabilities", "threshold", "error"} <= set(props)
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_are_off_unless_asked(client: TestClient, ckpt: Path) -> None:
+    """Swagger UI loads its scripts from a CDN: only with docs=True (fracturekit serve --docs)."""
+    assert client.get("/docs").status_code == 404
+    assert client.get("/redoc").status_code == 404
+    with local_client(create_app(ckpt, docs=True)) as c:
+        assert c.get("/docs").status_code == 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,14 +280,14 @@ def test_decompression_bomb(client: TestClient) -> None:
 
 
 def test_pixel_limit_is_configurable(ckpt: Path, picture: bytes) -> None:
-    with TestClient(create_app(ckpt, max_pixels=1000)) as c:
+    with local_client(create_app(ckpt, max_pixels=1000)) as c:
         assert_error(c.post("/predict", files=upload(picture)), 413, "megapixels")
         small = png_bytes(noise_image(1, (20, 20)))
         assert c.post("/predict", files=upload(small)).status_code == 200
 
 
 def test_upload_over_the_size_limit(ckpt: Path) -> None:
-    with TestClient(create_app(ckpt, max_upload_mb=0.05)) as c:  # 51 KiB
+    with local_client(create_app(ckpt, max_upload_mb=0.05)) as c:  # 51 KiB
         big = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
         # Refused from the Content-Length header...
         assert_error(c.post("/predict", files=upload(big)), 413, "limit", "--max-upload-mb")
@@ -336,9 +352,9 @@ def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
     would read the whole body before the app sees it)."""
     import anyio
 
-    from fracturekit.serve import app as app_module
+    from fracturekit.serve import _upload
 
-    monkeypatch.setattr(app_module, "UPLOAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(_upload, "UPLOAD_TIMEOUT_S", 0.3)
     head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.png"\r\n\r\n'
     calls = []
 
@@ -358,12 +374,12 @@ def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
         "raw_path": b"/predict",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"host", b"127.0.0.1")],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
     app = create_app(ckpt)
-    with TestClient(app) as c:
+    with local_client(app) as c:
         sent: list[dict] = []
 
         async def drive() -> None:
@@ -377,7 +393,7 @@ def test_slow_upload_times_out(ckpt: Path, monkeypatch) -> None:
         assert time.perf_counter() - started < 3
         assert c.get("/health").status_code == 200
     assert sent[0]["status"] == 408
-    assert b"longer than" in b"".join(m.get("body", b"") for m in sent[1:])
+    assert b"too slowly" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def test_wrong_field_name(client: TestClient, picture: bytes) -> None:
@@ -416,6 +432,9 @@ def test_bad_query_parameters(client: TestClient, picture: bytes) -> None:
     r = client.post("/explain?target=dog", files=upload(picture))
     assert_error(r, 422, "'dog'", "crack, no_crack")
     assert_error(client.post("/explain?px_per_mm=-2", files=upload(picture)), 422, "px_per_mm")
+    for bad in ("inf", "-inf", "nan", "1e308"):  # finite, > 0 and sane, never a 500
+        r = client.post(f"/explain?format=json&px_per_mm={bad}", files=upload(picture))
+        assert_error(r, 422, "px_per_mm")
     assert_error(client.post("/predict?preview=maybe", files=upload(picture)), 422, "preview")
 
 
@@ -459,7 +478,7 @@ def test_nothing_written_to_disk(ckpt: Path, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.chdir(cwd)
     big = png_bytes(noise_image(9, (900, 900)))  # over 1 MB: larger than any in-memory spool
     assert len(big) > 2**20
-    with TestClient(create_app(ckpt)) as c:
+    with local_client(create_app(ckpt)) as c:
         assert c.post("/predict", files=upload(big)).status_code == 200
         assert c.post("/explain", files=upload(big)).status_code == 200
     assert list(spool.iterdir()) == [] and list(cwd.iterdir()) == []
@@ -467,12 +486,15 @@ def test_nothing_written_to_disk(ckpt: Path, tmp_path: Path, monkeypatch) -> Non
 
 def test_save_uploads(ckpt: Path, tmp_path: Path, picture: bytes) -> None:
     keep = tmp_path / "kept"
-    with TestClient(create_app(ckpt, save_uploads=keep)) as c:
+    with local_client(create_app(ckpt, save_uploads=keep)) as c:
         c.post("/predict", files=upload(picture, "../../evil name.png"))
         c.post("/predict", files=upload(picture, "../../evil name.png"))
         c.post("/predict", files=upload(b"junk", "bad.png"))
+        c.post("/predict", files=upload(b"", "empty.png"))
+        c.post("/explain", files=upload(picture[: len(picture) // 2], "half.png"))
     files = sorted(keep.iterdir())
-    assert len(files) == 3 and all(f.parent == keep for f in files)
+    # Only uploads that decoded are kept: no empty, junk or truncated files.
+    assert len(files) == 2 and all(f.parent == keep for f in files)
     named = [f for f in files if f.name.endswith("evil_name.png")]
     assert len(named) == 2 and named[0].name != named[1].name
     assert named[0].read_bytes() == picture
@@ -484,7 +506,7 @@ def test_save_uploads(ckpt: Path, tmp_path: Path, picture: bytes) -> None:
 
 
 def test_create_app_from_a_predictor(ckpt: Path, picture: bytes) -> None:
-    with TestClient(create_app(Predictor.from_checkpoint(ckpt))) as c:
+    with local_client(create_app(Predictor.from_checkpoint(ckpt))) as c:
         assert c.post("/predict", files=upload(picture)).json()["label"] in CLASSES
     with pytest.raises(ValueError, match="max_upload_mb"):
         create_app(ckpt, max_upload_mb=0)
@@ -496,9 +518,9 @@ def test_onnx_backend_serves_predictions_not_heat_maps(ckpt: Path, tmp_path: Pat
     onnx_path = export_onnx(ckpt, tmp_path / "model.onnx").path
     picture = png_bytes(noise_image(4))
     torch_body = None
-    with TestClient(create_app(ckpt)) as c:
+    with local_client(create_app(ckpt)) as c:
         torch_body = c.post("/predict", files=upload(picture)).json()
-    with TestClient(create_app(onnx_path)) as c:
+    with local_client(create_app(onnx_path)) as c:
         assert c.get("/model").json()["explain_methods"] == []
         body = c.post("/predict", files=upload(picture)).json()
         assert body["label"] == torch_body["label"]
@@ -509,7 +531,7 @@ def test_onnx_backend_serves_predictions_not_heat_maps(ckpt: Path, tmp_path: Pat
 def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:
     monkeypatch.setenv(ENV_CHECKPOINT, str(ckpt))
     monkeypatch.setenv(ENV_MAX_UPLOAD_MB, "0.01")
-    with TestClient(create_app_from_env()) as c:
+    with local_client(create_app_from_env()) as c:
         assert c.get("/model").json()["max_upload_mb"] == pytest.approx(0.01)
         assert c.post("/predict", files=upload(picture)).status_code == 200
         assert_error(c.post("/predict", files=upload(b"x" * 90_000)), 413)
@@ -519,11 +541,18 @@ def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:
 
 
 def test_cli_and_app_agree_on_the_environment() -> None:
+    """The variable names are declared once, in fracturekit._serve_env, and used by both."""
+    from fracturekit import _serve_env
     from fracturekit.cli import serve as cli_serve
     from fracturekit.serve import app
 
-    for name in ("ENV_CHECKPOINT", "ENV_BACKEND", "ENV_MAX_UPLOAD_MB", "ENV_SAVE_UPLOADS"):
-        assert getattr(cli_serve, name) == getattr(app, name)
+    assert cli_serve.env is _serve_env
+    names = [n for n in dir(_serve_env) if n.startswith("ENV_")]
+    assert len(names) >= 9
+    for name in names:
+        assert getattr(app, name) == getattr(_serve_env, name)
+        assert f'"{getattr(_serve_env, name)}"' not in Path(cli_serve.__file__).read_text()
+        assert f'"{getattr(_serve_env, name)}"' not in Path(app.__file__).read_text()
     module, factory = cli_serve.APP_FACTORY.split(":")
     assert module == app.__name__ and callable(getattr(app, factory))
 
@@ -545,3 +574,315 @@ def test_errors_are_json_with_a_detail_string(client: TestClient) -> None:
     r = client.post("/predict", files=upload(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64))
     assert r.status_code == 422
     assert json.loads(r.text).keys() == {"detail"}
+
+
+# --------------------------------------------------------------------------------------------
+# hardening: slow clients, a full queue, access control
+
+
+def raw_scope(path: str = "/predict", boundary: bytes = b"b") -> dict:
+    """An ASGI scope for driving the app directly (TestClient reads the whole body first)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"multipart/form-data; boundary=" + boundary),
+            (b"host", b"127.0.0.1"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+def trickle(body: bytes, every_s: float):
+    """An ASGI receive() that sends ``body`` one byte every ``every_s`` seconds."""
+    import anyio
+
+    sent = [0]
+
+    async def receive() -> dict:
+        i = sent[0]
+        sent[0] += 1
+        if i:
+            await anyio.sleep(every_s)
+        return {"type": "http.request", "body": body[i : i + 1], "more_body": i + 1 < len(body)}
+
+    return receive
+
+
+def multipart(data: bytes, boundary: str = "b", name: str = "s.png") -> bytes:
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_a_trickling_client_is_cut_off(ckpt: Path, monkeypatch) -> None:
+    """One byte at a time: refused (408) once the body falls behind the minimum rate, long
+    before the overall upload deadline."""
+    import anyio
+
+    from fracturekit.serve import _upload
+
+    monkeypatch.setattr(_upload, "GRACE_S", 0.3)
+    monkeypatch.setattr(_upload, "MIN_RATE", 1000)
+    body = multipart(b"x" * 30)  # about 3 s at one byte every 0.02 s
+    app = create_app(ckpt)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with local_client(app) as c:
+        started = time.perf_counter()
+        c.portal.call(lambda: app(raw_scope(), trickle(body, 0.02), send))
+        assert time.perf_counter() - started < 1.5
+        del anyio
+    assert sent[0]["status"] == 408
+    assert b"too slowly" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_slow_clients_do_not_block_other_uploads(ckpt: Path, picture: bytes) -> None:
+    """Ten clients trickling their bodies: a normal upload is still answered at once."""
+    app = create_app(ckpt)
+    body = multipart(b"x" * 20)
+
+    async def send(message: dict) -> None:
+        pass
+
+    with local_client(app) as c:
+        slow = [
+            c.portal.start_task_soon(lambda: app(raw_scope(), trickle(body, 0.1), send))
+            for _ in range(10)
+        ]
+        time.sleep(0.3)  # every slow body has started
+        assert all(not f.done() for f in slow)
+        started = time.perf_counter()
+        r = c.post("/predict", files=upload(picture))
+        assert r.status_code == 200 and time.perf_counter() - started < 1.5
+        for f in slow:
+            f.result(timeout=30)
+
+
+def test_a_full_queue_answers_503_with_retry_after(ckpt: Path, picture: bytes) -> None:
+    """Past the work queue, requests are refused at once instead of queueing without bound."""
+    import threading
+
+    from fracturekit.serve._engine import WorkQueue
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    release = threading.Event()
+    entered = threading.Event()
+    original = predictor.predict_images
+
+    def slow_predict(images, names=None):
+        if names != ["warm-up"]:
+            entered.set()
+            release.wait(30)
+        return original(images, names)
+
+    predictor.predict_images = slow_predict
+    app = create_app(predictor)
+    with local_client(app) as c:
+        app.state.work = WorkQueue(threads=1, depth=1)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.post, "/predict", files=upload(picture))
+            assert entered.wait(30)
+            started = time.perf_counter()
+            r = c.post("/predict", files=upload(picture))
+            assert time.perf_counter() - started < 5
+            assert_error(r, 503, "busy")
+            assert int(r.headers["retry-after"]) > 0
+            release.set()
+            assert first.result(timeout=30).status_code == 200
+        assert c.post("/predict", files=upload(picture)).status_code == 200
+
+
+def test_receive_budget_bounds_the_bytes_in_flight() -> None:
+    from fracturekit.serve._upload import ReceiveBudget, UploadError
+
+    budget = ReceiveBudget(max_bytes=100, max_uploads=2)
+    a, b = budget.open(), budget.open()
+    with pytest.raises(UploadError) as info:
+        budget.open()
+    assert info.value.status == 503 and "Retry-After" in info.value.headers
+    a.add(60)
+    with pytest.raises(UploadError):
+        b.add(50)
+    a.close()
+    a.close()  # closing twice gives back once
+    b.add(90)
+    b.close()
+    assert budget.bytes == 0 and budget.uploads == 0
+
+
+def test_api_key(ckpt: Path, picture: bytes) -> None:
+    with local_client(create_app(ckpt, api_key="s3cret-ключ")) as c:
+        # The page, its files and /health need no key: the page asks for it.
+        assert c.get("/health").status_code == 200
+        assert c.get("/").status_code == 200
+        assert c.get("/static/app.js").status_code == 200
+        for path in ("/model", "/openapi.json"):
+            r = c.get(path)
+            assert_error(r, 401, "Authorization: Bearer")
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert_error(c.post("/predict", files=upload(picture)), 401, "API key")
+        wrong = {"Authorization": "Bearer nope"}
+        assert_error(c.get("/model", headers=wrong), 401, "wrong API key")
+        key = "s3cret-ключ".encode()
+        assert c.get("/model", headers={"Authorization": b"Bearer " + key}).status_code == 200
+        assert c.get("/model", headers={"X-API-Key": key}).status_code == 200
+        r = c.post("/predict", files=upload(picture), headers={"X-API-Key": key})
+        assert r.status_code == 200
+
+
+def test_foreign_origins_and_hosts_are_refused(client: TestClient, ckpt: Path, picture) -> None:
+    for origin in ("http://evil.example", "null", "http://127.0.0.1.evil.example"):
+        r = client.post("/predict", files=upload(picture), headers={"Origin": origin})
+        assert_error(r, 403, "other web sites")
+    for origin in ("http://127.0.0.1", "https://127.0.0.1"):  # the page itself (TLS proxy too)
+        r = client.post("/predict", files=upload(picture), headers={"Origin": origin})
+        assert r.status_code == 200, r.text
+    assert_error(client.get("/health", headers={"Host": "evil.example"}), 400, "--allowed-hosts")
+    with TestClient(create_app(ckpt)) as c:  # Host "testserver": not a name of this server
+        assert_error(c.get("/model"), 400, "testserver")
+    with TestClient(create_app(ckpt, allowed_hosts=["testserver:8000"])) as c:
+        assert c.get("/model").status_code == 200
+        assert c.get("/model", headers={"Origin": "http://testserver"}).status_code == 200
+        assert c.get("/model", headers={"Origin": "http://testserver:81"}).status_code == 403
+    with TestClient(create_app(ckpt, allowed_hosts=["*"])) as c:
+        assert c.get("/model", headers={"Host": "anything.example"}).status_code == 200
+
+
+def test_json_answers_are_not_sniffed(client: TestClient, picture: bytes) -> None:
+    for r in (
+        client.get("/health"),
+        client.post("/predict", files=upload(picture)),
+        client.post("/predict", files=upload(b"junk")),
+        client.get("/model", headers={"Origin": "http://evil.example"}),
+    ):
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_unfinished_multipart_body_is_refused(client: TestClient, picture: bytes) -> None:
+    """A body cut before its closing boundary: the file inside may be cut too."""
+    body = multipart(picture, boundary="zz")
+    cut = body[: -len(b"\r\n--zz--\r\n")]
+    headers = {"content-type": "multipart/form-data; boundary=zz"}
+    assert_error(client.post("/predict", content=cut, headers=headers), 400, "closing boundary")
+    assert client.post("/predict", content=body, headers=headers).status_code == 200
+
+
+def test_costly_cam_methods_are_opt_in(client: TestClient, ckpt: Path, picture: bytes) -> None:
+    methods = client.get("/model").json()["explain_methods"]
+    assert "scorecam" not in methods and {"gradcam", "hirescam"} <= set(methods)
+    r = client.post("/explain?method=scorecam", files=upload(picture))
+    assert_error(r, 422, "scorecam", "--explain-methods")
+    with local_client(create_app(ckpt, explain_methods=["scorecam", "hirescam"])) as c:
+        assert c.get("/model").json()["explain_methods"] == ["hirescam", "scorecam"]
+        r = c.post("/explain?method=scorecam&format=json", files=upload(picture))
+        assert r.status_code == 200 and r.json()["method"] == "scorecam"
+    with pytest.raises(ValueError, match="magic"):
+        create_app(ckpt, explain_methods=["magic"])
+
+
+def test_service_pixel_limit_is_40_megapixels(client: TestClient) -> None:
+    r = client.post("/predict", files=upload(bomb_png(8000, 6000), "big.png"))
+    assert_error(r, 413, "big.png", "megapixels")
+
+
+def test_save_uploads_stops_at_its_cap(ckpt: Path, tmp_path: Path, picture: bytes) -> None:
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "earlier.png").write_bytes(picture)
+    with local_client(create_app(ckpt, save_uploads=keep, save_max=3)) as c:
+        for _ in range(4):
+            assert c.post("/predict", files=upload(picture)).status_code == 200
+    assert len(list(keep.iterdir())) == 3
+
+
+def test_environment_carries_the_access_options(ckpt: Path, monkeypatch, picture) -> None:
+    from fracturekit import _serve_env as env
+
+    monkeypatch.setenv(env.ENV_CHECKPOINT, str(ckpt))
+    monkeypatch.setenv(env.ENV_API_KEY, "k")
+    monkeypatch.setenv(env.ENV_ALLOWED_HOSTS, "lab.example")
+    monkeypatch.setenv(env.ENV_EXPLAIN_METHODS, "gradcam")
+    monkeypatch.setenv(env.ENV_MAX_PIXELS, "1000")
+    monkeypatch.setenv(env.ENV_DOCS, "1")
+    with TestClient(create_app_from_env(), base_url="http://lab.example") as c:
+        assert c.get("/model").status_code == 401
+        body = c.get("/model", headers={"X-API-Key": "k"}).json()
+        assert body["explain_methods"] == ["gradcam"] and body["max_pixels"] == 1000
+        assert c.get("/docs", headers={"X-API-Key": "k"}).status_code == 200
+        assert c.get("/health", headers={"Host": "127.0.0.1"}).status_code == 400
+
+
+def test_cli_serve_refuses_an_open_address_without_a_key(ckpt: Path, tmp_path, capsys) -> None:
+    from fracturekit.cli import serve as cli_serve
+
+    missing = str(tmp_path / "none.pt")
+    assert main(["serve", str(ckpt), "--host", "0.0.0.0"]) == 2
+    assert "--insecure-no-auth" in capsys.readouterr().err
+    assert main(["serve", str(ckpt), "--host", "192.168.1.5"]) == 2
+    capsys.readouterr()
+    # With a key, or told to, the checks go on (to the missing checkpoint).
+    assert main(["serve", missing, "--host", "0.0.0.0", "--api-key", "k"]) == 2
+    assert "none.pt" in capsys.readouterr().err
+    assert main(["serve", missing, "--host", "0.0.0.0", "--insecure-no-auth"]) == 2
+    assert "none.pt" in capsys.readouterr().err
+    assert main(["serve", str(ckpt), "--explain-methods", "gradcam,magic"]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert cli_serve.is_loopback("127.0.0.1") and cli_serve.is_loopback("::1")
+    assert cli_serve.is_loopback("localhost") and not cli_serve.is_loopback("0.0.0.0")
+    assert cli_serve.allowed_hosts("10.0.0.2", None)[-1] == "10.0.0.2"
+    assert cli_serve.allowed_hosts("127.0.0.1", "a.example, b.example") == [
+        "a.example",
+        "b.example",
+    ]
+
+
+def test_cli_keeps_the_default_allocator_for_serve(tmp_path: Path, monkeypatch) -> None:
+    """The allocator tuning keeps freed memory resident: right for a batch, wrong for a
+    long-running service whose bursts would stay resident."""
+    import fracturekit.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))
+    assert main(["serve", str(tmp_path / "none.pt")]) == 2
+    assert calls == []
+    assert main(["export", str(tmp_path / "none.pt")]) == 2
+    assert calls == [1]
+
+
+def test_one_image_is_decoded_at_a_time(client: TestClient, monkeypatch) -> None:
+    """Decoding is the memory peak of a request: two uploads never decode together."""
+    from fracturekit.serve import _engine
+
+    active, most = [0], [0]
+    lock = threading.Lock()
+    original = _engine.read_image_bytes
+
+    def counting(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(_engine, "read_image_bytes", counting)
+    pictures = [png_bytes(noise_image(i, (40, 40))) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(
+            pool.map(lambda p: client.post("/predict", files=upload(p)).status_code, pictures)
+        )
+    assert codes == [200] * 4 and most[0] == 1

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.register(cmd)
-        cmd.set_defaults(_run=module.run)
+        # A command module may opt out of the allocator tuning (KEEP_FREED_MEMORY = False).
+        cmd.set_defaults(_run=module.run, _keep_freed=getattr(module, "KEEP_FREED_MEMORY", True))
     return parser
 
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    keep_freed_memory()  # a process-wide allocator setting: the command line's, not the library's
+    if args._keep_freed:  # a process-wide allocator setting: the command line's, not the library's
+        keep_freed_memory()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

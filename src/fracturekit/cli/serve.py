@@ -1,23 +1,41 @@
 """Serve a model as a REST API with a web page (FastAPI under uvicorn).
 
-Open http://HOST:PORT/ for the page (drag an image in: PNG, JPEG, TIFF or DICOM) and
-http://HOST:PORT/docs for the API: GET /health, GET /model, POST /predict and POST /explain
-(multipart field `file`). The model is loaded once per worker process when it starts. Uploads
-stay in memory and are never written to disk unless --save-uploads DIR is given.
+Open http://HOST:PORT/ for the page (drag an image in: PNG, JPEG, TIFF or DICOM); the API:
+GET /health, GET /model, POST /predict and POST /explain (multipart field `file`), described at
+/openapi.json (and by Swagger UI at /docs with --docs). The model is loaded once per worker
+process when it starts. Uploads stay in memory and are never written to disk unless
+--save-uploads DIR is given.
 
-The default host 127.0.0.1 accepts connections from this machine only; use --host 0.0.0.0 to
-listen on every network interface (put the service behind a proxy with TLS for that).
+The default host 127.0.0.1 accepts connections from this machine only. To listen on a network
+(--host 0.0.0.0), give an API key (--api-key or $FRACTUREKIT_API_KEY; clients send
+`Authorization: Bearer KEY`, the page has a field for it) and put the service behind a proxy
+with TLS. Requests from other web sites (a foreign Origin) and Host names not in
+--allowed-hosts are refused.
 
 Example:
   fracturekit serve runs/demo/model.pt --port 8000
   curl -F file=@photo.jpg http://127.0.0.1:8000/predict
+  FRACTUREKIT_API_KEY=s3cret fracturekit serve model.pt --host 0.0.0.0 --allowed-hosts lab.example
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
 from pathlib import Path
+
+from fracturekit import _serve_env as env
+
+# A service keeps the allocator's default (return freed memory to the system): the command
+# line's tuning would keep every burst's peak resident for good.
+KEEP_FREED_MEMORY = False
+# The app is started by uvicorn from this import string (in every worker process when
+# --workers > 1), so the options travel as the environment variables of fracturekit._serve_env;
+# cli and serve share a level and do not import each other.
+APP_FACTORY = "fracturekit.serve.app:create_app_from_env"
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +59,24 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="largest accepted upload; bigger bodies get HTTP 413 (default 25)",
     )
     parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=env.DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="largest image in pixels; bigger images get HTTP 413 (default 40,000,000)",
+    )
+    parser.add_argument(
         "--save-uploads",
         metavar="DIR",
-        help="keep a copy of every upload in DIR (unique names); by default nothing is written",
+        help="keep a copy of every upload that decoded in DIR (unique names); by default "
+        "nothing is written",
+    )
+    parser.add_argument(
+        "--save-max",
+        type=int,
+        default=env.DEFAULT_SAVE_MAX,
+        metavar="N",
+        help="stop keeping uploads once DIR holds N files (default %(default)s)",
     )
     parser.add_argument(
         "--backend",
@@ -52,6 +85,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="torch (default) or onnx (the .onnx file from `fracturekit export`; no heat maps)",
     )
     parser.add_argument(
+        "--explain-methods",
+        metavar="LIST",
+        help="CAM methods /explain offers, comma-separated (default: every method but the "
+        "costly scorecam, which runs one forward pass per channel)",
+    )
+    _register_access(parser)
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug"),
@@ -59,26 +99,94 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# The app is started by uvicorn from this import string (in every worker process when
-# --workers > 1), so the options travel as environment variables; cli and serve share a level
-# and do not import each other. tests/test_serve.py checks the names against serve.app.
-APP_FACTORY = "fracturekit.serve.app:create_app_from_env"
-ENV_CHECKPOINT = "FRACTUREKIT_SERVE_CHECKPOINT"
-ENV_BACKEND = "FRACTUREKIT_SERVE_BACKEND"
-ENV_MAX_UPLOAD_MB = "FRACTUREKIT_SERVE_MAX_UPLOAD_MB"
-ENV_SAVE_UPLOADS = "FRACTUREKIT_SERVE_SAVE_UPLOADS"
+def _register_access(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get(env.ENV_API_KEY) or None,
+        help="require this key on every route but the page and /health (default: "
+        f"${env.ENV_API_KEY}; the variable keeps the key out of the process list)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow listening on a non-loopback address without an API key",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        metavar="LIST",
+        help="names the Host header may carry, comma-separated; '*' any (default: "
+        "localhost, 127.0.0.1, ::1 and --host; with --host 0.0.0.0 also this machine's name)",
+    )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve Swagger UI at /docs (it loads its scripts and styles from a CDN)",
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name to bind) reaches this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
 
-    ckpt = Path(args.checkpoint).expanduser()
+
+def allowed_hosts(host: str, given: str | None) -> list[str]:
+    """``--allowed-hosts``, or the loopback names plus the bound host (and this machine's
+    names when binding every interface)."""
+    if given is not None:
+        return env.split_list(given)
+    hosts = list(env.LOOPBACK_HOSTS)
+    if host in WILDCARD_HOSTS:
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    else:
+        hosts.append(host.strip("[]"))
+    return list(dict.fromkeys(h.lower() for h in hosts))
+
+
+def _check(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: must be at least 1")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels {args.max_pixels}: must be positive")
+    if args.save_max < 0:
+        raise ValueError(f"--save-max {args.save_max}: must be 0 or more")
+    if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
+        raise ValueError(
+            f"--host {args.host} listens beyond this machine: give an API key (--api-key or "
+            f"${env.ENV_API_KEY}), or --insecure-no-auth to serve without one"
+        )
+    if args.explain_methods is not None:
+        from fracturekit.explain import CAM_METHODS
+
+        unknown = set(env.split_list(args.explain_methods)) - set(CAM_METHODS)
+        if unknown:
+            raise ValueError(
+                f"--explain-methods: unknown method(s) {', '.join(sorted(unknown))}; choose "
+                f"from {', '.join(CAM_METHODS)}"
+            )
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    ckpt = Path(args.checkpoint).expanduser()
+    _check(args)
     save = Path(args.save_uploads).expanduser().resolve() if args.save_uploads else None
     if save is not None and save.exists() and not save.is_dir():
         raise NotADirectoryError(f"--save-uploads {save}: not a folder")
@@ -91,13 +199,16 @@ def run(args: argparse.Namespace) -> int:
         from fracturekit.predict import Predictor
 
         Predictor.from_checkpoint(ckpt, args.backend)
-    os.environ[ENV_CHECKPOINT] = str(ckpt.resolve())
-    os.environ[ENV_BACKEND] = args.backend
-    os.environ[ENV_MAX_UPLOAD_MB] = repr(float(args.max_upload_mb))
-    if save is not None:
-        os.environ[ENV_SAVE_UPLOADS] = str(save)
-    else:
-        os.environ.pop(ENV_SAVE_UPLOADS, None)
+    _set_env(env.ENV_CHECKPOINT, str(ckpt.resolve()))
+    _set_env(env.ENV_BACKEND, args.backend)
+    _set_env(env.ENV_MAX_UPLOAD_MB, repr(float(args.max_upload_mb)))
+    _set_env(env.ENV_MAX_PIXELS, str(args.max_pixels))
+    _set_env(env.ENV_SAVE_UPLOADS, None if save is None else str(save))
+    _set_env(env.ENV_SAVE_MAX, str(args.save_max))
+    _set_env(env.ENV_EXPLAIN_METHODS, args.explain_methods)
+    _set_env(env.ENV_ALLOWED_HOSTS, ",".join(allowed_hosts(args.host, args.allowed_hosts)))
+    _set_env(env.ENV_DOCS, "1" if args.docs else None)
+    _set_env(env.ENV_API_KEY, args.api_key)
     uvicorn.run(
         APP_FACTORY,
         factory=True,

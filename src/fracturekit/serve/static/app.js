@@ -8,6 +8,32 @@
   const DISPLAYABLE = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"]);
 
   const state = { model: null, maxBytes: 25 * 1024 * 1024, methods: [], busy: false, objectUrl: null };
+  const KEY_STORAGE = "fracturekit-api-key";
+
+  // The API key, when the server asks for one: kept for this tab only (sessionStorage).
+  function apiKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  // fetch() to this server, with the API key as a header when one is set.
+  function api(path, options) {
+    const init = Object.assign({}, options || {});
+    const key = apiKey();
+    if (key) init.headers = Object.assign({}, init.headers || {}, { Authorization: `Bearer ${key}` });
+    return fetch(path, init);
+  }
+
+  function askForKey(wrong) {
+    $("key-form").hidden = false;
+    $("key-help").textContent = wrong
+      ? "The key was refused; enter the right one."
+      : "This server needs a key. It is kept in this browser tab only and sent to this server only.";
+    $("api-key").focus();
+  }
 
   function showError(message) {
     const box = $("error");
@@ -37,8 +63,14 @@
 
   async function loadModel() {
     try {
-      const response = await fetch("/model");
+      const response = await api("/model");
+      if (response.status === 401) {
+        $("model-info").textContent = "";
+        askForKey(Boolean(apiKey()));
+        return;
+      }
       if (!response.ok) throw new Error(await errorMessage(response));
+      $("key-form").hidden = true;
       const model = await response.json();
       state.model = model;
       state.maxBytes = model.max_upload_mb * 1024 * 1024;
@@ -155,7 +187,7 @@
     }
     $("overlay-status").textContent = "Computing the heat map…";
     try {
-      const response = await fetch("/explain?format=json", { method: "POST", body: form(file) });
+      const response = await api("/explain?format=json", { method: "POST", body: form(file) });
       if (!response.ok) throw new Error(await errorMessage(response));
       const result = await response.json();
       $("overlay").src = "data:image/png;base64," + result.overlay_png;
@@ -188,7 +220,8 @@
     setStatus(`Analysing ${file.name}…`);
     try {
       const preview = DISPLAYABLE.has(file.type) ? "false" : "true";
-      const response = await fetch(`/predict?preview=${preview}`, { method: "POST", body: form(file) });
+      const response = await api(`/predict?preview=${preview}`, { method: "POST", body: form(file) });
+      if (response.status === 401) askForKey(Boolean(apiKey()));
       if (!response.ok) throw new Error(await errorMessage(response));
       const result = await response.json();
       if (result.preview_png) $("preview").src = "data:image/png;base64," + result.preview_png;
@@ -252,6 +285,17 @@
     window.addEventListener("dragover", (event) => event.preventDefault());
     window.addEventListener("drop", (event) => event.preventDefault());
     $("show-overlay").addEventListener("change", (event) => showOverlay(event.target.checked));
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      try {
+        sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+      } catch (e) {
+        showError("This browser does not allow session storage; the key cannot be kept.");
+      }
+      $("api-key").value = "";
+      showError("");
+      loadModel();
+    });
     loadModel();
   }
 

@@ -1,0 +1,355 @@
+"""The inference engine of the service: decoding an upload, the model behind a lock, and the
+per-image work of ``/predict`` and ``/explain``, run on worker threads (``WorkQueue``).
+
+Decoding and inference run on a small thread pool (``WORK_THREADS``), never on the event loop,
+with at most ``WORK_QUEUE`` requests waiting or running (more get 503 with Retry-After rather
+than a queue without bound). The model is used by one thread at a time (PyTorch already spreads
+one forward pass over every core, and CAM hooks must not see another request's forward pass).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from fracturekit._files import atomic_write_bytes
+from fracturekit.io import ImageReadError, read_image_bytes
+from fracturekit.predict import Prediction, Predictor
+from fracturekit.serve._upload import UploadError, busy
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger("fracturekit.serve")
+
+PREVIEW_MAX_SIDE = 512  # previews and overlays: enough for the page, small to send
+WORK_THREADS = 2  # decode + inference threads; each holds at most one decoded image
+WORK_QUEUE = 8  # requests decoding, running or waiting for a thread; more get 503
+DECODES_AT_ONCE = 1  # images being decoded at once (see _Engine.decode_gate)
+# Score-CAM runs one forward pass per channel of the explained layer (hundreds): offered only
+# when the server lists it (fracturekit serve --explain-methods).
+COSTLY_METHODS = frozenset({"scorecam"})
+T = TypeVar("T")
+
+
+class WorkQueue:
+    """At most ``depth`` jobs waiting for or running on ``threads`` worker threads; past that,
+    ``run`` refuses at once with 503 (the event loop is the only caller: no lock needed)."""
+
+    def __init__(self, threads: int = WORK_THREADS, depth: int = WORK_QUEUE) -> None:
+        self.limiter = anyio.CapacityLimiter(threads)
+        self.depth = depth
+        self.pending = 0
+
+    def check(self) -> None:
+        """503 when the queue is full (before receiving a body that could not be run)."""
+        if self.pending >= self.depth:
+            raise busy(f"the server is busy ({self.pending} images in its queue); retry shortly")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        self.check()
+        self.pending += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+        finally:
+            self.pending -= 1
+
+
+class _Engine:
+    """The predictor, a lock around its model, and the per-image work of the routes."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_pixels: int | None,
+        save_dir: Path | None,
+        save_max: int = 0,
+    ):
+        self.predictor = predictor
+        self.max_pixels = max_pixels
+        self.save_dir = save_dir
+        # Files the folder may still take: it holds at most save_max, counting earlier runs'.
+        self.save_left = 0
+        if save_dir is not None:
+            self.save_left = max(0, save_max - sum(1 for _ in save_dir.iterdir()))
+        self.save_lock = threading.Lock()
+        self.lock = threading.Lock()
+        # Decoding is where a request's memory peaks (a full-size image and its converted
+        # copies: hundreds of MB for a 16-bit 36 MP TIFF), inference runs at the model's size:
+        # one decode at a time bounds the peak while the other thread keeps inferring.
+        self.decode_gate = threading.Semaphore(DECODES_AT_ONCE)
+
+    def save(self, data: bytes, name: str) -> None:
+        """Keep a decoded upload in ``save_dir`` (called only once it decoded: empty, junk or
+        truncated bodies are never written), until the folder holds ``save_max`` files."""
+        if self.save_dir is None:
+            return
+        with self.save_lock:
+            if self.save_left <= 0:
+                return
+            self.save_left -= 1
+            if self.save_left == 0:
+                log.warning("--save-uploads %s is full; no more uploads are kept", self.save_dir)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[-80:] or "upload"
+        atomic_write_bytes(self.save_dir / f"{stamp}-{uuid.uuid4().hex[:12]}-{safe}", data)
+
+    def decode(self, data: bytes, name: str) -> Image.Image:
+        """The upload as an 8-bit RGB image, or an ``UploadError`` saying what is wrong."""
+        if not data:
+            raise UploadError(422, f"{name}: the file is empty (0 bytes)")
+        try:
+            with self.decode_gate:
+                return read_image_bytes(
+                    data, name=name, channels=3, strict=True, max_pixels=self.max_pixels
+                )
+        except ImageReadError as exc:
+            # io's pixel-limit refusal reports the size in megapixels: 413, as for the body.
+            status = 413 if "megapixels" in exc.reason else 422
+            raise UploadError(status, str(exc)) from None
+        except Exception as exc:  # a decoder bug must still be the client's 422, not a 500
+            log.warning("decoding %s failed unexpectedly", name, exc_info=True)
+            raise UploadError(
+                422, f"{name}: not a readable image ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def classify(self, image: Image.Image, name: str) -> Prediction:
+        with self.lock:
+            return self.predictor.predict_images([image], [name])[0]
+
+
+def _display_name(filename: str | None) -> str:
+    """The upload's base name (no folders, no control characters), for messages and logs."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:200].strip()
+    return name or "upload"
+
+
+def _png_b64(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> str:
+    return base64.b64encode(_png_bytes(image, max_side)).decode("ascii")
+
+
+def _downsized(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> Image.Image:
+    """``image`` itself when small, else a copy whose longer side is ``max_side`` (resized
+    directly: a full-size copy of a 100-megapixel upload first would cost 300 MB)."""
+    from PIL import Image as PILImage
+
+    w, h = image.size
+    if max(w, h) <= max_side:
+        return image
+    f = max_side / max(w, h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return image.resize(size, PILImage.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _png_bytes(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    buf = io.BytesIO()
+    _downsized(image, max_side).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+def _result(
+    pred: Prediction, predictor: Predictor, image: Image.Image, timing: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "path": pred.path,
+        "label": pred.label,
+        "confidence": pred.confidence,
+        "probabilities": pred.probabilities,
+        "threshold": pred.threshold,
+        "error": pred.error,
+        "positive": predictor.positive,
+        "image": {"width": image.width, "height": image.height},
+        "timing_ms": {k: _ms(v) for k, v in timing.items()},
+    }
+
+
+def _predict_sync(
+    engine: _Engine, data: bytes, name: str, preview: bool, start: float
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    image = engine.decode(data, name)
+    engine.save(data, name)
+    t1 = time.perf_counter()
+    pred = engine.classify(image, name)
+    t2 = time.perf_counter()
+    timing = {"decode_ms": t1 - t0, "inference_ms": t2 - t1, "total_ms": t2 - start}
+    out = _result(pred, engine.predictor, image, timing)
+    if preview:
+        out["preview_png"] = _png_b64(image)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Explain: the CAM overlay and, when a crack is found, its width
+
+
+# /explain's default method: fracturekit.explain.EXPLAIN_METHOD (the service imports explain
+# only when a heat map is asked for; a test keeps the two equal). Heat maps use its
+# EXPLAIN_LAYER, as `fracturekit explain` does.
+EXPLAIN_METHOD = "hirescam"
+
+
+def explain_methods(
+    predictor: Predictor | None, allowed: list[str] | tuple[str, ...] | None = None
+) -> list[str]:
+    """The CAM methods ``/explain`` offers: ``allowed`` (default: every method but the costly
+    ones, ``COSTLY_METHODS``); empty when ``fracturekit.explain`` is absent or the model runs on
+    ONNX Runtime (CAMs need PyTorch's gradients)."""
+    if predictor is None or predictor.backend != "torch" or not _explain_available():
+        return []
+    return check_methods(allowed)
+
+
+def check_methods(allowed: list[str] | tuple[str, ...] | None) -> list[str]:
+    """``allowed`` as sorted CAM method names (default: the cheap ones), or a ValueError
+    naming the unknown ones and the choices."""
+    from fracturekit.explain import CAM_METHODS
+
+    if allowed is None:
+        return sorted(set(CAM_METHODS) - COSTLY_METHODS)
+    names = {str(m).lower() for m in allowed}
+    unknown = sorted(names - set(CAM_METHODS))
+    if unknown:
+        raise ValueError(
+            f"--explain-methods: unknown CAM method(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(CAM_METHODS)}"
+        )
+    return sorted(names)
+
+
+def _explain_available() -> bool:
+    return importlib.util.find_spec("fracturekit.explain") is not None
+
+
+def _width_summary(cracks: list[Any], scale: float) -> dict[str, Any] | None:
+    """The longest measured crack, in pixels of the uploaded image (``scale`` = uploaded width
+    / measured width), with the count of cracks found."""
+    if not cracks:
+        return None
+    main = max(cracks, key=lambda c: c.length_px)
+
+    def num(v: float | None, factor: float = 1.0) -> float | None:
+        return None if v is None or not math.isfinite(v) else round(float(v) * factor, 3)
+
+    return {
+        "n_cracks": len(cracks),
+        "length_px": num(main.length_px, scale),
+        "max_width_px": num(main.max_width_px, scale),
+        "mean_width_px": num(main.mean_width_px, scale),
+        "median_width_px": num(main.median_width_px, scale),
+        "p95_width_px": num(main.p95_width_px, scale),
+        "px_per_mm": None if main.px_per_mm is None else round(main.px_per_mm * scale, 6),
+        "length_mm": num(main.length_mm),
+        "max_width_mm": num(main.max_width_mm),
+        "mean_width_mm": num(main.mean_width_mm),
+        "severity": main.severity,
+    }
+
+
+def _explain_sync(
+    engine: _Engine,
+    data: bytes,
+    name: str,
+    method: str,
+    target: str | None,
+    width: bool,
+    px_per_mm: float | None,
+    start: float,
+) -> tuple[dict[str, Any], bytes]:
+    """Prediction, heat-map overlay and (binary models predicting the positive class, or any
+    multi-class model) the width of the crack derived inside the heat-map region.
+
+    Heat maps and widths are computed on the image downsized to at most ``PREVIEW_MAX_SIDE``
+    px (the page shows no more; full-size derivation of a large photo would take seconds and
+    gigabytes); widths and lengths are reported in pixels of the uploaded image, so they are
+    reliable from about 2 px of the downsized image up.
+    """
+    from fracturekit.explain import (
+        EXPLAIN_LAYER,
+        compute_cams,
+        derive_crack_mask,
+        overlay,
+        resolve_target,
+    )
+    from fracturekit.width import measure_mask
+
+    predictor = engine.predictor
+    t0 = time.perf_counter()
+    image = engine.decode(data, name)
+    engine.save(data, name)
+    shown = _downsized(image)
+    scale = image.width / shown.width
+    t1 = time.perf_counter()
+    classes = predictor.classes
+    with engine.lock:
+        pred = predictor.predict_images([image], [name])[0]
+        # Default target (explain's rule): a binary model's positive class, else the prediction.
+        index = resolve_target(
+            target, classes=classes, positive=predictor.positive, n_out=len(classes)
+        )
+        target_name = pred.label if index is None else classes[index]
+        binary = len(classes) == 2
+        measure = width and (not binary or pred.label == classes[_positive(predictor)])
+        derived = None
+        if measure:
+            derived = derive_crack_mask(predictor, shown, method=method)
+        if derived is not None and binary and target_name == classes[_positive(predictor)]:
+            cam = derived.cam  # the same heat map (positive class, same method): reuse it
+        else:
+            cam = compute_cams(
+                predictor.model,
+                predictor.preprocess(image)[None],
+                method=method,
+                layer=EXPLAIN_LAYER,
+                target=classes.index(target_name),
+            )[0]
+    t2 = time.perf_counter()
+    png = _png_bytes(overlay(shown, cam))
+    summary = None
+    if derived is not None and derived.mask.any():
+        cracks = measure_mask(
+            derived.mask, px_per_mm=None if px_per_mm is None else px_per_mm / scale
+        )
+        summary = _width_summary(cracks, scale)
+    timing = {
+        "decode_ms": t1 - t0,
+        "inference_ms": t2 - t1,
+        "total_ms": time.perf_counter() - start,
+    }
+    out = _result(pred, predictor, image, timing)
+    out.update(method=method, target=target_name, width=summary)
+    return out, png
+
+
+def _positive(predictor: Predictor) -> int:
+    """Index of a binary model's positive class (index 1 when none is named)."""
+    classes = predictor.classes
+    return classes.index(predictor.positive) if predictor.positive in classes else 1
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """One prediction on a blank image at start-up, so the first request does not pay for the
+    lazy imports and first-run kernel set-up (seconds on a small CPU)."""
+    from PIL import Image as PILImage
+
+    size = predictor.img_size
+    predictor.predict_images([PILImage.new("RGB", (size, size))], ["warm-up"])

@@ -1,0 +1,132 @@
+"""The JSON answers of the service (mirroring ``fracturekit.predict.Prediction``) and the
+OpenAPI description of its errors and upload body."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+FIELD = "file"  # the multipart field that carries the image
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: a message that says what was wrong and what to send instead."""
+
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    version: str
+    model: str | None = Field(description="the loaded model's backbone")
+    backend: str
+
+
+class ModelResponse(BaseModel):
+    """``Predictor.describe()`` plus what this service accepts."""
+
+    backbone: str | None
+    classes: list[str]
+    positive: str | None
+    img_size: int
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+    threshold: float | None
+    temperature: float
+    tta: int = Field(1, description="flipped views whose logits are averaged per image")
+    pretrained: str | None
+    backend: str
+    metrics: dict[str, float]
+    max_upload_mb: float
+    max_pixels: int = Field(description="largest image accepted, in pixels")
+    explain_methods: list[str] = Field(description="CAM methods of /explain; empty when off")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Timing(BaseModel):
+    """Milliseconds spent in the server on this request."""
+
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class PredictionResponse(BaseModel):
+    """One image's result: the fields of ``fracturekit.predict.Prediction`` plus context."""
+
+    path: str = Field(description="the uploaded file's name")
+    label: str
+    confidence: float = Field(description="probability of the predicted label")
+    probabilities: dict[str, float] = Field(description="calibrated probability per class")
+    threshold: float | None = Field(description="decision threshold on the positive class")
+    error: str | None = None
+    positive: str | None = Field(None, description="the positive class of a binary model")
+    image: ImageSize
+    timing_ms: Timing
+    preview_png: str | None = Field(
+        None, description="base64 PNG of the image as decoded (with ?preview=true)"
+    )
+
+
+class WidthSummary(BaseModel):
+    """The crack found in the heat-map region, measured along its skeleton."""
+
+    n_cracks: int
+    length_px: float
+    max_width_px: float
+    mean_width_px: float
+    median_width_px: float
+    p95_width_px: float
+    px_per_mm: float | None = None
+    length_mm: float | None = None
+    max_width_mm: float | None = None
+    mean_width_mm: float | None = None
+    severity: str | None = None
+
+
+class ExplainResponse(PredictionResponse):
+    method: str
+    target: str = Field(description="the class the heat map explains")
+    overlay_png: str = Field(description="base64 PNG: the image with the heat map over it")
+    width: WidthSummary | None = Field(None, description="set when a crack was measured")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed multipart body"},
+    408: {"model": ErrorResponse, "description": "the upload did not arrive in time"},
+    413: {"model": ErrorResponse, "description": "upload or image dimensions over the limit"},
+    415: {"model": ErrorResponse, "description": "the body is not multipart/form-data"},
+    422: {"model": ErrorResponse, "description": "no 'file' field, or not a readable image"},
+    401: {"model": ErrorResponse, "description": "missing or wrong API key (--api-key)"},
+    403: {"model": ErrorResponse, "description": "a request from another web site (Origin)"},
+    503: {
+        "model": ErrorResponse,
+        "description": "the model is not loaded, or the server is busy (see Retry-After)",
+    },
+}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the image: PNG, JPEG, TIFF, BMP or DICOM",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
