@@ -243,7 +243,7 @@ def test_explain_images_writes_overlays_and_heat_maps(ckpt: Path, tmp_path: Path
     bad.write_bytes(b"not an image")
     predictor = Predictor.from_checkpoint(ckpt)
     out = tmp_path / "out"
-    results = explain_images(predictor, [*paths, bad], out, batch_size=2, layers=["block1"])
+    results = explain_images(predictor, [*paths, bad], out, batch_size=2, feature_grids=["block1"])
     assert [r.path for r in results] == [str(p) for p in [*paths, bad]]
     assert results[-1].error is not None and "broken.png" in results[-1].error
     for r in results[:-1]:
@@ -336,14 +336,14 @@ def test_derived_crack_mask_follows_a_dark_line(ckpt: Path) -> None:
 
 
 def test_heat_map_region_gates_the_derived_mask(ckpt: Path, monkeypatch) -> None:
-    import fracturekit.explain as explain
+    from fracturekit.explain import crack_mask
 
     gray = np.full((64, 64), 170, np.uint8)
     gray[30:33, 2:62] = 60
     image = Image.fromarray(gray).convert("RGB")
     cam = np.zeros((64, 64), np.float32)
     cam[:, :16] = 1.0  # attention on the left quarter only
-    monkeypatch.setattr(explain, "image_cam", lambda *a, **k: cam)
+    monkeypatch.setattr(crack_mask, "image_cam", lambda *a, **k: cam)
     derived = derive_crack_mask(Predictor.from_checkpoint(ckpt), image, max_width=8)
     cols = np.nonzero(derived.mask.any(axis=0))[0]
     # The region is the attended quarter grown by max_width (8 px): columns up to 23.
@@ -378,7 +378,7 @@ def test_width_cli_model_path_on_a_synthetic_crack(ckpt: Path, tmp_path: Path) -
 def test_several_layers_back_propagate_from_the_first_one_only() -> None:
     """Fused layers: gradients start at the first target layer to run (memory), and the maps
     equal those computed with gradients from the input; a layer off that path falls back."""
-    from fracturekit.explain import _ClassScore, _run_cam, method_row
+    from fracturekit.explain.cams import _ClassScore, _run_cam, method_row
 
     model = model_for("efficientnet_lite0")
     x = torch.randn(2, 3, 64, 64)

@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fracturekit"
 LEVELS = {
     "_files": -1,
     "_alloc": -1,
+    "render": -1,
     "config": 0,
     "calibration": 0,
     "io": 0,

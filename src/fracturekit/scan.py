@@ -54,8 +54,8 @@ from typing import Any
 import numpy as np
 
 from fracturekit._files import atomic_write, atomic_write_text
-from fracturekit.explain import colorize
 from fracturekit.io import ImageReadError, read_image
+from fracturekit.render import colorize
 
 SCAN_MAX_PIXELS = 4_000_000_000  # streamed formats: memory stays bounded, only time grows
 DECODE_MAX_PIXELS = 250_000_000  # formats decoded whole: ~750 MB of RGB at this size
@@ -671,11 +671,9 @@ class ScanResult:
 
 def _positive_column(predictor: Any) -> tuple[int, str]:
     classes = list(predictor.classes)
-    positive = predictor.positive
-    if positive in classes:
-        return classes.index(positive), positive
-    if len(classes) == 2:
-        return 1, classes[1]
+    index = predictor.positive_index
+    if index is not None:
+        return index, classes[index]
     raise ValueError(
         f"scan maps one class, but this {len(classes)}-class checkpoint names no positive class"
     )
