@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -406,3 +407,122 @@ def test_several_layers_back_propagate_from_the_first_one_only() -> None:
     net = TwoBranches().eval()
     cams = compute_cams(net, torch.randn(1, 3, 16, 16), layer=[net.a, net.b], target=1)
     assert cams.shape == (1, 16, 16) and np.isfinite(cams).all() and _no_hooks(net)
+
+
+# --------------------------------------------------------------------------------------------
+# one path per concern: the image walk, layer names, the positive class, drawing without CAMs
+
+
+def test_explain_cli_skips_masks_and_hidden_folders(ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _images(data / "crack", 1)
+    _images(data / "masks", 1, size=(48, 40))[0].rename(data / "masks" / "mask_of_img0.png")
+    _images(data / ".thumbs", 1)[0].rename(data / ".thumbs" / "thumb.png")
+    out = tmp_path / "cams"
+    assert main(["explain", str(ckpt), str(data), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "img0_cam.npy", "img0_cam.png", "img0_overlay.png",
+    ]  # fmt: skip
+
+
+def test_feature_grids_and_the_cam_layer_have_separate_names(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import inspect
+
+    params = inspect.signature(explain_images).parameters
+    assert "feature_grids" in params and "cam_layer" in params
+    assert "layers" not in params and "layer" not in params
+    predictor = Predictor.from_checkpoint(ckpt)
+    paths = _images(tmp_path / "in", 1)
+    (r,) = explain_images(
+        predictor, paths, tmp_path / "out", feature_grids=["block1"], cam_layer="block2"
+    )
+    assert r.layer == "block2" and list(r.layer_grids) == ["block1"]
+    # Both spellings of the CLI flag list the layer names.
+    for flag in ("--feature-grids", "--layers"):
+        assert main(["explain", str(ckpt), str(paths[0]), "--out", "x", flag, "help"]) == 0
+        assert "block1" in capsys.readouterr().out
+
+
+_FIGURE = re.compile(
+    r"\b0\.\d{2,}\b"  # a measured score such as a pointing game of 0.94
+    r"|\d+(?:\.\d+)? ?(?:%|ms|MiB|GiB|MB|GB)(?!\w)"  # shares, times, memory
+    r"|\b\d+(?:\.\d+)?x (?:faster|slower)"
+)
+
+
+def test_docstrings_carry_no_benchmark_figures() -> None:
+    """Measured figures go stale in docstrings: the README keeps them."""
+    import ast
+
+    import fracturekit.cli.explain as cli_explain
+    import fracturekit.explain as package
+    import fracturekit.render as render
+
+    files = [*Path(package.__file__).parent.glob("*.py"), Path(render.__file__)]
+    files.append(Path(cli_explain.__file__))
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            doc = ast.get_docstring(node) if isinstance(node, kinds) else None
+            if doc and _FIGURE.search(doc):
+                found.append(f"{path.name}: {_FIGURE.search(doc).group()}")
+    assert not found, found
+
+
+def test_scan_and_render_need_no_cam_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fracturekit.scan, fracturekit.render; "
+        "bad = [m for m in sys.modules if m.startswith(('fracturekit.explain', 'pytorch_grad_cam'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_positive_index_of_binary_models(ckpt: Path) -> None:
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.positive_index == 0  # "crack", the first class
+    predictor.meta["positive"] = None
+    assert predictor.positive_index == 1  # the class a single-logit head scores
+
+
+def test_multiclass_models_have_no_positive_class_anywhere(tmp_path: Path) -> None:
+    """A 3-class checkpoint naming a "positive" class: heat maps, the gallery, crack masks
+    (``width --model``, ``/explain``) and ``scan`` all treat it as multi-class."""
+    from fracturekit.explain import crack_mask_from_image, image_cam
+    from fracturekit.scan import scan_image
+
+    torch.manual_seed(0)
+    classes = ["a", "b", "c"]
+    meta = {"img_size": SIZE, "classes": classes, "positive": "b"}
+    path = save_checkpoint(tmp_path / "model.pt", _build("simple_cnn", 3), meta)
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.positive_index is None
+    (image_path,) = _images(tmp_path / "in", 1)
+    image = Image.open(image_path).convert("RGB")
+    pred = predictor.predict_images([image])[0]
+
+    # Heat maps explain the predicted class, not "b".
+    predicted = classes.index(pred.label)
+    by_prediction = compute_cams(
+        predictor.model, predictor.preprocess(image)[None], method="hirescam", layer="fine",
+        target=predicted,
+    )[0]  # fmt: skip
+    from fracturekit.render import resize_map
+
+    np.testing.assert_allclose(image_cam(predictor, image), resize_map(by_prediction, image.size))
+    # A crack mask is derived whatever the prediction (no positive class to wait for).
+    wrong = type(pred)(**{**pred.to_dict(), "label": next(c for c in classes if c != "b")})
+    assert crack_mask_from_image(predictor, image, prediction=wrong) is not None
+    # The gallery groups by correct / mistake.
+    written = write_cam_gallery(predictor, [image_path], [pred.label], tmp_path / "g")
+    assert [p.name.split("_")[0] for p in written] == ["correct"]
+    # scan maps one positive class: a multi-class model has none.
+    with pytest.raises(ValueError, match="names no positive class"):
+        scan_image(predictor, image_path, tile=SIZE, out=tmp_path / "scan")
