@@ -30,6 +30,56 @@ def _label_index(label: Any, classes: list[str]) -> int:
     raise ValueError(f"label {label!r} is not one of the classes {classes}")
 
 
+def _probabilities(
+    predictor: PredictorLike,
+    paths: Sequence[str | Path],
+    batch_size: int,
+    probabilities: np.ndarray | None,
+) -> np.ndarray:
+    """``(N, C)`` class probabilities of ``paths``: given, or predicted (NaN rows: unreadable)."""
+    classes = list(predictor.classes)
+    if probabilities is not None:
+        proba = np.asarray(probabilities, dtype=np.float64)
+        if proba.shape != (len(paths), len(classes)):
+            raise ValueError(
+                f"probabilities must be {(len(paths), len(classes))}, got {proba.shape}"
+            )
+        return proba
+    rows = []
+    for pred in predictor.predict_paths([str(p) for p in paths], batch_size):
+        if pred.error is not None:
+            rows.append(np.full(len(classes), np.nan))
+        else:
+            rows.append(np.array([pred.probabilities[c] for c in classes]))
+    return np.stack(rows) if rows else np.zeros((0, len(classes)))
+
+
+def _groups(
+    proba: np.ndarray, y: np.ndarray, pos: int | None, threshold: float
+) -> dict[str, list[int]]:
+    """Image indices per gallery group, most telling first (see ``write_cam_gallery``)."""
+    ok = np.isfinite(proba).all(axis=1)
+    groups: dict[str, list[int]] = {}
+    if pos is not None:
+        p = proba[:, pos] if len(proba) else np.zeros(0)
+        pred_pos = p >= threshold
+        is_pos = y == pos
+        order_high = np.argsort(-np.nan_to_num(p, nan=-1.0), kind="stable")
+        order_low = np.argsort(np.nan_to_num(p, nan=2.0), kind="stable")
+        groups["true_positive"] = [i for i in order_high if ok[i] and is_pos[i] and pred_pos[i]]
+        groups["false_positive"] = [
+            i for i in order_high if ok[i] and not is_pos[i] and pred_pos[i]
+        ]
+        groups["false_negative"] = [i for i in order_low if ok[i] and is_pos[i] and not pred_pos[i]]
+        return groups
+    pred = np.nan_to_num(proba, nan=-1.0).argmax(axis=1) if len(proba) else np.zeros(0, int)
+    conf = np.nan_to_num(proba.max(axis=1), nan=-1.0) if len(proba) else np.zeros(0)
+    order = np.argsort(-conf, kind="stable")
+    groups["correct"] = [i for i in order if ok[i] and pred[i] == y[i]]
+    groups["mistake"] = [i for i in order if ok[i] and pred[i] != y[i]]
+    return groups
+
+
 def write_cam_gallery(
     predictor: PredictorLike,
     paths: Sequence[str | Path],
@@ -73,45 +123,11 @@ def write_cam_gallery(
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
     model = torch_model(predictor)
     y = np.array([_label_index(v, classes) for v in labels], dtype=int)
-    if probabilities is None:
-        rows = []
-        for pred in predictor.predict_paths([str(p) for p in paths], batch_size):
-            if pred.error is not None:
-                rows.append(np.full(len(classes), np.nan))
-            else:
-                rows.append(np.array([pred.probabilities[c] for c in classes]))
-        proba = np.stack(rows) if rows else np.zeros((0, len(classes)))
-    else:
-        proba = np.asarray(probabilities, dtype=np.float64)
-        if proba.shape != (len(paths), len(classes)):
-            raise ValueError(
-                f"probabilities must be {(len(paths), len(classes))}, got {proba.shape}"
-            )
-    ok = np.isfinite(proba).all(axis=1)
-
+    proba = _probabilities(predictor, paths, batch_size, probabilities)
     pos = predictor.positive_index
-    groups: dict[str, list[int]] = {}
-    if pos is not None:
-        p = proba[:, pos] if len(proba) else np.zeros(0)
-        if threshold is None:
-            threshold = predictor.threshold if predictor.threshold is not None else 0.5
-        pred_pos = p >= threshold
-        is_pos = y == pos
-        order_high = np.argsort(-np.nan_to_num(p, nan=-1.0), kind="stable")
-        order_low = np.argsort(np.nan_to_num(p, nan=2.0), kind="stable")
-        groups["true_positive"] = [i for i in order_high if ok[i] and is_pos[i] and pred_pos[i]]
-        groups["false_positive"] = [
-            i for i in order_high if ok[i] and not is_pos[i] and pred_pos[i]
-        ]
-        groups["false_negative"] = [i for i in order_low if ok[i] and is_pos[i] and not pred_pos[i]]
-        target: int | None = pos
-    else:
-        pred = np.nan_to_num(proba, nan=-1.0).argmax(axis=1) if len(proba) else np.zeros(0, int)
-        conf = np.nan_to_num(proba.max(axis=1), nan=-1.0) if len(proba) else np.zeros(0)
-        order = np.argsort(-conf, kind="stable")
-        groups["correct"] = [i for i in order if ok[i] and pred[i] == y[i]]
-        groups["mistake"] = [i for i in order if ok[i] and pred[i] != y[i]]
-        target = None
+    if threshold is None:
+        threshold = predictor.threshold if predictor.threshold is not None else 0.5
+    groups = _groups(proba, y, pos, threshold)
 
     out_dir = Path(out_dir)
     if out_dir.is_dir():
@@ -131,7 +147,7 @@ def write_cam_gallery(
             model,
             batch,
             method=method,
-            target=target,
+            target=pos,
             layer=layer,
             classes=classes,
             positive=predictor.positive,
