@@ -98,6 +98,8 @@ DEFAULT_METHOD = "gradcam"  # compute_cams: the standard method at the standard 
 EXPLAIN_METHOD = "hirescam"
 EXPLAIN_LAYER = "fine"
 SCORECAM_BATCH = 32  # masked copies of the input per forward pass in Score-CAM
+
+
 # --------------------------------------------------------------------------------------------
 # targets and layers
 

@@ -23,7 +23,8 @@ class DerivedMask:
 
     Attributes:
         mask: ``(H, W)`` bool crack mask.
-        cam: ``(H, W)`` float32 heat map in [0, 1] at the image's size (positive class).
+        cam: ``(H, W)`` float32 heat map in [0, 1] at the image's size (the positive class of
+            a binary model, the predicted class otherwise).
         region: ``(H, W)`` bool where the heat map allowed cracks to be looked for.
         centre_lines: ``(H, W)`` bool ridge centre lines the mask was grown from.
     """
