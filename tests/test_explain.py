@@ -526,3 +526,30 @@ def test_multiclass_models_have_no_positive_class_anywhere(tmp_path: Path) -> No
     # scan maps one positive class: a multi-class model has none.
     with pytest.raises(ValueError, match="names no positive class"):
         scan_image(predictor, image_path, tile=SIZE, out=tmp_path / "scan")
+
+
+def test_crack_mask_from_image_waits_for_the_positive_class(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one crack-mask path of ``width --model`` and ``/explain``: a binary model predicting
+    its negative class has no crack to measure; without a prediction a mask is always derived."""
+    import types
+
+    import fracturekit.cli.width as width_cli
+    from fracturekit.explain import crack_mask_from_image
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    image = Image.new("RGB", (SIZE, SIZE), 128)
+    pred = predictor.predict_images([image])[0]
+    as_label = {c: type(pred)(**{**pred.to_dict(), "label": c}) for c in predictor.classes}
+    assert crack_mask_from_image(predictor, image, prediction=as_label["no_crack"]) is None
+    assert crack_mask_from_image(predictor, image, prediction=as_label["crack"]) is not None
+    assert crack_mask_from_image(predictor, image) is not None
+    # `width --model` on an image without a mask goes through it.
+    seen = []
+    real = crack_mask_from_image
+    monkeypatch.setattr(
+        "fracturekit.explain.crack_mask_from_image", lambda *a, **k: seen.append(a) or real(*a, **k)
+    )
+    args = types.SimpleNamespace(inputs=[str(_images(tmp_path, 1)[0])], mask=None)
+    assert len(list(width_cli._items(args, predictor, {}))) == 1 and len(seen) == 1
