@@ -105,7 +105,7 @@ def main() -> None:
             else:
                 image().save(src)
                 explain_images(
-                    predictor, [src], files, method=args.method, layer=layer, overwrite=True
+                    predictor, [src], files, method=args.method, cam_layer=layer, overwrite=True
                 )
         per = (time.perf_counter() - t0) / args.n
         first = marks[1] if len(marks) > 1 else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -243,7 +244,7 @@ def test_explain_images_writes_overlays_and_heat_maps(ckpt: Path, tmp_path: Path
     bad.write_bytes(b"not an image")
     predictor = Predictor.from_checkpoint(ckpt)
     out = tmp_path / "out"
-    results = explain_images(predictor, [*paths, bad], out, batch_size=2, layers=["block1"])
+    results = explain_images(predictor, [*paths, bad], out, batch_size=2, feature_grids=["block1"])
     assert [r.path for r in results] == [str(p) for p in [*paths, bad]]
     assert results[-1].error is not None and "broken.png" in results[-1].error
     for r in results[:-1]:
@@ -336,14 +337,14 @@ def test_derived_crack_mask_follows_a_dark_line(ckpt: Path) -> None:
 
 
 def test_heat_map_region_gates_the_derived_mask(ckpt: Path, monkeypatch) -> None:
-    import fracturekit.explain as explain
+    from fracturekit.explain import crack_mask
 
     gray = np.full((64, 64), 170, np.uint8)
     gray[30:33, 2:62] = 60
     image = Image.fromarray(gray).convert("RGB")
     cam = np.zeros((64, 64), np.float32)
     cam[:, :16] = 1.0  # attention on the left quarter only
-    monkeypatch.setattr(explain, "image_cam", lambda *a, **k: cam)
+    monkeypatch.setattr(crack_mask, "image_cam", lambda *a, **k: cam)
     derived = derive_crack_mask(Predictor.from_checkpoint(ckpt), image, max_width=8)
     cols = np.nonzero(derived.mask.any(axis=0))[0]
     # The region is the attended quarter grown by max_width (8 px): columns up to 23.
@@ -378,7 +379,7 @@ def test_width_cli_model_path_on_a_synthetic_crack(ckpt: Path, tmp_path: Path) -
 def test_several_layers_back_propagate_from_the_first_one_only() -> None:
     """Fused layers: gradients start at the first target layer to run (memory), and the maps
     equal those computed with gradients from the input; a layer off that path falls back."""
-    from fracturekit.explain import _ClassScore, _run_cam, method_row
+    from fracturekit.explain.cams import _ClassScore, _run_cam, method_row
 
     model = model_for("efficientnet_lite0")
     x = torch.randn(2, 3, 64, 64)
@@ -406,3 +407,149 @@ def test_several_layers_back_propagate_from_the_first_one_only() -> None:
     net = TwoBranches().eval()
     cams = compute_cams(net, torch.randn(1, 3, 16, 16), layer=[net.a, net.b], target=1)
     assert cams.shape == (1, 16, 16) and np.isfinite(cams).all() and _no_hooks(net)
+
+
+# --------------------------------------------------------------------------------------------
+# one path per concern: the image walk, layer names, the positive class, drawing without CAMs
+
+
+def test_explain_cli_skips_masks_and_hidden_folders(ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _images(data / "crack", 1)
+    _images(data / "masks", 1, size=(48, 40))[0].rename(data / "masks" / "mask_of_img0.png")
+    _images(data / ".thumbs", 1)[0].rename(data / ".thumbs" / "thumb.png")
+    out = tmp_path / "cams"
+    assert main(["explain", str(ckpt), str(data), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "img0_cam.npy", "img0_cam.png", "img0_overlay.png",
+    ]  # fmt: skip
+
+
+def test_feature_grids_and_the_cam_layer_have_separate_names(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import inspect
+
+    params = inspect.signature(explain_images).parameters
+    assert "feature_grids" in params and "cam_layer" in params
+    assert "layers" not in params and "layer" not in params
+    predictor = Predictor.from_checkpoint(ckpt)
+    paths = _images(tmp_path / "in", 1)
+    (r,) = explain_images(
+        predictor, paths, tmp_path / "out", feature_grids=["block1"], cam_layer="block2"
+    )
+    assert r.layer == "block2" and list(r.layer_grids) == ["block1"]
+    # Both spellings of the CLI flag list the layer names.
+    for flag in ("--feature-grids", "--layers"):
+        assert main(["explain", str(ckpt), str(paths[0]), "--out", "x", flag, "help"]) == 0
+        assert "block1" in capsys.readouterr().out
+
+
+_FIGURE = re.compile(
+    r"\b0\.\d{2,}\b"  # a measured score such as a pointing game of 0.94
+    r"|\d+(?:\.\d+)? ?(?:%|ms|MiB|GiB|MB|GB)(?!\w)"  # shares, times, memory
+    r"|\b\d+(?:\.\d+)?x (?:faster|slower)"
+)
+
+
+def test_docstrings_carry_no_benchmark_figures() -> None:
+    """Measured figures go stale in docstrings: the README keeps them."""
+    import ast
+
+    import fracturekit.cli.explain as cli_explain
+    import fracturekit.explain as package
+    import fracturekit.render as render
+
+    files = [*Path(package.__file__).parent.glob("*.py"), Path(render.__file__)]
+    files.append(Path(cli_explain.__file__))
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            doc = ast.get_docstring(node) if isinstance(node, kinds) else None
+            if doc and _FIGURE.search(doc):
+                found.append(f"{path.name}: {_FIGURE.search(doc).group()}")
+    assert not found, found
+
+
+def test_scan_and_render_need_no_cam_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fracturekit.scan, fracturekit.render; "
+        "bad = [m for m in sys.modules if m.startswith(('fracturekit.explain', 'pytorch_grad_cam'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_positive_index_of_binary_models(ckpt: Path) -> None:
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.positive_index == 0  # "crack", the first class
+    predictor.meta["positive"] = None
+    assert predictor.positive_index == 1  # the class a single-logit head scores
+
+
+def test_multiclass_models_have_no_positive_class_anywhere(tmp_path: Path) -> None:
+    """A 3-class checkpoint naming a "positive" class: heat maps, the gallery, crack masks
+    (``width --model``, ``/explain``) and ``scan`` all treat it as multi-class."""
+    from fracturekit.explain import crack_mask_from_image, image_cam
+    from fracturekit.scan import scan_image
+
+    torch.manual_seed(0)
+    classes = ["a", "b", "c"]
+    meta = {"img_size": SIZE, "classes": classes, "positive": "b"}
+    path = save_checkpoint(tmp_path / "model.pt", _build("simple_cnn", 3), meta)
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.positive_index is None
+    (image_path,) = _images(tmp_path / "in", 1)
+    image = Image.open(image_path).convert("RGB")
+    pred = predictor.predict_images([image])[0]
+
+    # Heat maps explain the predicted class, not "b".
+    predicted = classes.index(pred.label)
+    by_prediction = compute_cams(
+        predictor.model, predictor.preprocess(image)[None], method="hirescam", layer="fine",
+        target=predicted,
+    )[0]  # fmt: skip
+    from fracturekit.render import resize_map
+
+    np.testing.assert_allclose(image_cam(predictor, image), resize_map(by_prediction, image.size))
+    # A crack mask is derived whatever the prediction (no positive class to wait for).
+    wrong = type(pred)(**{**pred.to_dict(), "label": next(c for c in classes if c != "b")})
+    assert crack_mask_from_image(predictor, image, prediction=wrong) is not None
+    # The gallery groups by correct / mistake.
+    written = write_cam_gallery(predictor, [image_path], [pred.label], tmp_path / "g")
+    assert [p.name.split("_")[0] for p in written] == ["correct"]
+    # scan maps one positive class: a multi-class model has none.
+    with pytest.raises(ValueError, match="names no positive class"):
+        scan_image(predictor, image_path, tile=SIZE, out=tmp_path / "scan")
+
+
+def test_crack_mask_from_image_waits_for_the_positive_class(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one crack-mask path of ``width --model`` and ``/explain``: a binary model predicting
+    its negative class has no crack to measure; without a prediction a mask is always derived."""
+    import types
+
+    import fracturekit.cli.width as width_cli
+    from fracturekit.explain import crack_mask_from_image
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    image = Image.new("RGB", (SIZE, SIZE), 128)
+    pred = predictor.predict_images([image])[0]
+    as_label = {c: type(pred)(**{**pred.to_dict(), "label": c}) for c in predictor.classes}
+    assert crack_mask_from_image(predictor, image, prediction=as_label["no_crack"]) is None
+    assert crack_mask_from_image(predictor, image, prediction=as_label["crack"]) is not None
+    assert crack_mask_from_image(predictor, image) is not None
+    # `width --model` on an image without a mask goes through it.
+    seen = []
+    real = crack_mask_from_image
+    monkeypatch.setattr(
+        "fracturekit.explain.crack_mask_from_image", lambda *a, **k: seen.append(a) or real(*a, **k)
+    )
+    args = types.SimpleNamespace(inputs=[str(_images(tmp_path, 1)[0])], mask=None)
+    assert len(list(width_cli._items(args, predictor, {}))) == 1 and len(seen) == 1

@@ -12,6 +12,7 @@ LEVELS = {
     "_alloc": -1,
     "contracts": -1,
     "progress": 0,
+    "render": -1,
     "config": 0,
     "_serve_env": 0,
     "calibration": 0,

@@ -29,6 +29,7 @@ class BrightnessPredictor:
 
     classes = ["crack", "no_crack"]
     positive = "crack"
+    positive_index = 0
     threshold = 0.5
     img_size = 16
     in_chans = 3
@@ -187,7 +188,7 @@ def test_scan_streams_a_tiled_tiff_band_by_band(tmp_path: Path) -> None:
 def test_multiclass_checkpoint_needs_a_positive_class(tmp_path: Path) -> None:
     predictor = BrightnessPredictor()
     predictor.classes = ["a", "b", "c"]
-    predictor.positive = None
+    predictor.positive, predictor.positive_index = None, None
     with pytest.raises(ValueError, match="names no positive class"):
         scan_image(predictor, _square_image(tmp_path / "x.png"), out=tmp_path / "o")
     with pytest.raises(ValueError, match="stride"):

@@ -160,6 +160,22 @@ class Predictor:
         return self.meta.get("positive")
 
     @property
+    def positive_index(self) -> int | None:
+        """Index in ``classes`` of a binary model's positive class; None for any other model.
+
+        Binary (two classes): the index of ``positive``, or 1 when the checkpoint names none
+        (the class a single-logit head scores). Multi-class (three or more classes) and
+        one-class models: always None, even when the meta names a ``positive`` (training
+        records none for them): they have no "positive" evidence to follow, so heat maps and
+        crack masks follow the predicted class, the gallery groups by correct/mistake, and
+        ``scan`` (which maps one class) refuses them.
+        """
+        classes = self.classes
+        if len(classes) != 2:
+            return None
+        return classes.index(self.positive) if self.positive in classes else 1
+
+    @property
     def threshold(self) -> float | None:
         value = self.meta.get("threshold")
         return None if value is None else float(value)

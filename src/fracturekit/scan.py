@@ -53,7 +53,6 @@ from typing import Any
 import numpy as np
 
 from fracturekit._files import atomic_write, atomic_write_text
-from fracturekit.explain import colorize
 from fracturekit.io import (  # the readers; the limits are re-exported for callers of scan
     DECODE_MAX_PIXELS,  # noqa: F401
     SCAN_MAX_PIXELS,  # noqa: F401
@@ -61,6 +60,7 @@ from fracturekit.io import (  # the readers; the limits are re-exported for call
     RowSource,
     open_rows,
 )
+from fracturekit.render import colorize
 
 THUMBNAIL_PX = 2048  # long side of the overlay at most
 MAP_PNG_PX = 4096  # probability.png is downsampled beyond this
@@ -347,11 +347,9 @@ class ScanResult:
 
 def _positive_column(predictor: Any) -> tuple[int, str]:
     classes = list(predictor.classes)
-    positive = predictor.positive
-    if positive in classes:
-        return classes.index(positive), positive
-    if len(classes) == 2:
-        return 1, classes[1]
+    index = predictor.positive_index
+    if index is not None:
+        return index, classes[index]
     raise ValueError(
         f"scan maps one class, but this {len(classes)}-class checkpoint names no positive class"
     )

@@ -3,8 +3,12 @@
 For every image, writes into --out: <stem>_cam.png (the image beside its heat-map overlay, a
 colour bar, and the predicted class and probability in the title), <stem>_overlay.png (the
 overlay at full size) and <stem>_cam.npy (the float32 heat map in [0, 1] at the image's size).
---layers also saves what chosen intermediate layers respond to, as grids of their most structured
-feature maps (<stem>_layer_<name>.png); `--layers help` lists the names.
+--feature-grids (or --layers) also saves what chosen intermediate layers respond to, as grids of
+their most structured feature maps (<stem>_layer_<name>.png); `--feature-grids help` lists the
+names. They do not change the heat map, whose layer is --cam-layer.
+
+Folders are searched recursively; hidden folders and `masks/` folders (a data set's crack masks)
+are skipped, and a CSV manifest gives its `path` column, as for `fracturekit predict`.
 
 The heat map explains the positive class of a binary model (the evidence for a crack, whatever
 the decision) and the predicted class of a multi-class model, unless --target names a class. By
@@ -16,13 +20,12 @@ Exit codes: 0 every image explained; 1 some images could not be read; 2 a usage 
 
 Examples:
   fracturekit explain runs/concrete/model.pt photos/ --out cams
-  fracturekit explain model.pt xray.dcm --out cams --method layercam --layers block2,block4
+  fracturekit explain model.pt xray.dcm --out cams --method layercam --feature-grids block2,block4
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from fracturekit.explain import CAM_METHODS, EXPLAIN_LAYER, EXPLAIN_METHOD
 
@@ -46,10 +49,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "model, else the predicted class)",
     )
     parser.add_argument(
+        "--feature-grids",
         "--layers",
+        dest="feature_grids",
         metavar="NAME,...",
         help="also save feature-map grids of these layers (block0, block1, ..., cam, or dotted "
-        "module names; 'help' lists them)",
+        "module names; 'help' lists them); the heat map's layer is --cam-layer",
     )
     parser.add_argument(
         "--cam-layer",
@@ -63,33 +68,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def _image_paths(items: list[str]) -> list[Path]:
-    from fracturekit.io import is_image_file
-
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
-            if not found:
-                raise ValueError(f"{p}: no image files in this folder")
-            paths += found
-        else:
-            paths.append(p)  # a missing or bad file is reported per image
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
     from fracturekit.explain import explain_images, layer_choices
-    from fracturekit.predict import Predictor
+    from fracturekit.predict import Predictor, expand_inputs
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
-    layers = [n.strip() for n in (args.layers or "").split(",") if n.strip()]
-    if layers == ["help"]:
+    grids = [n.strip() for n in (args.feature_grids or "").split(",") if n.strip()]
+    if grids == ["help"]:
         names = ", ".join(layer_choices(predictor.model))
         print(f"layers of {predictor.meta.get('backbone')}: {names} (or dotted module names)")
         return 0
@@ -101,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
     with bar:
         results = explain_images(
             predictor,
-            _image_paths(args.images),
+            expand_inputs(args.images),  # missing or bad files are reported per image
             args.out,
             method=args.method,
             target=args.target,
-            layers=layers,
-            layer=[n.strip() for n in args.cam_layer.split(",") if n.strip()] or None,
+            feature_grids=grids,
+            cam_layer=[n.strip() for n in args.cam_layer.split(",") if n.strip()] or None,
             batch_size=args.batch_size,
             overwrite=args.overwrite,
             progress=lambda done, total: bar.update(task, completed=done, total=total),

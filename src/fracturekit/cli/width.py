@@ -119,11 +119,11 @@ def _items(
         names[stem] = names.get(stem, 0) + 1
         name = stem if names[stem] == 1 else f"{stem}_{names[stem]}"
         if mask_path is None and predictor is not None:
-            from fracturekit.explain import derive_crack_mask
+            from fracturekit.explain import crack_mask_from_image
             from fracturekit.io import read_image
 
             image = read_image(source)
-            derived = derive_crack_mask(predictor, image)
+            derived = crack_mask_from_image(predictor, image)
             cams[name] = derived.cam
             yield name, derived.mask, np.asarray(image)
             continue

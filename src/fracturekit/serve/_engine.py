@@ -286,7 +286,7 @@ def _explain_sync(
     from fracturekit.explain import (
         EXPLAIN_LAYER,
         compute_cams,
-        derive_crack_mask,
+        crack_mask_from_image,
         overlay,
         resolve_target,
     )
@@ -307,12 +307,11 @@ def _explain_sync(
             target, classes=classes, positive=predictor.positive, n_out=len(classes)
         )
         target_name = pred.label if index is None else classes[index]
-        binary = len(classes) == 2
-        measure = width and (not binary or pred.label == classes[_positive(predictor)])
+        pos = predictor.positive_index
         derived = None
-        if measure:
-            derived = derive_crack_mask(predictor, shown, method=method)
-        if derived is not None and binary and target_name == classes[_positive(predictor)]:
+        if width:
+            derived = crack_mask_from_image(predictor, shown, prediction=pred, method=method)
+        if derived is not None and pos is not None and target_name == classes[pos]:
             cam = derived.cam  # the same heat map (positive class, same method): reuse it
         else:
             cam = compute_cams(
@@ -338,12 +337,6 @@ def _explain_sync(
     out = _result(pred, predictor, image, timing)
     out.update(method=method, target=target_name, width=summary)
     return out, png
-
-
-def _positive(predictor: Predictor) -> int:
-    """Index of a binary model's positive class (index 1 when none is named)."""
-    classes = predictor.classes
-    return classes.index(predictor.positive) if predictor.positive in classes else 1
 
 
 def _warm_up(predictor: Predictor) -> None:
