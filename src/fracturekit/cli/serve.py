@@ -26,13 +26,13 @@ import os
 import socket
 from pathlib import Path
 
-from fracturekit import _serve_env as env
+from fracturekit import contracts as env
 
 # A service keeps the allocator's default (return freed memory to the system): the command
 # line's tuning would keep every burst's peak resident for good.
 KEEP_FREED_MEMORY = False
 # The app is started by uvicorn from this import string (in every worker process when
-# --workers > 1), so the options travel as the environment variables of fracturekit._serve_env;
+# --workers > 1), so the options travel as the environment variables of fracturekit.contracts;
 # cli and serve share a level and do not import each other.
 APP_FACTORY = "fracturekit.serve.app:create_app_from_env"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")

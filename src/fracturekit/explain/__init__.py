@@ -29,6 +29,7 @@ from fracturekit.explain.attention import (
 from fracturekit.explain.batch import ExplainResult, explain_images
 from fracturekit.explain.cams import (
     CAM_METHODS,
+    CLASSIC_METHOD,
     DEFAULT_METHOD,
     EXPLAIN_LAYER,
     EXPLAIN_METHOD,
@@ -66,6 +67,7 @@ from fracturekit.render import (
 
 __all__ = [
     "CAM_METHODS",
+    "CLASSIC_METHOD",
     "DEFAULT_METHOD",
     "EXPLAIN_LAYER",
     "EXPLAIN_METHOD",

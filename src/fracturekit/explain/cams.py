@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fracturekit.contracts import EXPLAIN_LAYER, EXPLAIN_METHOD
 from fracturekit.explain._predictor import PredictorLike, torch_model
 from fracturekit.render import resize_map
 
@@ -90,13 +91,11 @@ CAM_METHODS: dict[str, CamMethod] = _rows(
     CamMethod("eigencam", "EigenCAM", False, "Muhammad & Yeasin, Eigen-CAM, IJCNN 2020"),
     CamMethod("layercam", "LayerCAM", True, "Jiang et al., LayerCAM, IEEE TIP 2021"),
 )
-DEFAULT_METHOD = "gradcam"  # compute_cams: the standard method at the standard layer
-# What explaining images, the gallery, localisation scores and `width --model` use: HiResCAM
-# (element-wise gradient x activation, faithful at intermediate layers: Draelos & Carin) at the
-# "fine" layers (see fine_layers). It localised best across the sets of
-# benchmarks/localisation.py (pavement tiles and photos, masonry, X-rays), two models.
-EXPLAIN_METHOD = "hirescam"
-EXPLAIN_LAYER = "fine"
+# compute_cams alone, with no method or layer named, is the classic Grad-CAM at the model's
+# last stage (the textbook set-up). Every command uses contracts.EXPLAIN_METHOD at
+# contracts.EXPLAIN_LAYER instead (re-exported here).
+CLASSIC_METHOD = "gradcam"
+DEFAULT_METHOD = CLASSIC_METHOD  # the name of earlier releases
 SCORECAM_BATCH = 32  # masked copies of the input per forward pass in Score-CAM
 
 
@@ -366,7 +365,7 @@ def compute_cams(
     model: torch.nn.Module,
     batch: torch.Tensor,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str = CLASSIC_METHOD,
     target: int | str | None = None,
     layer: Any = None,
     classes: Sequence[str] | None = None,

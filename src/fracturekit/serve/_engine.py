@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from fracturekit._files import atomic_write_bytes
+from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
 from fracturekit.predict import Prediction, Predictor
 from fracturekit.serve._upload import UploadError, busy
@@ -41,7 +42,7 @@ WORK_QUEUE = 8  # requests decoding, running or waiting for a thread; more get 5
 DECODES_AT_ONCE = 1  # images being decoded at once (see _Engine.decode_gate)
 # Score-CAM runs one forward pass per channel of the explained layer (hundreds): offered only
 # when the server lists it (fracturekit serve --explain-methods).
-COSTLY_METHODS = frozenset({"scorecam"})
+COSTLY_METHODS = COSTLY_CAM_METHODS
 T = TypeVar("T")
 
 
@@ -200,12 +201,6 @@ def _predict_sync(
 
 # --------------------------------------------------------------------------------------------
 # Explain: the CAM overlay and, when a crack is found, its width
-
-
-# /explain's default method: fracturekit.explain.EXPLAIN_METHOD (the service imports explain
-# only when a heat map is asked for; a test keeps the two equal). Heat maps use its
-# EXPLAIN_LAYER, as `fracturekit explain` does.
-EXPLAIN_METHOD = "hirescam"
 
 
 def explain_methods(

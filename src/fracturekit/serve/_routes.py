@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from fracturekit import __version__
+from fracturekit.contracts import EXPLAIN_METHOD
 from fracturekit.serve._engine import (
-    EXPLAIN_METHOD,
     _display_name,
     _Engine,
     _explain_sync,

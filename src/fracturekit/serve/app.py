@@ -35,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from fracturekit import __version__
-from fracturekit._serve_env import (
+from fracturekit.contracts import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_SAVE_MAX,
@@ -49,6 +49,7 @@ from fracturekit._serve_env import (
     ENV_MAX_UPLOAD_MB,
     ENV_SAVE_MAX,
     ENV_SAVE_UPLOADS,
+    EXPLAIN_METHOD,
     LOOPBACK_HOSTS,
     split_list,
 )
@@ -56,7 +57,6 @@ from fracturekit.predict import Predictor
 from fracturekit.serve import _engine as engine_module
 from fracturekit.serve import _routes
 from fracturekit.serve._engine import (
-    EXPLAIN_METHOD,
     PREVIEW_MAX_SIDE,
     WORK_THREADS,
     WorkQueue,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fracturekit.config import SPLIT_FIELDS, TrainConfig, save_yaml
+from fracturekit.contracts import LAST_FILE, MODEL_FILE, RUN_FILES
 from fracturekit.train._cache import FeatureCache, build_cache
 from fracturekit.train._console import Console, epoch_line
 from fracturekit.train._dist import Dist, env_world, setup
@@ -47,28 +48,6 @@ from fracturekit.train._sampling import (
     split_batches,
 )
 from fracturekit.train._tasks import TASKS, ClassifyTask
-
-MODEL_FILE = "model.pt"
-LAST_FILE = "last.pt"
-# Files a run writes (and --overwrite removes): training's own, then what the CLI adds.
-RUN_FILES = (
-    MODEL_FILE,
-    LAST_FILE,
-    "config.yaml",
-    "splits.csv",
-    "test.csv",
-    "history.csv",
-    "curves.png",
-    "metrics.json",
-    "report.html",
-    "classification_report.txt",
-    "predictions.csv",
-    "confusion_matrix.png",
-    "roc.png",
-    "pr.png",
-    "reliability.png",
-    "mistakes.png",
-)
 
 
 class TrainError(ValueError):
