@@ -16,13 +16,12 @@ from sklearn import metrics as skm
 from fracturekit.calibration import default_positive
 from fracturekit.evaluate import (
     METRIC_KEYS,
-    _auc_stack,
-    _confusion_stack,
     compute_metrics,
     evaluate_checkpoint,
     evaluate_predictions,
     precision_at_prior,
 )
+from fracturekit.metrics import _auc_stack, _confusion_stack
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

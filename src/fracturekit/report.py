@@ -39,6 +39,7 @@ from typing import Any
 
 from fracturekit import __version__
 from fracturekit._files import atomic_write_text
+from fracturekit.metrics import EXTRA_KEYS, METRIC_KEYS
 
 REPORT_NAME = "report.html"
 PLOTS = (
@@ -64,32 +65,7 @@ _HEADLINE = (
     ("ece", "ECE (15 bins)"),
 )
 # metrics.json entries rendered by the metrics section itself; anything else goes to "more".
-_KNOWN_METRIC_KEYS = frozenset(
-    {
-        "n",
-        "classes",
-        "positive",
-        "threshold",
-        "accuracy",
-        "balanced_accuracy",
-        "precision",
-        "recall",
-        "f1",
-        "macro_f1",
-        "weighted_f1",
-        "roc_auc",
-        "average_precision",
-        "cohen_kappa",
-        "ece",
-        "per_class",
-        "confusion_matrix",
-        "ci95",
-        "at_prior",
-        "bootstrap",
-        "notes",
-        "source",
-    }
-)
+_KNOWN_METRIC_KEYS = frozenset({*METRIC_KEYS, *EXTRA_KEYS, "source"})
 
 CSS = """
 :root { --fg: #1d232a; --muted: #5b6672; --line: #d8dee4; --bg: #ffffff; --panel: #f5f7f9;
