@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fracturekit._files import atomic_write, atomic_write_text
-from fracturekit.calibration import ECE_BINS, reliability_bins
+from fracturekit.calibration import ECE_BINS, class_priors, default_positive, reliability_bins
 from fracturekit.config import SPLIT_FIELDS
 from fracturekit.metrics import (
     EXTRA_KEYS,
@@ -479,6 +479,32 @@ def training_split_options(config: dict[str, Any] | None, data: str | Path) -> d
     return {k: config[k] for k in SPLIT_FIELDS if config.get(k) is not None}
 
 
+def _decision_rule(
+    predictor: Any, positive: str | None, threshold: float | None, prior: Any
+) -> tuple[str | None, float | None, Any, str]:
+    """Positive class, threshold and prior of an evaluation, and where the threshold came from.
+
+    ``predictor`` was loaded with ``prior`` unless ``threshold`` is given: then the threshold is
+    the user's and the prior only re-weights precision and F1 (``at_prior``).
+    """
+    classes = predictor.classes
+    if len(classes) != 2:
+        return None, None, predictor.prior, "arg-max"
+    stored = predictor.positive or default_positive(classes)
+    if threshold is not None:
+        if isinstance(prior, dict):  # CLASS=P on a binary task: the positive class's share
+            base = np.full(2, 0.5)
+            prior = float(class_priors(prior, classes, base, stored)[classes.index(stored)])
+        return positive or predictor.positive, float(threshold), prior, "given"
+    if predictor.prior is not None and positive not in (None, stored):
+        raise ValueError(
+            f"positive={positive!r}: a prior decides for the checkpoint's positive class "
+            f"{stored!r}; pass a threshold to decide for another"
+        )
+    how = "prior" if predictor.prior is not None else "checkpoint"
+    return positive or predictor.positive, predictor.threshold, predictor.prior, how
+
+
 def evaluate_checkpoint(
     ckpt: str | Path,
     data: str | Path,
@@ -506,8 +532,12 @@ def evaluate_checkpoint(
         batch_size: inference batch size.
         positive: binary tasks: the positive class (default: the checkpoint's, else
             ``default_positive``).
-        prior: binary tasks: also report precision/F1 at this positive-class prevalence.
-        threshold: override the checkpoint's decision threshold (default: the stored one).
+        prior: decide at this prevalence (``Predictor.with_prior``: binary tasks, the threshold
+            the checkpoint's rule gives on its validation scores re-weighted to positive-class
+            prevalence ``P``, and precision/F1 re-weighted to ``P`` as ``at_prior``; multi-class
+            tasks, ``{class: P}``, probabilities moved to those priors). Default: the
+            checkpoint's ``config.prior``, else its stored threshold.
+        threshold: override the decision threshold (then ``prior`` only gives ``at_prior``).
         split: ``auto`` (the test split when the data define one, else every image), ``test``,
             ``val``, ``train`` or ``all``.
         layout: data layout passed to ``load_dataset``.
@@ -530,9 +560,9 @@ def evaluate_checkpoint(
     from fracturekit.data import load_dataset
     from fracturekit.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(ckpt)
+    predictor = Predictor.from_checkpoint(ckpt, prior=prior if threshold is None else None)
     classes = [str(c) for c in predictor.classes]
-    trained = training_split_options(getattr(predictor, "meta", {}).get("config"), data)
+    trained = training_split_options(predictor.meta.get("config"), data)
     stored_layout = trained.pop("layout", None)
     if layout == "auto" and stored_layout:
         layout = stored_layout
@@ -563,23 +593,16 @@ def evaluate_checkpoint(
     if not rows:
         raise ValueError(f"{data}: none of the {len(samples)} images could be read")
 
-    if positive is None and len(classes) == 2:
-        positive = getattr(predictor, "positive", None)
-    if threshold is None:
-        threshold = getattr(predictor, "threshold", None)
-    if len(classes) != 2:
-        positive, threshold = None, None
+    positive, threshold, prior, decided_by = _decision_rule(predictor, positive, threshold, prior)
     source = {
         "checkpoint": str(ckpt),
         "data": str(data),
         "split": used,
         "images": len(samples),
+        "threshold_from": decided_by,  # checkpoint, prior, given or arg-max (multi-class)
         "unreadable": unreadable,
         # Files the loader itself left out (unreadable image or mask, row without a label).
-        "dropped": [
-            {"path": str(issue[0]), "error": str(issue[1])}
-            for issue in getattr(splits, "dropped", None) or []
-        ],
+        "dropped": [{"path": str(issue[0]), "error": str(issue[1])} for issue in splits.dropped],
     }
     notes = []
     if unreadable:
@@ -592,7 +615,7 @@ def evaluate_checkpoint(
             "(see source.dropped)"
         )
     extra: dict[str, Any] = {"source": source}
-    if getattr(predictor, "model", None) is not None:  # heat maps need the PyTorch model
+    if predictor.model is not None:  # heat maps need the PyTorch model
         from fracturekit.explain import evaluate_localisation, write_cam_gallery
 
         if localisation and any(getattr(s, "mask", None) is not None for s in samples):
