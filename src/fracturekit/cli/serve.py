@@ -19,6 +19,8 @@ import argparse
 import os
 from pathlib import Path
 
+from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="model.pt (or model.onnx)")
@@ -57,6 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=("critical", "error", "warning", "info", "debug"),
         help="uvicorn log level (default info; warning hides the per-request log)",
     )
+    add_prior_argument(parser)
 
 
 # The app is started by uvicorn from this import string (in every worker process when
@@ -67,6 +70,7 @@ ENV_CHECKPOINT = "FRACTUREKIT_SERVE_CHECKPOINT"
 ENV_BACKEND = "FRACTUREKIT_SERVE_BACKEND"
 ENV_MAX_UPLOAD_MB = "FRACTUREKIT_SERVE_MAX_UPLOAD_MB"
 ENV_SAVE_UPLOADS = "FRACTUREKIT_SERVE_SAVE_UPLOADS"
+ENV_PRIOR = "FRACTUREKIT_SERVE_PRIOR"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         from fracturekit.predict import Predictor
 
         Predictor.from_checkpoint(ckpt, args.backend)
+    if args.prior is not None:  # a prior the checkpoint cannot decide at fails here, not later
+        from fracturekit.predict import Predictor
+
+        Predictor.from_checkpoint(ckpt, args.backend, prior=parse_prior_argument(args.prior))
+    os.environ[ENV_PRIOR] = args.prior or ""
     os.environ[ENV_CHECKPOINT] = str(ckpt.resolve())
     os.environ[ENV_BACKEND] = args.backend
     os.environ[ENV_MAX_UPLOAD_MB] = repr(float(args.max_upload_mb))

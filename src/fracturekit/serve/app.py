@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from fracturekit import __version__
 from fracturekit._files import atomic_write_bytes
+from fracturekit.calibration import parse_prior
 from fracturekit.io import ImageReadError, read_image_bytes
 from fracturekit.predict import Prediction, Predictor
 from fracturekit.serve._upload import UploadError, read_file_part
@@ -69,6 +70,7 @@ ENV_CHECKPOINT = "FRACTUREKIT_SERVE_CHECKPOINT"
 ENV_BACKEND = "FRACTUREKIT_SERVE_BACKEND"
 ENV_MAX_UPLOAD_MB = "FRACTUREKIT_SERVE_MAX_UPLOAD_MB"
 ENV_SAVE_UPLOADS = "FRACTUREKIT_SERVE_SAVE_UPLOADS"
+ENV_PRIOR = "FRACTUREKIT_SERVE_PRIOR"
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +452,7 @@ def create_app(
     save_uploads: str | Path | None = None,
     backend: str = "torch",
     max_pixels: int | None = None,
+    prior: float | dict[str, float] | None = None,
 ) -> FastAPI:
     """Build the service around a checkpoint (loaded once, in the app's lifespan) or a
     ready :class:`~fracturekit.predict.Predictor`.
@@ -463,6 +466,8 @@ def create_app(
         backend: ``"torch"`` or ``"onnx"`` when a path is given.
         max_pixels: largest image in pixels (default: ``fracturekit.io``'s limit, 100 MP or
             ``$FRACTUREKIT_MAX_PIXELS``); larger images get 413.
+        prior: decide at this prevalence (``Predictor.from_checkpoint(prior=...)``) when a path
+            is given.
 
     Returns:
         The FastAPI app; serve it with uvicorn. The model is available once the lifespan has
@@ -484,7 +489,7 @@ def create_app(
             predictor = checkpoint_or_predictor
         else:
             predictor = await anyio.to_thread.run_sync(
-                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend)
+                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend, prior=prior)
             )
         await anyio.to_thread.run_sync(_warm_up, predictor)
         app.state.engine = _Engine(predictor, max_pixels=max_pixels, save_dir=save_dir)
@@ -687,4 +692,5 @@ def create_app_from_env() -> FastAPI:
         max_upload_mb=float(os.environ.get(ENV_MAX_UPLOAD_MB, "25")),
         save_uploads=os.environ.get(ENV_SAVE_UPLOADS) or None,
         backend=os.environ.get(ENV_BACKEND, "torch"),
+        prior=parse_prior(os.environ[ENV_PRIOR]) if os.environ.get(ENV_PRIOR) else None,
     )
