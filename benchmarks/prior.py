@@ -3,7 +3,7 @@
 The view: the held-out source photos of ``benchmarks/crack500.py``'s split (the same stratified
 split by ``source_image``, same seed and test fraction), all their ``no_crack`` tiles and a
 seeded random subset of their ``crack`` tiles, so that cracks make up ``--prior`` of the view
-(3 %: a pavement survey). It is written as a CSV manifest (``view.csv``: path,label,group,split)
+(3 %: a pavement survey). It is written as a CSV manifest (``view.csv``: path,label,group)
 and the checkpoint is evaluated on it twice through ``evaluate_checkpoint`` (the code of
 ``fracturekit evaluate``): at its stored threshold (chosen on its balanced validation split)
 and with ``prior=P`` (the threshold its rule picks on the stored validation scores re-weighted
@@ -25,7 +25,7 @@ Run:
         [--data DIR] [--seed 0] [--draws 200] [--inject-validation]
 
 The equivalent command line for the view: ``fracturekit evaluate CKPT DIR/view.csv --out
-DIR/prior --split test --prior 0.03``.
+DIR/prior --prior 0.03``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def write_view(
     rows = negatives + [cracks[i] for i in sorted(chosen)]
     path = out / "view.csv"
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["path", "label", "group", "split"])
+        # No split column: the whole view is the evaluation set (evaluate's split "auto").
+        writer = csv.DictWriter(fh, ["path", "label", "group"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path, test
@@ -162,7 +163,7 @@ def main() -> None:
     view, test = write_view(
         args.data, out, prior=args.prior, seed=args.seed, test_fraction=args.test_fraction
     )
-    common = {"split": "test", "layout": "csv", "cams": 0, "seed": args.seed}
+    common = {"split": "all", "layout": "csv", "cams": 0, "seed": args.seed}
     stored = evaluate_checkpoint(ckpt, view, out / "stored", **common)
     at_prior = evaluate_checkpoint(ckpt, view, out / "prior", prior=args.prior, **common)
     y, s = [], []
@@ -203,8 +204,7 @@ def main() -> None:
             f"5-95% {np.percentile(v, 5):.3f}-{np.percentile(v, 95):.3f}"
         )
     con.print(
-        f"command: fracturekit evaluate {ckpt} {view} --out {out / 'prior'} --split test "
-        f"--prior {args.prior:g}"
+        f"command: fracturekit evaluate {ckpt} {view} --out {out / 'prior'} --prior {args.prior:g}"
     )
     verdict = "met" if at_prior["f1"] >= 0.75 else "NOT met"
     con.print(f"target F1 >= 0.75 with --prior {args.prior:g}: {verdict}")
