@@ -102,8 +102,13 @@ def _best_f1(y: np.ndarray, s: np.ndarray) -> float:
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, _ = precision_recall_curve(y, s)
-    f1 = np.divide(2 * precision * recall, precision + recall, where=precision + recall > 0)
-    return float(np.max(np.nan_to_num(f1)))
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros_like(precision),
+        where=precision + recall > 0,
+    )
+    return float(np.max(f1))
 
 
 def _f1_at(y: np.ndarray, s: np.ndarray, t: float) -> float:

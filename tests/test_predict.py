@@ -410,3 +410,21 @@ def test_onnx_metadata_carries_the_validation_scores(tmp_path: Path) -> None:
     onnx_prior = Predictor.from_checkpoint(tmp_path / "model.onnx", prior=0.03)
     assert onnx_prior.backend == "onnx"
     assert onnx_prior.threshold == Predictor.from_checkpoint(ckpt, prior=0.03).threshold
+
+
+def test_serve_decides_at_the_prior(tmp_path: Path, ckpt: Path, monkeypatch, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from fracturekit.serve.app import ENV_CHECKPOINT, ENV_PRIOR, create_app_from_env
+
+    val = _validation()
+    with_val = make_checkpoint(tmp_path / "v.pt", validation=val)
+    want = Predictor.from_checkpoint(with_val, prior=0.03).threshold
+    monkeypatch.setenv(ENV_CHECKPOINT, str(with_val))
+    monkeypatch.setenv(ENV_PRIOR, "0.03")
+    with TestClient(create_app_from_env()) as client:
+        model = client.get("/model").json()
+    assert model["prior"] == 0.03 and model["threshold"] == pytest.approx(want)
+    # fracturekit serve refuses a prior the checkpoint cannot decide at, before starting.
+    assert main(["serve", str(ckpt), "--prior", "0.03"]) == 2
+    assert "stores no validation scores" in capsys.readouterr().err
