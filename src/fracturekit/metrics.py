@@ -351,24 +351,17 @@ def _ranking_metrics(
 
 
 def _intervals(
-    y: np.ndarray,
-    pred: np.ndarray,
-    p: np.ndarray,
-    pos: int | None,
-    *,
-    n_boot: int,
-    seed: int,
-    with_auc: bool,
-    notes: list[str],
+    y: np.ndarray, pred: np.ndarray, p: np.ndarray, pos: int | None, notes: list[str], **boot: Any
 ) -> dict[str, list[float] | None]:
-    """``ci95``: bootstrap percentile intervals of F1 and ROC AUC (None where not computed)."""
+    """``ci95``: bootstrap percentile intervals of F1 and ROC AUC (None where not computed).
+
+    ``boot``: ``_bootstrap``'s keyword arguments (n_boot, seed, with_auc).
+    """
     ci95: dict[str, list[float] | None] = {"f1": None, "roc_auc": None}
-    if n_boot == 0:
+    if boot["n_boot"] == 0:
         notes.append("ci95: n_boot=0, no bootstrap intervals")
         return ci95
-    f1_samples, auc_samples = _bootstrap(
-        y, pred, p, pos, n_boot=n_boot, seed=seed, with_auc=with_auc
-    )
+    f1_samples, auc_samples = _bootstrap(y, pred, p, pos, **boot)
     ci95["f1"] = _interval(f1_samples)
     if auc_samples is not None:
         ci95["roc_auc"] = _interval(auc_samples)
@@ -427,7 +420,7 @@ def compute_metrics(
     absent = [classes[k] for k in range(c) if support[k] == 0]
     notes += [f"per_class[{a!r}]: no sample of this class; recall and F1 are 0" for a in absent]
     roc_auc, average_precision = _ranking_metrics(y, p, pos, absent, notes)
-    ci95 = _intervals(y, pred, p, pos, n_boot=n_boot, seed=seed, with_auc=not absent, notes=notes)
+    ci95 = _intervals(y, pred, p, pos, notes, n_boot=n_boot, seed=seed, with_auc=not absent)
     metrics: dict[str, Any] = {
         "n": int(n),
         "classes": classes,
