@@ -571,3 +571,23 @@ def test_evaluate_checkpoint_carves_the_training_split_of_its_training_data(
     _shaded_images(other / "no_crack", 2, 5)
     m = evaluate_checkpoint(ckpt, other, tmp_path / "eval3", n_boot=0, cams=0)
     assert m["source"]["split"] == "all" and m["source"]["images"] == 4
+
+
+def test_prior_is_recorded(tmp_path: Path) -> None:
+    m = compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], prior=0.03, n_boot=0)
+    assert m["prior"] == 0.03 and list(m)[4] == "prior"
+    assert (
+        compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], n_boot=0)["prior"] is None
+    )
+    y = np.array([0, 1, 2, 0, 1, 2])
+    priors = {"a": 0.8, "b": 0.1, "c": 0.1}
+    out = tmp_path / "multi"
+    m = evaluate_predictions(
+        y, np.eye(3)[y] * 0.7 + 0.1, ["a", "b", "c"], out, prior=priors, n_boot=0
+    )
+    assert m["prior"] == priors and "at_prior" not in m
+    assert "class priors = a 0.8, b 0.1, c 0.1" in (out / "classification_report.txt").read_text()
+    with pytest.raises(ValueError, match="multi-class"):
+        compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], prior={"crack": 0.1})
+    with pytest.raises(ValueError, match=r"\['d'\]"):
+        compute_metrics(y, np.eye(3)[y], ["a", "b", "c"], prior={"d": 0.1})

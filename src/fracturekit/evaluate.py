@@ -57,10 +57,14 @@ def classification_report_text(metrics: dict[str, Any], y: np.ndarray, pred: np.
         zero_division=0,
     )
     lines = [f"n = {metrics['n']}"]
+    prior = metrics.get("prior")
     if metrics["positive"] is not None:
         lines.append(
             f"positive class = {metrics['positive']}, threshold = {metrics['threshold']:.4f}"
+            + (f", prior = {prior:g}" if prior is not None else "")
         )
+    elif prior:
+        lines.append("class priors = " + ", ".join(f"{k} {v:g}" for k, v in prior.items()))
     lines += ["", table.rstrip(), ""]
 
     def fmt(key: str) -> str:
