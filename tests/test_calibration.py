@@ -9,10 +9,16 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from fracturekit.calibration import (
     THRESHOLD_METRICS,
     _nll,
+    adjust_to_priors,
     choose_threshold,
+    class_frequencies,
+    class_priors,
     expected_calibration_error,
     fit_temperature,
+    parse_prior,
     reliability_bins,
+    threshold_at_prior,
+    validation_scores,
 )
 
 # Seven validation samples, scores descending. Taking the top k as positive gives
@@ -120,3 +126,135 @@ def test_ece_matches_a_plain_loop() -> None:
     assert expected_calibration_error(proba, y) == pytest.approx(expected)
     bins = reliability_bins(conf, correct)
     assert bins.count.sum() == 500 and len(bins.edges) == 16
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions at another prevalence
+#
+# A balanced validation set whose positive-class scores have density 2s on [0, 1] and whose
+# negatives have density 2(1 - s): recall(t) = 1 - t^2, false positive rate(t) = (1 - t)^2. The
+# scores are the exact quantiles of those distributions (u = (i + 1/2) / n), so the empirical
+# curves follow the closed forms to O(1/n).
+
+
+def _triangular_validation(n: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    u = (np.arange(n) + 0.5) / n
+    pos = np.sqrt(u)  # inverse of the CDF s^2
+    neg = 1 - np.sqrt(1 - u)  # inverse of the CDF 1 - (1 - s)^2
+    s = np.r_[pos, neg]
+    y = np.r_[np.ones(n, int), np.zeros(n, int)]
+    return y, np.stack([1 - s, s], axis=1)
+
+
+def _f1_closed_form(t: np.ndarray, prior: float) -> np.ndarray:
+    tp = prior * (1 - t**2)
+    fp = (1 - prior) * (1 - t) ** 2
+    fn = prior * t**2
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+@pytest.mark.parametrize("prior", [0.03, 0.18, 0.5, 0.8])
+def test_threshold_at_prior_is_the_closed_form_optimum(prior: float) -> None:
+    y, proba = _triangular_validation()
+    # Accuracy at prevalence P is maximal where the posterior P s / (P s + (1-P)(1-s)) is 1/2:
+    # the Bayes threshold t = 1 - P.
+    t_acc = threshold_at_prior(y, proba, 1, prior, metric="accuracy")
+    assert t_acc == pytest.approx(1 - prior, abs=0.01)  # the optimum is flat: O(1/sqrt(n))
+    # F1 at prevalence P: the maximiser of the closed-form F1(t).
+    grid = np.linspace(0, 1, 200001)
+    best = grid[np.argmax(_f1_closed_form(grid, prior))]
+    assert threshold_at_prior(y, proba, 1, prior) == pytest.approx(best, abs=0.01)
+
+
+def test_threshold_at_prior_matches_a_resampled_validation_set() -> None:
+    """Weighting by P/pi and (1-P)/(1-pi) is counting on a set that has prevalence P."""
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.4, 0.05, 0.35])
+    proba = np.stack([1 - s, s], axis=1)
+    # pi = 0.4; at P = 0.25 a positive weighs 0.625 and a negative 1.25, i.e. 1 : 2, the same as
+    # repeating every negative twice (8 positives... 4 positives : 12 negatives = 25 %).
+    repeated = np.r_[np.flatnonzero(y == 1), np.repeat(np.flatnonzero(y == 0), 2)]
+    expected = choose_threshold(y[repeated], s[repeated])
+    assert threshold_at_prior(y, proba, 1, 0.25) == pytest.approx(expected)
+    # The validation prevalence itself gives choose_threshold's answer.
+    assert threshold_at_prior(y, proba, 1, 0.4) == pytest.approx(choose_threshold(y, s))
+    # Rarer positives, higher F1 threshold; the positive column is honoured.
+    assert threshold_at_prior(y, proba, 1, 0.05) > threshold_at_prior(y, proba, 1, 0.4)
+    flipped = threshold_at_prior(1 - y, proba[:, ::-1], 0, 0.25)
+    assert flipped == pytest.approx(expected)
+
+
+def test_target_recall_does_not_depend_on_the_prior() -> None:
+    y, proba = _triangular_validation(500)
+    ts = {threshold_at_prior(y, proba, 1, p, target_recall=0.9) for p in (0.01, 0.3, 0.9)}
+    assert ts == {choose_threshold(y, proba[:, 1], target_recall=0.9)}
+
+
+def test_threshold_at_prior_rejects_bad_input() -> None:
+    y, proba = _triangular_validation(10)
+    with pytest.raises(ValueError, match=r"prior=1.5: must lie in \(0, 1\)"):
+        threshold_at_prior(y, proba, 1, 1.5)
+    with pytest.raises(ValueError, match="only one class"):
+        threshold_at_prior(np.ones(20, int), proba, 1, 0.1)
+
+
+def test_validation_scores_from_meta() -> None:
+    meta = {
+        "classes": ["a", "b"],
+        "validation": {"labels": [0, 1], "probabilities": [[0.8, 0.2], [0.3, 0.7]]},
+    }
+    labels, proba = validation_scores(meta)
+    assert labels.tolist() == [0, 1] and proba.shape == (2, 2)
+    with pytest.raises(ValueError, match="old.pt: stores no validation scores.*retrain"):
+        validation_scores({"classes": ["a", "b"]}, "old.pt")
+    meta["validation"]["labels"] = [0, 2]
+    with pytest.raises(ValueError, match="2-class probabilities"):
+        validation_scores(meta, "bad.pt")
+
+
+def test_parse_prior() -> None:
+    assert parse_prior("0.03") == 0.03
+    assert parse_prior(" crack = 0.03 ") == {"crack": 0.03}
+    assert parse_prior("a=0.2,b=0.5") == {"a": 0.2, "b": 0.5}
+    for bad, message in (
+        ("3%", "not a number"),
+        ("1.2", r"must lie in \(0, 1\)"),
+        ("a=0.2,0.3", "CLASS=P"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_prior(bad)
+
+
+def test_class_priors_fill_the_rest_by_validation_frequency() -> None:
+    classes = ["a", "b", "c"]
+    base = class_frequencies([0, 1, 1, 2, 2, 2, 2, 2], 3)
+    assert base.tolist() == [1 / 8, 2 / 8, 5 / 8]
+    # b and c share the 0.7 that a leaves in the ratio 2 : 5.
+    np.testing.assert_allclose(class_priors({"a": 0.3}, classes, base), [0.3, 0.2, 0.5])
+    np.testing.assert_allclose(
+        class_priors({"a": 0.5, "b": 0.25, "c": 0.25}, classes, base), [0.5, 0.25, 0.25]
+    )
+    np.testing.assert_allclose(class_priors(0.03, ["no", "yes"], base[:2], "yes"), [0.97, 0.03])
+    with pytest.raises(ValueError, match=r"\['d'\]"):
+        class_priors({"d": 0.1}, classes, base)
+    with pytest.raises(ValueError, match="sum to"):
+        class_priors({"a": 0.6, "b": 0.5}, classes, base)
+    with pytest.raises(ValueError, match="CLASS=P"):
+        class_priors(0.1, classes, base)
+
+
+def test_adjust_to_priors_is_bayes_rule() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=50)
+    old = np.array([0.5, 0.3, 0.2])
+    np.testing.assert_allclose(adjust_to_priors(p, old, old), p)
+    new = np.array([0.1, 0.1, 0.8])
+    q = adjust_to_priors(p, old, new)
+    np.testing.assert_allclose(q.sum(axis=1), 1)
+    # Binary case: the prior ratio shifts the log-odds by log(P/(1-P)) - log(pi/(1-pi)).
+    b = np.stack([1 - p[:, 0], p[:, 0]], axis=1)
+    shifted = adjust_to_priors(b, np.array([0.5, 0.5]), np.array([0.97, 0.03]))[:, 1]
+    logit = np.log(b[:, 1] / b[:, 0]) + np.log(0.03 / 0.97)
+    np.testing.assert_allclose(shifted, 1 / (1 + np.exp(-logit)))
+    with pytest.raises(ValueError, match="no validation sample"):
+        adjust_to_priors(p, np.array([0.5, 0.5, 0.0]), new)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +13,12 @@ from sklearn import metrics as skm
 from fracturekit.calibration import default_positive
 from fracturekit.evaluate import (
     METRIC_KEYS,
-    _auc_stack,
-    _confusion_stack,
     compute_metrics,
     evaluate_checkpoint,
     evaluate_predictions,
     precision_at_prior,
 )
+from fracturekit.metrics import _auc_stack, _confusion_stack
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -394,139 +390,138 @@ def test_extra_may_not_replace_metrics(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluate_checkpoint and the CLI, against the Predictor / load_dataset contracts
+# evaluate_checkpoint and the CLI, with a real tiny checkpoint, Predictor and load_dataset
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Sample:
-    path: Path
-    label: int
-    class_name: str
-    split: str | None = None
+def _shaded_images(folder: Path, n: int, seed: int) -> list[Path]:
+    """Noise images of different mean brightness, so an untrained network scores them apart."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        level = rng.uniform(20, 235)
+        pixels = np.clip(rng.normal(level, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"img_{i:02d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
 
 
-@dataclass
-class _Prediction:
-    path: str
-    label: str | None
-    confidence: float | None
-    probabilities: dict[str, float] = field(default_factory=dict)
-    threshold: float | None = None
-    error: str | None = None
+def _checkpoint(path: Path, **meta: object) -> Path:
+    import torch
+
+    from fracturekit.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", 2, pretrained=False)
+    base = {"classes": ["no_crack", "crack"], "positive": "crack", "threshold": 0.5}
+    return save_checkpoint(path, model, {**base, "img_size": 32, **meta})
 
 
-class _Predictor:
-    """Scores each image by a fixed table; a checkpoint storing threshold 0.25, positive crack."""
+def _scores(ckpt: Path, paths: list[Path]) -> np.ndarray:
+    from fracturekit.predict import Predictor
 
-    classes = ["no_crack", "crack"]
-    positive = "crack"
-    threshold = 0.25
-    scores: dict[str, float] = {}
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path) -> _Predictor:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return cls()
-
-    def predict_paths(self, paths, batch_size=32):
-        for p in paths:
-            s = self.scores.get(str(p))
-            if s is None:
-                yield _Prediction(str(p), None, None, {}, self.threshold, error=f"{p}: unreadable")
-            else:
-                yield _Prediction(str(p), "crack", s, {"no_crack": 1 - s, "crack": s}, 0.25)
+    predictor = Predictor.from_checkpoint(ckpt)
+    return np.array([p.probabilities["crack"] for p in predictor.predict_paths(paths)])
 
 
 @pytest.fixture
-def fake_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    paths = _images(tmp_path / "data", 11)
-    labels = [*Y_SMALL.tolist(), 0]
-    samples = [
-        _Sample(p, y, "crack" if y else "no_crack", "test")
-        for p, y in zip(paths, labels, strict=True)
-    ]
-    _Predictor.scores = {
-        str(p): s for p, s in zip(paths, P_SMALL, strict=False)
-    }  # the last: unreadable
-    calls = {}
-
-    def load_dataset(path, layout="auto", **options):
-        calls["load"] = (path, layout, options)
-        return types.SimpleNamespace(
-            classes=["no_crack", "crack"], train=[], val=[], test=samples, layout="folders"
-        )
-
-    monkeypatch.setitem(
-        sys.modules, "fracturekit.predict", types.SimpleNamespace(Predictor=_Predictor)
-    )
-    monkeypatch.setitem(
-        sys.modules, "fracturekit.data", types.SimpleNamespace(load_dataset=load_dataset)
-    )
-    ckpt = tmp_path / "run" / "model.pt"
-    ckpt.parent.mkdir()
-    ckpt.write_bytes(b"")
-    return ckpt, tmp_path / "data", calls
+def real_pipeline(tmp_path: Path):
+    """Six cracks and six without in a folder, and a checkpoint whose stored threshold splits
+    its own scores of them in half."""
+    data = tmp_path / "data"
+    paths = _shaded_images(data / "crack", 6, 1) + _shaded_images(data / "no_crack", 6, 2)
+    y = np.array([1] * 6 + [0] * 6)
+    first = _checkpoint(tmp_path / "probe" / "model.pt")
+    scores = _scores(first, paths)
+    threshold = float(np.median(scores))
+    ckpt = _checkpoint(tmp_path / "run" / "model.pt", threshold=threshold)
+    return ckpt, data, paths, y, scores, threshold
 
 
-def test_evaluate_checkpoint_uses_the_stored_threshold(tmp_path: Path, fake_pipeline) -> None:
-    ckpt, data, calls = fake_pipeline
-    m = evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=20, layout="folders")
-    assert calls["load"][1] == "folders"
-    assert m["threshold"] == 0.25 and m["positive"] == "crack"
-    assert m["n"] == 10 and m["confusion_matrix"] == [[3, 3], [0, 4]]
-    assert m["source"]["split"] == "test" and m["source"]["images"] == 11
-    assert [u["path"] for u in m["source"]["unreadable"]] == [str(data / "img_10.png")]
-    assert any("1 unreadable" in n for n in m["notes"])
+def _confusion(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[list[int]]:
+    pred = (scores >= threshold).astype(int)
+    return skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+
+
+def test_evaluate_checkpoint_uses_the_stored_threshold(tmp_path: Path, real_pipeline) -> None:
+    ckpt, data, paths, y, scores, threshold = real_pipeline
+    (data / "crack" / "broken.png").write_bytes(b"not a png")
+    m = evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=20, layout="folders", cams=0)
+    assert m["threshold"] == threshold and m["positive"] == "crack" and m["prior"] is None
+    assert m["source"]["threshold_from"] == "checkpoint"
+    order = np.argsort([str(p) for p in paths])  # the loader sorts files; the matrix does not care
+    assert m["n"] == 12 and m["confusion_matrix"] == _confusion(y[order], scores[order], threshold)
+    assert m["source"]["split"] == "all" and m["source"]["images"] == 12
+    assert [Path(d["path"]).name for d in m["source"]["dropped"]] == ["broken.png"]
+    assert any("left out by the data loader" in n for n in m["notes"])
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == m
 
 
-def test_evaluate_checkpoint_rejects_unknown_classes(tmp_path: Path, fake_pipeline) -> None:
-    ckpt, data, _ = fake_pipeline
-    data_module = sys.modules["fracturekit.data"]
-    original = data_module.load_dataset
-
-    def renamed(path, layout="auto", **options):
-        splits = original(path, layout, **options)
-        splits.test[0].class_name = "spall"
-        return splits
-
-    data_module.load_dataset = renamed
-    with pytest.raises(ValueError, match=r"\['spall'\] are not among the checkpoint's classes"):
-        evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0)
+def test_evaluate_checkpoint_rejects_unknown_classes(tmp_path: Path, real_pipeline) -> None:
+    ckpt, data, *_ = real_pipeline
     with pytest.raises(ValueError, match="no val split"):
-        evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, split="val")
+        evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, split="val", val_fraction=0)
+    _shaded_images(data / "spall", 2, 3)
+    with pytest.raises(ValueError, match=r"\['spall'\] are not among the checkpoint's classes"):
+        evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, cams=0)
 
 
-def test_cli_evaluate(tmp_path: Path, fake_pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_evaluate(tmp_path: Path, real_pipeline, capsys: pytest.CaptureFixture[str]) -> None:
     from fracturekit.cli import main
 
-    ckpt, data, _ = fake_pipeline
+    ckpt, data, _, y, scores, _ = real_pipeline
     out = tmp_path / "eval"
-    code = main(
-        [
-            "evaluate",
-            str(ckpt),
-            str(data),
-            "--out",
-            str(out),
-            "--prior",
-            "0.03",
-            "--n-boot",
-            "20",
-            "--threshold",
-            "0.5",
-        ]
-    )
+    args = ["evaluate", str(ckpt), str(data), "--out", str(out), "--n-boot", "20"]
+    code = main([*args, "--prior", "0.03", "--threshold", "0.5"])
     assert code == 0
     printed = capsys.readouterr().out
     assert str(out / "report.html") in printed.replace("\n", "")
-    assert "f1" in printed and "prior 0.03" in printed
-    assert json.loads((out / "metrics.json").read_text())["confusion_matrix"] == [[5, 1], [1, 3]]
+    words = " ".join(printed.split())  # the console wraps long lines
+    assert "f1" in words and "prior 0.03" in words and "(threshold given;" in words
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["prior"] == 0.03 and saved["threshold"] == 0.5
+    assert sum(map(sum, saved["confusion_matrix"])) == 12
     assert (out / "report.html").exists()
     assert main(["evaluate", str(tmp_path / "none.pt"), str(data), "--out", str(out)]) == 2
     assert "none.pt" in capsys.readouterr().err
+    # A prior without a threshold needs the checkpoint's validation scores: a clear refusal.
+    assert main([*args, "--prior", "0.03"]) == 2
+    assert "stores no validation scores" in capsys.readouterr().err
+
+
+def _validation_meta(n: int = 400, seed: int = 0) -> dict[str, object]:
+    """Balanced validation scores: positives ~ Beta(4, 2), negatives ~ Beta(2, 4)."""
+    rng = np.random.default_rng(seed)
+    s = np.r_[rng.beta(4, 2, n // 2), rng.beta(2, 4, n // 2)]
+    labels = [1] * (n // 2) + [0] * (n // 2)
+    return {"labels": labels, "probabilities": np.stack([1 - s, s], 1).tolist()}
+
+
+def test_evaluate_checkpoint_decides_at_the_prior(tmp_path: Path, real_pipeline) -> None:
+    from fracturekit.calibration import threshold_at_prior
+    from fracturekit.report import write_report
+
+    _, data, *_ = real_pipeline
+    validation = _validation_meta()
+    ckpt = _checkpoint(tmp_path / "prior" / "model.pt", validation=validation)
+    expected = threshold_at_prior(
+        validation["labels"], np.array(validation["probabilities"]), 1, 0.03
+    )
+    out = tmp_path / "eval"
+    m = evaluate_checkpoint(ckpt, data, out, prior=0.03, n_boot=0, cams=0)
+    assert m["prior"] == 0.03 and m["threshold"] == pytest.approx(expected) and expected > 0.6
+    assert m["source"]["threshold_from"] == "prior" and m["at_prior"]["prior"] == 0.03
+    assert "decided for 3% positives" in write_report(out).read_text()
+    # train --prior stores the prior as the checkpoint's default: the same decisions.
+    default = _checkpoint(
+        tmp_path / "default" / "model.pt", validation=validation, config={"prior": 0.03}
+    )
+    m2 = evaluate_checkpoint(default, data, tmp_path / "eval2", n_boot=0, cams=0)
+    assert m2["threshold"] == m["threshold"] and m2["prior"] == 0.03
 
 
 @pytest.mark.slow
@@ -557,20 +552,42 @@ def test_evaluate_checkpoint_end_to_end(tmp_path: Path) -> None:
 
 
 def test_evaluate_checkpoint_carves_the_training_split_of_its_training_data(
-    tmp_path: Path, fake_pipeline, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, real_pipeline
 ) -> None:
-    ckpt, data, calls = fake_pipeline
+    from fracturekit.data import load_dataset
+
+    _, data, *_ = real_pipeline
     config = {"data": str(data), "seed": 3, "test_fraction": 0.25, "layout": "folders", "val": None}
-    monkeypatch.setattr(_Predictor, "meta", {"config": config}, raising=False)
-    evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, cams=0)
-    path, layout, options = calls["load"]
-    assert layout == "folders" and options["seed"] == 3 and options["test_fraction"] == 0.25
-    assert "val" not in options  # unset keys are not passed
+    ckpt = _checkpoint(tmp_path / "trained" / "model.pt", config=config)
+    m = evaluate_checkpoint(ckpt, data, tmp_path / "eval", n_boot=0, cams=0)
+    carved = load_dataset(data, layout="folders", seed=3, test_fraction=0.25)
+    assert m["source"]["split"] == "test" and m["source"]["images"] == len(carved.test) < 12
     # An explicit option still wins over the stored one.
-    evaluate_checkpoint(ckpt, data, tmp_path / "eval2", n_boot=0, cams=0, test_fraction=0.5)
-    assert calls["load"][2]["test_fraction"] == 0.5
+    m = evaluate_checkpoint(ckpt, data, tmp_path / "eval2", n_boot=0, cams=0, test_fraction=0.5)
+    assert m["source"]["images"] == len(load_dataset(data, seed=3, test_fraction=0.5).test)
     # Other data (a separate test folder) is not split by the training settings.
     other = tmp_path / "elsewhere"
-    other.mkdir()
-    evaluate_checkpoint(ckpt, other, tmp_path / "eval3", n_boot=0, cams=0)
-    assert calls["load"][1] == "auto" and calls["load"][2] == {}
+    _shaded_images(other / "crack", 2, 4)
+    _shaded_images(other / "no_crack", 2, 5)
+    m = evaluate_checkpoint(ckpt, other, tmp_path / "eval3", n_boot=0, cams=0)
+    assert m["source"]["split"] == "all" and m["source"]["images"] == 4
+
+
+def test_prior_is_recorded(tmp_path: Path) -> None:
+    m = compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], prior=0.03, n_boot=0)
+    assert m["prior"] == 0.03 and list(m)[4] == "prior"
+    assert (
+        compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], n_boot=0)["prior"] is None
+    )
+    y = np.array([0, 1, 2, 0, 1, 2])
+    priors = {"a": 0.8, "b": 0.1, "c": 0.1}
+    out = tmp_path / "multi"
+    m = evaluate_predictions(
+        y, np.eye(3)[y] * 0.7 + 0.1, ["a", "b", "c"], out, prior=priors, n_boot=0
+    )
+    assert m["prior"] == priors and "at_prior" not in m
+    assert "class priors = a 0.8, b 0.1, c 0.1" in (out / "classification_report.txt").read_text()
+    with pytest.raises(ValueError, match="multi-class"):
+        compute_metrics(Y_SMALL, _binary(P_SMALL), ["no_crack", "crack"], prior={"crack": 0.1})
+    with pytest.raises(ValueError, match=r"\['d'\]"):
+        compute_metrics(y, np.eye(3)[y], ["a", "b", "c"], prior={"d": 0.1})

@@ -315,3 +315,116 @@ def test_tta_averages_the_logits_of_flipped_views(tmp_path: Path) -> None:
         view_logits(f, torch.randn(1, 3, 32, 40), 8)
     # An old checkpoint without the key means one view.
     assert Predictor.from_checkpoint(make_checkpoint(tmp_path / "plain.pt")).tta == 1
+
+
+# --------------------------------------------------------------------------------------------
+# deciding at a prior (`--prior`), from the validation scores a checkpoint stores
+
+
+def _validation(n: int = 300, classes: int = 2, seed: int = 0) -> dict[str, list]:
+    """Validation labels and probabilities as training stores them; class 0 scores high on
+    column 0 (``crack``, the positive class of CLASSES)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes))
+    logits[np.arange(n), labels] += 1.5
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return {"labels": labels.tolist(), "probabilities": proba.tolist()}
+
+
+def test_prior_sets_the_threshold_from_stored_validation(tmp_path: Path) -> None:
+    from fracturekit.calibration import threshold_at_prior
+    from fracturekit.models import load_checkpoint
+
+    val = _validation()
+    ckpt = make_checkpoint(tmp_path / "v.pt", validation=val, config={"threshold_metric": "f1"})
+    # The stored validation scores survive the checkpoint round trip.
+    assert load_checkpoint(ckpt)[1]["validation"] == val
+    expected = threshold_at_prior(val["labels"], np.array(val["probabilities"]), 0, 0.03)
+    rare = Predictor.from_checkpoint(ckpt, prior=0.03)
+    assert rare.threshold == pytest.approx(expected) and rare.threshold > 0.5 > 0.4
+    assert rare.prior == 0.03 and rare.describe()["prior"] == 0.03
+    preds = rare.predict_images([noise_image(i) for i in range(4)])
+    for pred in preds:
+        assert pred.threshold == pytest.approx(expected)
+        assert pred.label == ("crack" if pred.probabilities["crack"] >= expected else "no_crack")
+    # CLASS=P means the same for a binary task; None restores the stored threshold.
+    assert Predictor.from_checkpoint(ckpt, prior={"crack": 0.03}).threshold == rare.threshold
+    assert rare.with_prior(None).threshold == pytest.approx(0.4) and rare.prior is None
+    # A target recall does not depend on prevalence.
+    screen = make_checkpoint(tmp_path / "s.pt", validation=val, config={"target_recall": 0.9})
+    ts = {Predictor.from_checkpoint(screen, prior=p).threshold for p in (0.03, 0.5)}
+    assert len(ts) == 1
+
+
+def test_prior_needs_stored_validation(ckpt: Path, images: Path, capsys) -> None:
+    with pytest.raises(ValueError, match=r"model.pt: stores no validation scores.*retrain"):
+        Predictor.from_checkpoint(ckpt, prior=0.03)
+    assert main(["predict", str(ckpt), str(images), "--prior", "0.03"]) == 2
+    assert "pass no prior" in capsys.readouterr().err
+
+
+def test_checkpoint_default_prior_and_cli(tmp_path: Path, images: Path) -> None:
+    val = _validation()
+    stored = make_checkpoint(tmp_path / "d.pt", validation=val, config={"prior": 0.1})
+    explicit = Predictor.from_checkpoint(make_checkpoint(tmp_path / "e.pt", validation=val))
+    default = Predictor.from_checkpoint(stored)
+    assert default.prior == 0.1
+    assert default.threshold == pytest.approx(explicit.with_prior(0.1).threshold)
+    out = tmp_path / "rare.csv"
+    assert main(["predict", str(stored), str(images), "--prior", "0.03", "--out", str(out)]) == 1
+    rows = [r for r in csv.DictReader(out.open()) if not r["error"]]
+    want = explicit.with_prior(0.03).threshold
+    assert rows and all(float(r["threshold"]) == pytest.approx(want, abs=1e-6) for r in rows)
+
+
+def test_multiclass_prior_moves_the_probabilities(tmp_path: Path) -> None:
+    from fracturekit.calibration import adjust_to_priors, class_frequencies
+
+    val = _validation(classes=3)
+    ckpt = make_checkpoint(tmp_path / "m.pt", num_classes=3, validation=val)
+    plain = Predictor.from_checkpoint(ckpt)
+    shifted = Predictor.from_checkpoint(ckpt, prior={"type0": 0.9})
+    base = class_frequencies(val["labels"], 3)
+    new = np.r_[0.9, 0.1 * base[1:] / base[1:].sum()]
+    x = torch.stack([plain.preprocess(noise_image(i)) for i in range(3)])
+    np.testing.assert_allclose(
+        shifted.predict_proba(x), adjust_to_priors(plain.predict_proba(x), base, new), atol=1e-6
+    )
+    assert shifted.prior == pytest.approx(dict(zip(shifted.classes, new, strict=True)))
+    with pytest.raises(ValueError, match="CLASS=P"):
+        Predictor.from_checkpoint(ckpt, prior=0.2)
+
+
+def test_onnx_metadata_carries_the_validation_scores(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from fracturekit.export import export_onnx
+    from fracturekit.predict import ONNX_META_KEY
+
+    val = _validation(60)
+    ckpt = make_checkpoint(tmp_path / "model.pt", validation=val)
+    export_onnx(ckpt, tmp_path / "model.onnx")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert json.loads(props[ONNX_META_KEY])["validation"] == val
+    onnx_prior = Predictor.from_checkpoint(tmp_path / "model.onnx", prior=0.03)
+    assert onnx_prior.backend == "onnx"
+    assert onnx_prior.threshold == Predictor.from_checkpoint(ckpt, prior=0.03).threshold
+
+
+def test_serve_decides_at_the_prior(tmp_path: Path, ckpt: Path, monkeypatch, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from fracturekit.serve.app import ENV_CHECKPOINT, ENV_PRIOR, create_app_from_env
+
+    val = _validation()
+    with_val = make_checkpoint(tmp_path / "v.pt", validation=val)
+    want = Predictor.from_checkpoint(with_val, prior=0.03).threshold
+    monkeypatch.setenv(ENV_CHECKPOINT, str(with_val))
+    monkeypatch.setenv(ENV_PRIOR, "0.03")
+    with TestClient(create_app_from_env(), base_url="http://127.0.0.1") as client:
+        model = client.get("/model").json()
+    assert model["prior"] == 0.03 and model["threshold"] == pytest.approx(want)
+    # fracturekit serve refuses a prior the checkpoint cannot decide at, before starting.
+    assert main(["serve", str(ckpt), "--prior", "0.03"]) == 2
+    assert "stores no validation scores" in capsys.readouterr().err

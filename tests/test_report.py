@@ -148,3 +148,27 @@ def test_report_of_a_real_evaluation(tmp_path: Path) -> None:
     # without image paths.
     assert len(_data_uris(page)) == 4
     assert "comminuted" in page and not re.search(r"https?://", page)
+
+
+def test_decision_in_words() -> None:
+    from fracturekit.report import decision_text
+
+    m = _metrics(source={"threshold_from": "prior"})
+    assert decision_text(m).startswith("Positive class crack, decided when its probability is at")
+    assert "decided for 3% positives" in decision_text(m)
+    given = decision_text(_metrics(source={"threshold_from": "given"}))
+    assert "threshold given" in given and "re-weighted to 3% positives" in given
+    stored = _metrics(prior=None, source={"threshold_from": "checkpoint"})
+    assert "the checkpoint's threshold" in decision_text(stored)
+    multi = {"positive": None, "prior": {"a": 0.185, "b": 0.815}}
+    assert decision_text(multi).startswith("Decided for class priors a 18.5%, b 81.5%")
+    assert decision_text({"positive": None, "prior": None}) == ""
+
+
+def test_report_keys_are_the_metric_keys(tmp_path: Path) -> None:
+    """Every key compute_metrics writes is rendered by the metrics section, none in "more"."""
+    from fracturekit.metrics import EXTRA_KEYS, METRIC_KEYS
+    from fracturekit.report import _KNOWN_METRIC_KEYS
+
+    assert set(METRIC_KEYS) | set(EXTRA_KEYS) <= _KNOWN_METRIC_KEYS
+    assert set(_metrics()) <= _KNOWN_METRIC_KEYS

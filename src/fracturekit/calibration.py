@@ -6,6 +6,10 @@ checkpoint) and evaluation (which reports calibration) share one implementation.
 - ``choose_threshold``: the binary decision threshold on the positive-class probability
   (max F1 by default; ``target_recall`` for screening, where a missed fracture costs more than a
   false alarm).
+- ``threshold_at_prior``: the same rule on validation data re-weighted to another prevalence (a
+  pavement survey with 3 % cracks, a model validated on a balanced split); ``adjust_to_priors``:
+  multi-class posteriors moved to other class priors (Saerens et al. 2002); ``parse_prior`` reads
+  ``P`` or ``CLASS=P,...``.
 - ``fit_temperature``: temperature scaling, one scalar ``T`` dividing the logits, fitted by
   minimising the validation negative log-likelihood (Guo et al. 2017, "On Calibration of Modern
   Neural Networks", ICML, section 4.2). It changes confidences, never the arg-max class.
@@ -131,10 +135,24 @@ def choose_threshold(
         raise ValueError("cannot choose a threshold: the validation data hold no positive sample")
 
     scores, tp, fp, fn, tn = _counts_at_each_score(y, p)
+    return _best_threshold(scores, tp, fp, fn, tn, metric=metric, target_recall=target_recall)
+
+
+def _best_threshold(
+    scores: np.ndarray,
+    tp: np.ndarray,
+    fp: np.ndarray,
+    fn: np.ndarray,
+    tn: np.ndarray,
+    *,
+    metric: str,
+    target_recall: float | None,
+) -> float:
+    """The threshold rule of ``choose_threshold`` on (possibly weighted) counts at each score."""
     if target_recall is not None:
         if not 0 < target_recall <= 1:
             raise ValueError(f"target_recall={target_recall}: must lie in (0, 1]")
-        recall = tp / n_pos
+        recall = tp / (tp[-1] + fn[-1])
         # Recall grows as the threshold falls; the first (highest) score reaching the target.
         # A tiny tolerance so that e.g. 19/20 counts as reaching 0.95 despite rounding.
         k = int(np.flatnonzero(recall >= target_recall - 1e-12)[0])
@@ -147,6 +165,183 @@ def choose_threshold(
     if k + 1 < scores.size:
         return float((scores[k] + scores[k + 1]) / 2)
     return float(scores[k])
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions at another prevalence, from the validation scores a checkpoint stores
+
+NO_VALIDATION = (
+    "stores no validation scores (meta['validation']), so it cannot decide at another "
+    "prevalence; retrain it with this version of fracturekit, or pass no prior"
+)
+
+
+def validation_scores(meta: dict[str, Any], source: str = "checkpoint") -> tuple[np.ndarray, ...]:
+    """The validation labels (N,) and class probabilities (N, C) stored in a checkpoint's meta.
+
+    Training stores them as ``meta["validation"] = {"labels": [...], "probabilities": [[...]]}``:
+    the probabilities exactly as the deployed model gives them (temperature and test-time
+    augmentation applied).
+
+    Raises:
+        ValueError: naming ``source`` when the meta holds none (an older checkpoint) or they
+            are malformed; never a made-up substitute.
+    """
+    stored = meta.get("validation")
+    if not isinstance(stored, dict) or not stored.get("labels"):
+        raise ValueError(f"{source}: {NO_VALIDATION}")
+    labels = np.asarray(stored["labels"], dtype=np.int64)
+    proba = np.asarray(stored.get("probabilities"), dtype=np.float64)
+    n_classes = len(meta.get("classes") or []) or (proba.shape[1] if proba.ndim == 2 else 0)
+    if proba.shape != (labels.size, n_classes) or labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(
+            f"{source}: meta['validation'] must hold {n_classes}-class probabilities for each "
+            f"label; got labels {labels.shape} and probabilities {proba.shape}"
+        )
+    return labels, proba
+
+
+def class_frequencies(labels: Any, n_classes: int) -> np.ndarray:
+    """The share of each class among ``labels`` (class indices): the validation priors."""
+    y = _to_numpy(labels).astype(np.int64).ravel()
+    return np.bincount(y, minlength=n_classes)[:n_classes] / max(y.size, 1)
+
+
+def threshold_at_prior(
+    labels: Any,
+    probabilities: Any,
+    positive_index: int,
+    prior: float,
+    *,
+    metric: str = "f1",
+    target_recall: float | None = None,
+) -> float:
+    """The binary decision threshold that is best where positives make up ``prior`` of the cases.
+
+    The validation set, with positive share ``pi``, is re-weighted to prevalence ``prior``:
+    each positive counts ``prior / pi`` and each negative ``(1 - prior) / (1 - pi)``
+    (importance weights), and the rule of :func:`choose_threshold` is applied to the weighted
+    confusion counts. For F1 that moves the threshold up as positives get rarer (precision
+    falls with prevalence; recall does not). With ``target_recall`` the threshold is the same
+    at every prior, because recall counts positives only; balanced accuracy does not depend on
+    prevalence either. Accuracy at ``prior`` gives the Bayes-optimal threshold for that
+    prevalence.
+
+    Args:
+        labels: (N,) validation class indices.
+        probabilities: (N, C) validation class probabilities (C = 2).
+        positive_index: the column of the positive class.
+        prior: the positive-class prevalence to decide for, in (0, 1).
+        metric, target_recall: the threshold rule, as :func:`choose_threshold` (the checkpoint's
+            ``config.threshold_metric`` and ``config.target_recall``).
+
+    Returns:
+        The threshold on the positive-class probability.
+
+    Raises:
+        ValueError: ``prior`` outside (0, 1), or validation data without both classes.
+    """
+    if not 0.0 < float(prior) < 1.0:
+        raise ValueError(f"prior={prior}: must lie in (0, 1)")
+    y = _to_numpy(labels).astype(np.int64).ravel() == positive_index
+    p = _to_numpy(probabilities).astype(float)[:, positive_index]
+    pi = float(y.mean()) if y.size else 0.0
+    if not 0.0 < pi < 1.0:
+        raise ValueError("cannot re-weight to a prior: the validation data hold only one class")
+    scores, tp, fp, fn, tn = _counts_at_each_score(y, p)
+    w_pos, w_neg = prior / pi, (1.0 - prior) / (1.0 - pi)
+    return _best_threshold(
+        scores, tp * w_pos, fp * w_neg, fn * w_pos, tn * w_neg,
+        metric=metric, target_recall=target_recall,
+    )  # fmt: skip
+
+
+def parse_prior(text: str) -> float | dict[str, float]:
+    """``"0.03"`` (the positive class of a binary task) or ``"CLASS=P,CLASS=P"`` (per class).
+
+    Raises:
+        ValueError: a value that is not a number in (0, 1), or a malformed ``CLASS=P`` list.
+    """
+    text = str(text).strip()
+    if "=" not in text:
+        return _prior_value(text, "prior")
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"prior {text!r}: write P or CLASS=P,CLASS=P (got {part!r})")
+        out[name.strip()] = _prior_value(value, f"prior of {name.strip()!r}")
+    return out
+
+
+def _prior_value(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text.strip()!r}: not a number") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{what} {value}: must lie in (0, 1)")
+    return value
+
+
+def class_priors(
+    prior: float | dict[str, float],
+    classes: list[str],
+    base: np.ndarray,
+    positive: str | None = None,
+) -> np.ndarray:
+    """A full vector of class priors from a positive-class prior or a ``{class: P}`` mapping.
+
+    Classes left out of the mapping share what the named ones leave, in proportion to their
+    ``base`` (validation) frequencies; a float is the prior of ``positive`` (binary tasks).
+
+    Raises:
+        ValueError: an unknown class, priors summing to more than 1, or a float for a
+            multi-class task.
+    """
+    if not isinstance(prior, dict):
+        if positive is None or len(classes) != 2:
+            raise ValueError(
+                f"a single prior applies to binary tasks; this one has classes {classes}: "
+                "pass CLASS=P,... instead"
+            )
+        prior = {positive: float(prior)}
+    unknown = sorted(set(prior) - set(classes))
+    if unknown:
+        raise ValueError(f"prior names class(es) {unknown} that are not among {classes}")
+    given = np.array([prior.get(c, np.nan) for c in classes], dtype=float)
+    named = ~np.isnan(given)
+    rest = 1.0 - given[named].sum()
+    if rest < -1e-6 or (rest <= 1e-9 and not named.all()):
+        raise ValueError(f"priors {prior} leave nothing for the other classes (they sum to >= 1)")
+    if named.all():
+        if abs(rest) > 1e-3:
+            raise ValueError(f"priors {prior} must sum to 1 when every class is named")
+        return given / given.sum()
+    others = np.where(named, 0.0, base)
+    if others.sum() <= 0:
+        others = (~named).astype(float)
+    return np.where(named, given, rest * others / others.sum())
+
+
+def adjust_to_priors(proba: Any, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Posteriors under new class priors: ``p'_k ∝ p_k * new_k / old_k`` (Saerens et al. 2002).
+
+    Bayes' rule with the class-conditional likelihoods unchanged: a model trained (and
+    calibrated) where classes had frequencies ``old`` gives, where they have frequencies
+    ``new``, the posteriors re-weighted by ``new / old`` and renormalised.
+
+    Raises:
+        ValueError: a class with ``old`` prior 0 (no validation sample to re-weight).
+    """
+    old = np.asarray(old, dtype=float)
+    if (old <= 0).any():
+        raise ValueError(
+            f"class(es) {np.flatnonzero(old <= 0).tolist()} have no validation sample: "
+            "their probabilities cannot be re-weighted to a prior"
+        )
+    p = _to_numpy(proba).astype(float) * (np.asarray(new, dtype=float) / old)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:

@@ -100,6 +100,8 @@ class TrainConfig:
     # decision
     threshold_metric: str = "f1"
     target_recall: float | None = None
+    # binary tasks: the positive-class prevalence predictions decide for (None: the validation's)
+    prior: float | None = None
     calibrate: bool = True
     # run
     seed: int = 0
@@ -147,6 +149,8 @@ class TrainConfig:
             raise ConfigError("train_last must be >= 0")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigError("target_recall must lie in (0, 1]")
+        if self.prior is not None and not 0 < self.prior < 1:
+            raise ConfigError(f"prior={self.prior}: must lie in (0, 1)")
         if self.freeze == "train-last" and self.train_last is None:
             raise ConfigError("freeze=train-last needs train_last (the number of last blocks)")
         if self.cache_views not in CACHE_VIEWS:
@@ -292,6 +296,9 @@ HELP: dict[str, str] = {
     "threshold_metric": "binary tasks: the decision threshold maximises this on validation",
     "target_recall": "binary tasks: instead, the highest threshold reaching this validation "
     "recall (screening)",
+    "prior": "binary tasks: decide at this positive-class prevalence (e.g. 0.03): the threshold "
+    "rule applied to the validation scores re-weighted to it; stored as the checkpoint's default "
+    "for predict, evaluate and serve",
     "calibrate": "fit temperature scaling on validation logits",
     "seed": "random seed (splits, initialisation, order)",
     "device": "auto, cpu, cuda or cuda:N",

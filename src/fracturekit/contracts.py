@@ -41,6 +41,7 @@ ENV_SAVE_MAX = "FRACTUREKIT_SERVE_SAVE_MAX"
 ENV_EXPLAIN_METHODS = "FRACTUREKIT_SERVE_EXPLAIN_METHODS"  # comma-separated
 ENV_ALLOWED_HOSTS = "FRACTUREKIT_SERVE_ALLOWED_HOSTS"  # comma-separated; "*" allows any
 ENV_DOCS = "FRACTUREKIT_SERVE_DOCS"  # "1": serve /docs
+ENV_PRIOR = "FRACTUREKIT_SERVE_PRIOR"  # --prior as typed: "P" or "CLASS=P,..."
 # The key is also read by `fracturekit serve` itself, so that it need not be typed on a command
 # line (where every user of the machine can read it in the process list).
 ENV_API_KEY = "FRACTUREKIT_API_KEY"

@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fracturekit._files import atomic_write
+from fracturekit.calibration import (
+    adjust_to_priors,
+    class_frequencies,
+    class_priors,
+    default_positive,
+    threshold_at_prior,
+    validation_scores,
+)
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
 
@@ -92,11 +100,21 @@ class Predictor:
         self.device = device
         self.source = source
         self._transform = None
+        # Set by with_prior: the decision threshold (binary) or class re-weighting (multi-class)
+        # for another prevalence, and the prior as given.
+        self._prior: float | dict[str, float] | None = None
+        self._prior_threshold: float | None = None
+        self._prior_shift: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, backend: str = "torch", *, device: str = "cpu"
+        cls,
+        path: str | Path,
+        backend: str = "torch",
+        *,
+        device: str = "cpu",
+        prior: float | dict[str, float] | None = None,
     ) -> Predictor:
         """Load a checkpoint (``.pt``) or an exported ONNX model (``.onnx``).
 
@@ -105,8 +123,17 @@ class Predictor:
                 ``backend="onnx"`` and a ``.pt`` path, the ``.onnx`` file beside it is used.
             backend: ``"torch"`` or ``"onnx"``.
             device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (torch backend only).
+            prior: decide at this prevalence (see :meth:`with_prior`); None: the checkpoint's
+                own default (``config.prior``, set by ``train --prior``), else its stored
+                threshold.
         """
-        path = Path(path)
+        predictor = cls._load(Path(path), backend, device)
+        if prior is None:
+            prior = (predictor.meta.get("config") or {}).get("prior")
+        return predictor.with_prior(prior)
+
+    @classmethod
+    def _load(cls, path: Path, backend: str, device: str) -> Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
         if path.suffix.lower() == ".onnx":
@@ -150,7 +177,57 @@ class Predictor:
             )
         return cls(json.loads(raw), session=session, backend="onnx", source=str(path))
 
+    def with_prior(self, prior: float | dict[str, float] | None) -> Predictor:
+        """Decide for cases where the classes have the frequencies ``prior`` (returns self).
+
+        Binary tasks (``prior`` a float, the positive-class prevalence, or ``{class: P}``): the
+        decision threshold becomes the one the checkpoint's threshold rule
+        (``config.threshold_metric`` or ``config.target_recall``) picks on its stored
+        validation scores re-weighted to that prevalence
+        (``calibration.threshold_at_prior``); the probabilities stay as they are. Multi-class
+        tasks (``{class: P}``; classes left out share the rest by their validation frequencies):
+        the probabilities are moved to those priors (``calibration.adjust_to_priors``,
+        Saerens et al. 2002) and the arg-max decides. No data are needed: the same prior gives
+        the same decisions on every route (predict, evaluate, serve) and backend. None restores
+        the stored threshold and probabilities.
+
+        Raises:
+            ValueError: the checkpoint stores no validation scores (retrain, or pass no prior),
+                or the prior does not fit its classes.
+        """
+        self._prior, self._prior_threshold, self._prior_shift = None, None, None
+        if prior is None:
+            return self
+        labels, proba = validation_scores(self.meta, self.source or "checkpoint")
+        classes = self.classes
+        base = class_frequencies(labels, len(classes))
+        if len(classes) == 2:
+            positive = self.positive or default_positive(classes)
+            pos = classes.index(positive)
+            p_pos = float(class_priors(prior, classes, base, positive)[pos])
+            config = self.meta.get("config") or {}
+            self._prior_threshold = threshold_at_prior(
+                labels,
+                proba,
+                pos,
+                p_pos,
+                metric=config.get("threshold_metric") or "f1",
+                target_recall=config.get("target_recall"),
+            )
+            self._prior = p_pos
+        else:
+            new = class_priors(prior, classes, base)
+            adjust_to_priors(proba[:1], base, new)  # refuses a class without validation sample
+            self._prior_shift = (base, new)
+            self._prior = {c: float(v) for c, v in zip(classes, new, strict=True)}
+        return self
+
     # -- description --------------------------------------------------------------------------
+    @property
+    def prior(self) -> float | dict[str, float] | None:
+        """The prevalence decisions are made for (see :meth:`with_prior`), or None."""
+        return self._prior
+
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
@@ -177,6 +254,8 @@ class Predictor:
 
     @property
     def threshold(self) -> float | None:
+        if self._prior_threshold is not None:
+            return self._prior_threshold
         value = self.meta.get("threshold")
         return None if value is None else float(value)
 
@@ -241,10 +320,16 @@ class Predictor:
             return view_logits(forward, batch.to(self.device), self.tta)
 
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        """Calibrated class probabilities (N, C) for a preprocessed batch."""
+        """Calibrated class probabilities (N, C) for a preprocessed batch.
+
+        Multi-class tasks with a prior (:meth:`with_prior`) get them moved to those priors.
+        """
         from fracturekit.models import logits_to_proba
 
-        return logits_to_proba(self.logits(batch), self.temperature).numpy()
+        proba = logits_to_proba(self.logits(batch), self.temperature).numpy()
+        if self._prior_shift is not None:
+            proba = adjust_to_priors(proba, *self._prior_shift).astype(proba.dtype)
+        return proba
 
     def predict_images(
         self, images: Sequence[Image.Image], paths: Sequence[str] | None = None
@@ -327,6 +412,7 @@ class Predictor:
             "mean": list(self.meta.get("mean", [])),
             "std": list(self.meta.get("std", [])),
             "threshold": self.threshold,
+            "prior": self.prior,
             "temperature": self.temperature,
             "tta": self.tta,
             "pretrained": self.meta.get("pretrained"),

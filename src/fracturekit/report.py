@@ -39,6 +39,7 @@ from typing import Any
 
 from fracturekit import __version__
 from fracturekit._files import atomic_write_text
+from fracturekit.metrics import EXTRA_KEYS, METRIC_KEYS
 
 REPORT_NAME = "report.html"
 PLOTS = (
@@ -64,32 +65,7 @@ _HEADLINE = (
     ("ece", "ECE (15 bins)"),
 )
 # metrics.json entries rendered by the metrics section itself; anything else goes to "more".
-_KNOWN_METRIC_KEYS = frozenset(
-    {
-        "n",
-        "classes",
-        "positive",
-        "threshold",
-        "accuracy",
-        "balanced_accuracy",
-        "precision",
-        "recall",
-        "f1",
-        "macro_f1",
-        "weighted_f1",
-        "roc_auc",
-        "average_precision",
-        "cohen_kappa",
-        "ece",
-        "per_class",
-        "confusion_matrix",
-        "ci95",
-        "at_prior",
-        "bootstrap",
-        "notes",
-        "source",
-    }
-)
+_KNOWN_METRIC_KEYS = frozenset({*METRIC_KEYS, *EXTRA_KEYS, "source"})
 
 CSS = """
 :root { --fg: #1d232a; --muted: #5b6672; --line: #d8dee4; --bg: #ffffff; --panel: #f5f7f9;
@@ -173,6 +149,47 @@ def _num(value: Any, digits: int = 4) -> str:
             return f"{value:.3g}"  # a learning rate of 1e-5 must not print as 0.0000
         return f"{value:.{digits}f}"
     return _esc(value)
+
+
+def _percent(share: float) -> str:
+    """0.03 -> ``3%``, 0.185 -> ``18.5%``."""
+    return f"{100 * share:.3g}%"
+
+
+def decision_text(metrics: dict[str, Any]) -> str:
+    """How an evaluation decided, in words (plain text; the report escapes it).
+
+    Binary: the positive class, the threshold and the prevalence it was chosen for ("decided for
+    3% positives"); multi-class with class priors: the priors the probabilities were moved to.
+    """
+    prior = metrics.get("prior")
+    source = metrics.get("source") if isinstance(metrics.get("source"), dict) else {}
+    given = source.get("threshold_from") == "given"
+    if metrics.get("positive") is not None:
+        text = (
+            f"Positive class {metrics['positive']}, decided when its probability is at least "
+            f"{_num(metrics.get('threshold'))}"
+        )
+        if isinstance(prior, int | float) and not given:
+            return text + (
+                f": decided for {_percent(prior)} positives (the checkpoint's threshold rule on "
+                "its validation scores re-weighted to that prevalence)."
+            )
+        if isinstance(prior, int | float):
+            return text + (
+                f" (threshold given; precision and F1 are also shown re-weighted to "
+                f"{_percent(prior)} positives)."
+            )
+        if source.get("threshold_from") == "checkpoint":
+            return text + " (the checkpoint's threshold, chosen at its validation prevalence)."
+        return text + "."
+    if isinstance(prior, dict) and prior:
+        shares = ", ".join(f"{k} {_percent(float(v))}" for k, v in prior.items())
+        return (
+            f"Decided for class priors {shares}: probabilities moved to them "
+            "(Saerens et al. 2002), then the most probable class."
+        )
+    return ""
 
 
 def _ci(pair: Any) -> str:
@@ -260,11 +277,9 @@ def _summary(run: _Run) -> str | None:
         f'</div><div class="ci">{len(m.get("classes", []))} classes</div></div>'
     )
     lines = []
-    if m.get("positive") is not None:
-        lines.append(
-            f"Positive class <b>{_esc(m['positive'])}</b>, decided when its probability is at "
-            f"least {_num(m.get('threshold'))}."
-        )
+    decision = decision_text(m)
+    if decision:
+        lines.append(_esc(decision))
     source = m.get("source")
     if isinstance(source, dict):
         parts = [

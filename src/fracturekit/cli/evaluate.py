@@ -7,7 +7,11 @@ reliability.png, mistakes.png and the self-contained DIR/report.html.
 
 Examples:
   fracturekit evaluate runs/concrete/model.pt data/concrete_test --out runs/concrete/eval
-  fracturekit evaluate model.pt fracatlas.csv --out eval --positive fractured --prior 0.03
+  fracturekit evaluate model.pt survey.csv --out eval --prior 0.03
+
+--prior P decides for images where the positive class makes up P of the cases: the threshold
+is the one the checkpoint's rule picks on its stored validation scores re-weighted to P, and the
+report gives precision and F1 re-weighted to P as well (useful on a balanced test set).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
 from fracturekit.config import LAYOUTS
 
 
@@ -29,17 +34,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="binary tasks: the positive class (default: the "
         "checkpoint's, else the class not named like no_/not_/normal/negative)",
     )
-    parser.add_argument(
-        "--prior",
-        type=float,
-        metavar="P",
-        help="binary tasks: also report precision/F1 at positive-class prevalence P (e.g. 0.03)",
-    )
+    add_prior_argument(parser)
     parser.add_argument(
         "--threshold",
         type=float,
         metavar="T",
-        help="binary tasks: decision threshold (default: the one stored in the checkpoint)",
+        help="binary tasks: decision threshold (default: the checkpoint's, or the one for "
+        "--prior); with --prior, the prior then only re-weights precision and F1",
     )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="data layout")
@@ -98,11 +99,12 @@ def _print_summary(metrics: dict[str, Any], report: Path) -> None:
     if at_prior:
         table.add_row(f"precision at prior {at_prior['prior']:g}", _fmt(at_prior["precision"]), "")
         table.add_row(f"f1 at prior {at_prior['prior']:g}", _fmt(at_prior["f1"]), "")
+    from fracturekit.report import decision_text
+
     console = Console()
-    if metrics["positive"] is not None:
-        console.print(
-            f"positive class: {metrics['positive']}, threshold {metrics['threshold']:.4f}"
-        )
+    decision = decision_text(metrics)
+    if decision:
+        console.print(decision, markup=False)
     console.print(table)
     for note in metrics["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False)
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         batch_size=args.batch_size,
         positive=args.positive,
-        prior=args.prior,
+        prior=parse_prior_argument(args.prior),
         threshold=args.threshold,
         split=args.split,
         layout=args.layout,

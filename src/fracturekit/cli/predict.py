@@ -7,14 +7,39 @@ printed. An image that cannot be read becomes a row with its error and the run g
 Exit codes: 0 every image classified; 1 some images could not be read (see the error column);
 2 a usage error (missing checkpoint, bad manifest, --out exists without --overwrite).
 
+With --prior P the decisions are made for images where the positive class makes up P of the
+cases (0.03: a pavement survey with 3 % cracks), from the validation scores stored in the
+checkpoint; multi-class models take CLASS=P,... and move their probabilities to those priors.
+
 Example:
   fracturekit predict runs/demo/model.pt photos/ more.csv --out results.csv
+  fracturekit predict runs/demo/model.pt survey/ --prior 0.03 --out survey.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+PRIOR_HELP = (
+    "decide for this prevalence: P, the positive class's share of the images (binary, e.g. "
+    "0.03), or CLASS=P,... (multi-class; classes left out share the rest). The threshold rule "
+    "is applied to the checkpoint's validation scores re-weighted to it (default: the "
+    "checkpoint's train --prior, else its stored threshold)"
+)
+
+
+def add_prior_argument(parser: argparse.ArgumentParser) -> None:
+    """``--prior P | CLASS=P,...`` (shared by predict, evaluate and serve)."""
+    parser.add_argument("--prior", metavar="P", help=PRIOR_HELP)
+
+
+def parse_prior_argument(text: str | None) -> Any:
+    """The value of ``--prior`` as ``Predictor.with_prior`` takes it (None when not given)."""
+    from fracturekit.calibration import parse_prior
+
+    return None if text is None else parse_prior(text)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +69,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="treat truncated images as unreadable instead of loading what they hold",
     )
+    add_prior_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from fracturekit.predict import predict_batch
+    from fracturekit.predict import Predictor, predict_batch
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    prior = parse_prior_argument(args.prior)
+    source = args.checkpoint
+    if prior is not None:
+        source = Predictor.from_checkpoint(args.checkpoint, args.backend, prior=prior)
     err = Console(stderr=True)
     bar = Progress(
         TextColumn("predicting"),
@@ -80,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = predict_batch(
-            args.checkpoint,
+            source,
             args.paths,
             out=args.out,
             backend=args.backend,

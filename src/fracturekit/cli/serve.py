@@ -27,6 +27,7 @@ import socket
 from pathlib import Path
 
 from fracturekit import contracts as env
+from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
 
 # A service keeps the allocator's default (return freed memory to the system): the command
 # line's tuning would keep every burst's peak resident for good.
@@ -51,6 +52,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="worker processes, each with its own copy of the model (default 1)",
     )
+    add_prior_argument(parser)
     parser.add_argument(
         "--max-upload-mb",
         type=float,
@@ -199,6 +201,11 @@ def run(args: argparse.Namespace) -> int:
         from fracturekit.predict import Predictor
 
         Predictor.from_checkpoint(ckpt, args.backend)
+    if args.prior is not None:  # a prior the checkpoint cannot decide at fails here, not later
+        from fracturekit.predict import Predictor
+
+        Predictor.from_checkpoint(ckpt, args.backend, prior=parse_prior_argument(args.prior))
+    _set_env(env.ENV_PRIOR, args.prior)
     _set_env(env.ENV_CHECKPOINT, str(ckpt.resolve()))
     _set_env(env.ENV_BACKEND, args.backend)
     _set_env(env.ENV_MAX_UPLOAD_MB, repr(float(args.max_upload_mb)))

@@ -34,6 +34,9 @@ class ModelResponse(BaseModel):
     mean: list[float]
     std: list[float]
     threshold: float | None
+    prior: float | dict[str, float] | None = Field(
+        None, description="prevalence decided for (--prior): positive share, or per class"
+    )
     temperature: float
     tta: int = Field(1, description="flipped views whose logits are averaged per image")
     pretrained: str | None

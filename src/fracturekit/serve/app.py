@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from fracturekit import __version__
+from fracturekit.calibration import parse_prior
 from fracturekit.contracts import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -47,6 +48,7 @@ from fracturekit.contracts import (
     ENV_EXPLAIN_METHODS,
     ENV_MAX_PIXELS,
     ENV_MAX_UPLOAD_MB,
+    ENV_PRIOR,
     ENV_SAVE_MAX,
     ENV_SAVE_UPLOADS,
     EXPLAIN_METHOD,
@@ -142,6 +144,7 @@ def _lifespan(
     backend: str,
     engine: Callable[[Predictor], _Engine],
     methods: list[str] | tuple[str, ...] | None,
+    prior: float | dict[str, float] | None = None,
 ):
     """The app's lifespan: load the model (off the event loop), warm it up, set
     ``app.state.engine`` and ``app.state.methods``; the engine is dropped at shutdown."""
@@ -152,7 +155,7 @@ def _lifespan(
             predictor = checkpoint_or_predictor
         else:
             predictor = await anyio.to_thread.run_sync(
-                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend)
+                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend, prior=prior)
             )
         await anyio.to_thread.run_sync(_warm_up, predictor)
         app.state.engine = engine(predictor)
@@ -184,6 +187,7 @@ def create_app(
     explain_methods: list[str] | tuple[str, ...] | None = None,
     docs: bool = False,
     save_max: int = DEFAULT_SAVE_MAX,
+    prior: float | dict[str, float] | None = None,
 ) -> FastAPI:
     """Build the service around a checkpoint (loaded once, in the app's lifespan) or a
     ready :class:`~fracturekit.predict.Predictor`.
@@ -205,6 +209,8 @@ def create_app(
             Score-CAM).
         docs: serve Swagger UI at ``/docs`` (it loads its scripts from a CDN).
         save_max: the most files ``save_uploads`` holds; later uploads are not kept.
+        prior: decide at this prevalence (``Predictor.from_checkpoint(prior=...)``) when a path
+            is given.
 
     Returns:
         The FastAPI app; serve it with uvicorn. The model is available once the lifespan has
@@ -230,6 +236,7 @@ def create_app(
             backend,
             partial(_Engine, max_pixels=max_pixels, save_dir=save_dir, save_max=save_max),
             explain_methods,
+            prior,
         ),
         docs_url="/docs" if docs else None,
         redoc_url=None,
@@ -290,4 +297,5 @@ def create_app_from_env() -> FastAPI:
         allowed_hosts=LOOPBACK_HOSTS if hosts is None else split_list(hosts),
         explain_methods=None if methods is None else split_list(methods),
         docs=env.get(ENV_DOCS) == "1",
+        prior=parse_prior(env[ENV_PRIOR]) if env.get(ENV_PRIOR) else None,
     )
