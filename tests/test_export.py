@@ -51,10 +51,6 @@ def exported(tmp_path_factory) -> tuple[Path, Path, export_mod.ExportReport]:
     return ckpt, root / "model.onnx", report
 
 
-def test_meta_key_matches_predict() -> None:
-    assert export_mod.ONNX_META_KEY == ONNX_META_KEY
-
-
 def test_export_report_and_parity(exported) -> None:
     _, onnx_path, report = exported
     assert report.path == onnx_path and onnx_path.is_file()

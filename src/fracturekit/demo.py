@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fracturekit.config import TrainConfig
+from fracturekit.contracts import MODEL_FILE
 from fracturekit.evaluate import evaluate_run
 from fracturekit.report import write_report
 from fracturekit.synthetic import generate_dataset
@@ -80,7 +81,7 @@ def run_demo(
     """
     out = Path(out)
     run_dir = out / "run"
-    if (run_dir / "model.pt").exists() and not overwrite:
+    if (run_dir / MODEL_FILE).exists() and not overwrite:
         raise FileExistsError(
             f"{out}: already holds a demo run; pass --overwrite to replace it or choose another --out"
         )

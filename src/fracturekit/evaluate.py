@@ -23,6 +23,7 @@ import numpy as np
 from fracturekit._files import atomic_write, atomic_write_text
 from fracturekit.calibration import ECE_BINS, class_priors, default_positive, reliability_bins
 from fracturekit.config import SPLIT_FIELDS
+from fracturekit.contracts import METRICS_FILE, MODEL_FILE
 from fracturekit.metrics import (
     EXTRA_KEYS,
     METRIC_KEYS,
@@ -407,7 +408,7 @@ def evaluate_predictions(
     pred, _, _ = decide_classes(p, classes, metrics["positive"], metrics["threshold"])
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     atomic_write_text(
         out / "classification_report.txt", classification_report_text(metrics, y, pred)
     )
@@ -679,7 +680,7 @@ def evaluate_run(
         ValueError: as :func:`evaluate_checkpoint`.
     """
     run_dir = Path(run_dir)
-    ckpt = run_dir / "model.pt"
+    ckpt = run_dir / MODEL_FILE
     if not ckpt.is_file():
         raise FileNotFoundError(f"{run_dir}: no model.pt (not a finished training run?)")
     if batch_size is None:

@@ -32,13 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fracturekit._files import atomic_write
+from fracturekit.contracts import ONNX_META_KEY
 
 if TYPE_CHECKING:
     import torch
 
-# Same key as fracturekit.predict.ONNX_META_KEY (a level-2 sibling this module may not import);
-# tests/test_export.py asserts they agree.
-ONNX_META_KEY = "fracturekit_meta"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 READABLE_KEYS = (

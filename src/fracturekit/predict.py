@@ -30,6 +30,7 @@ from fracturekit.calibration import (
     threshold_at_prior,
     validation_scores,
 )
+from fracturekit.contracts import ONNX_META_KEY
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 BACKENDS = ("torch", "onnx")
-ONNX_META_KEY = "fracturekit_meta"  # metadata_props key holding the checkpoint's JSON description
 
 
 @dataclass

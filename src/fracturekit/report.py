@@ -39,9 +39,10 @@ from typing import Any
 
 from fracturekit import __version__
 from fracturekit._files import atomic_write_text
+from fracturekit.contracts import METRICS_FILE, REPORT_FILE
 from fracturekit.metrics import EXTRA_KEYS, METRIC_KEYS
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT_FILE
 PLOTS = (
     ("confusion_matrix.png", "Confusion matrix: counts and row-normalised (recall per class)"),
     ("roc.png", "ROC curve"),
@@ -525,9 +526,9 @@ def write_report(run_dir: str | Path, *, title: str | None = None) -> Path:
         raise FileNotFoundError(f"{root}: run directory not found")
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
-    run = _Run(root=root, metrics=_load_metrics(root / "metrics.json"))
+    run = _Run(root=root, metrics=_load_metrics(root / METRICS_FILE))
     if run.metrics is not None:
-        run.used.append(root / "metrics.json")
+        run.used.append(root / METRICS_FILE)
         source = run.metrics.get("source")
         if isinstance(source, dict) and source.get("checkpoint"):
             ckpt_dir = Path(str(source["checkpoint"])).parent

@@ -71,7 +71,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "layer"
 
 
-def _class_names(predictor: PredictorLike, index: int | None) -> str | None:
+def _class_name(predictor: PredictorLike, index: int | None) -> str | None:
+    """The name of class ``index`` (None stays None: "the predicted class")."""
     return None if index is None else list(predictor.classes)[index]
 
 
@@ -216,7 +217,7 @@ def _explain_batch(
     for k, (path, image, pred, where) in enumerate(
         zip(paths, images, predictions, files, strict=True)
     ):
-        explained = _class_names(predictor, index) or pred.label
+        explained = _class_name(predictor, index) or pred.label
         heat = resize_map(cams[k], image.size)
         atomic_write(where["heatmap"], lambda tmp, heat=heat: _save_npy(tmp, heat))
         atomic_write(where["overlay"], lambda tmp, im=image, h=heat: _save_png(overlay(im, h), tmp))
