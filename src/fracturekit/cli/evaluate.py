@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fracturekit.cli._options import add_batch_size
 from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
 from fracturekit.config import LAYOUTS
 
@@ -42,7 +43,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="binary tasks: decision threshold (default: the checkpoint's, or the one for "
         "--prior); with --prior, the prior then only re-weights precision and F1",
     )
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
+    add_batch_size(parser, 32)
     parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="data layout")
     parser.add_argument(
         "--split",

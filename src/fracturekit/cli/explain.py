@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 
+from fracturekit.cli._options import add_batch_size, add_overwrite
 from fracturekit.explain import CAM_METHODS, EXPLAIN_LAYER, EXPLAIN_METHOD
 
 
@@ -64,17 +65,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         "the last stride-16 block and the next one, fused; cam: the last stage alone; "
         "blockN; or dotted module names)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="default: 8")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_batch_size(parser, 8)
+    add_overwrite(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
     from fracturekit.explain import explain_images, layer_choices
     from fracturekit.predict import Predictor, expand_inputs
+    from fracturekit.progress import progress_bar
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
     grids = [n.strip() for n in (args.feature_grids or "").split(",") if n.strip()]
@@ -83,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"layers of {predictor.meta.get('backbone')}: {names} (or dotted module names)")
         return 0
     err = Console(stderr=True)
-    bar = Progress(
-        TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
-    )
-    task = bar.add_task("explain", total=None)
-    with bar:
+    with progress_bar("explaining", console=err) as bar:
         results = explain_images(
             predictor,
             expand_inputs(args.images),  # missing or bad files are reported per image
@@ -98,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             cam_layer=[n.strip() for n in args.cam_layer.split(",") if n.strip()] or None,
             batch_size=args.batch_size,
             overwrite=args.overwrite,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=bar,
         )
     table = Table()
     for name in ("image", "predicted", "p", "heat map for", "figure"):

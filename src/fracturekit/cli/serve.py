@@ -27,6 +27,7 @@ import socket
 from pathlib import Path
 
 from fracturekit import contracts as env
+from fracturekit.cli._options import add_backend
 from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
 
 # A service keeps the allocator's default (return freed memory to the system): the command
@@ -80,10 +81,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="stop keeping uploads once DIR holds N files (default %(default)s)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
+    add_backend(
+        parser,
         help="torch (default) or onnx (the .onnx file from `fracturekit export`; no heat maps)",
     )
     parser.add_argument(

@@ -29,6 +29,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from fracturekit.cli._options import add_overwrite
 from fracturekit.config import (
     AUGMENTS,
     FREEZE_POLICIES,
@@ -87,9 +88,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML file of options, or a packaged config's name (flags override it)",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a model already in the RUN folder"
-    )
+    add_overwrite(parser, "a model already in the RUN folder")
     parser.add_argument(
         "--no-test-eval",
         dest="test_eval",
