@@ -159,17 +159,25 @@ def _one_vs_rest(y: np.ndarray, p: np.ndarray, classes: list[str], positive: str
             yield name, truth, p[:, k]
 
 
+def _curve_figure(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any]) -> Any:
+    """The one-vs-rest curves to draw and a figure for them (None when a class is absent)."""
+    curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
+    if not curves or any(t.all() or not t.any() for _, t, _ in curves):
+        return None
+    fig = _figure(5.2, 4.8)
+    return curves, fig, fig.subplots()
+
+
 def plot_roc(
     y: np.ndarray, p: np.ndarray, metrics: dict[str, Any], path: str | Path
 ) -> Path | None:
     """ROC curve of the positive class (binary, with the operating point) or one per class."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
-    if not curves or any(t.all() or not t.any() for _, t, _ in curves):
+    drawn = _curve_figure(y, p, metrics)
+    if drawn is None:
         return None
-    fig = _figure(5.2, 4.8)
-    ax = fig.subplots()
+    curves, fig, ax = drawn
     for name, truth, score in curves:
         fpr, tpr, _ = roc_curve(truth, score)
         ax.plot(fpr, tpr, lw=1.6, label=f"{name} (AUC {roc_auc_score(truth, score):.3f})")
@@ -200,11 +208,10 @@ def plot_pr(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any], path: str | P
     """Precision-recall curve(s) with the chance level (the prevalence) and the operating point."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
-    if not curves or any(t.all() or not t.any() for _, t, _ in curves):
+    drawn = _curve_figure(y, p, metrics)
+    if drawn is None:
         return None
-    fig = _figure(5.2, 4.8)
-    ax = fig.subplots()
+    curves, fig, ax = drawn
     for name, truth, score in curves:
         prec, rec, _ = precision_recall_curve(truth, score)
         line = ax.step(

@@ -34,21 +34,9 @@ class ProgressBar:
         self._started = False
 
     def _make(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
+        self._bar = rich_progress(
+            self.label, eta=self.eta, transient=self.transient, console=self.console
         )
-
-        columns: list[Any] = [TextColumn(self.label), BarColumn(), MofNCompleteColumn()]
-        if self.eta:
-            columns += [TimeElapsedColumn(), TimeRemainingColumn()]
-        console = self.console if self.console is not None else Console(stderr=True)
-        self._bar = Progress(*columns, console=console, transient=self.transient)
         self._task = self._bar.add_task(self.label, total=None)
 
     def update(self, done: int, total: int | None) -> None:
@@ -78,6 +66,35 @@ class ProgressBar:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def rich_progress(
+    label: str = "{task.description}",
+    *,
+    eta: bool = False,
+    info: bool = False,
+    transient: bool = True,
+    console: Any = None,
+) -> Any:
+    """The ``rich.progress.Progress`` every bar of the tool is: label, bar, done/total, then
+    with ``eta`` the time elapsed and left, with ``info`` the task's ``info`` field."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns: list[Any] = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+    if eta:
+        columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    if info:
+        columns.append(TextColumn("{task.fields[info]}"))
+    console = console if console is not None else Console(stderr=True)
+    return Progress(*columns, console=console, transient=transient)
 
 
 def progress_bar(

@@ -32,26 +32,9 @@ class Console:
         if self.console is None or not self.console.is_terminal:
             yield self
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from fracturekit.progress import rich_progress
 
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-            transient=True,
-        )
+        self.progress = rich_progress(eta=True, info=True, console=self.console)
         with self.progress:
             yield self
         self.progress = None
