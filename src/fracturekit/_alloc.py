@@ -5,17 +5,15 @@ above its mmap threshold (dynamic, 128 KiB to 32 MiB) with fresh ``mmap`` calls 
 on ``free``, so every batch maps new pages and the kernel zero-fills each one on first touch. On
 a virtual machine those page faults cost nearly as much as the arithmetic. Raising the threshold
 above the largest activation, and the trim threshold so that the heap's free top survives
-between batches, lets a batch reuse much of the memory the previous one freed. Measured with
-``benchmarks/allocator.py`` on a 2-core virtual machine, EfficientNet-Lite0 at 224 px, six
-batches: ``predict_proba`` on 32 images 1.05 -> 0.85 s a batch (system time 3.4 -> 1.3 s), the
-training cache's frozen prefix on 64 images 2.86 -> 2.03 s, a training step unchanged. A trim
-threshold of 1 GiB removed the page faults altogether (1.47x and 1.91x) but kept about 0.9 GiB
-more resident in steady state; at 256 MiB a loop of 224-px batches stays at the default's
-resident size (about 0.8 GiB) with a fifth of its page faults. PyTorch's CPU performance guide
-recommends jemalloc or tcmalloc for the same reason; this uses the allocator already loaded.
+between batches, lets a batch reuse much of the memory the previous one freed
+(``benchmarks/allocator.py`` measures it; the README keeps the figures). The trim threshold is
+kept moderate so that a steady loop of batches stays at the default's resident size.
+PyTorch's CPU performance guide recommends jemalloc or tcmalloc for the same reason; this uses
+the allocator already loaded.
 
-Only ``fracturekit``'s command line calls it: a library must not change its host process's
-allocator. ``FRACTUREKIT_MALLOC=0`` switches it off.
+Only ``fracturekit``'s command line calls it, and not for ``serve``: a library must not change
+its host process's allocator, and a long-running service must give a burst's memory back.
+``FRACTUREKIT_MALLOC=0`` switches it off.
 """
 
 from __future__ import annotations
