@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="image files, folders (searched recursively) or CSV manifests with a 'path' column",
     )
     parser.add_argument(
-        "--out", metavar="FILE", help="write results to FILE.csv or FILE.json instead of a table"
+        "--out",
+        metavar="FILE",
+        help="write results to FILE.csv, FILE.json or FILE.parquet (needs pyarrow) instead of a "
+        "table",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument(
@@ -43,6 +47,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--strict",
         action="store_true",
         help="treat truncated images as unreadable instead of loading what they hold",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray Data (pip install 'fracturekit[ray]'; needs --out): a Ray cluster's "
+        "ADDRESS, else RAY_ADDRESS, else a local Ray started for the run. Put it after the "
+        "paths, or write --ray=ADDRESS",
     )
 
 
@@ -61,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.ray is not None:
+        if not args.out:
+            raise ValueError("--ray writes its rows to a file: give --out FILE.csv|.parquet")
+        from fracturekit.ray_predict import predict_ray
+
+        predict_batch = partial(predict_ray, address=args.ray or None)
     err = Console(stderr=True)
     bar = Progress(
         TextColumn("predicting"),
