@@ -181,15 +181,38 @@ class _Reader:
         self.n = 0
 
 
-def accuracy(predictor: Predictor, samples: Sequence[Any]) -> dict[str, float]:
-    """ROC AUC and F1 of a predictor on labelled samples, with its own threshold.
+def scores(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    positive: str | None,
+    threshold: float | None,
+) -> dict[str, float]:
+    """ROC AUC and F1 of class probabilities (N, C) against true class indices.
 
     Binary tasks: AUC of the positive-class probability and F1 of the positive class (decided at
-    the stored threshold); otherwise macro one-vs-rest AUC and macro F1. Unreadable images are
-    left out.
+    ``threshold`` as ``Predictor`` decides); otherwise macro one-vs-rest AUC and macro F1.
     """
     from sklearn.metrics import f1_score, roc_auc_score
 
+    classes = list(classes)
+    y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    if len(np.unique(y_true)) < 2:
+        raise Int8Error("the validation images must hold at least two classes for ROC AUC")
+    pred_idx, _ = decide(proba, classes, positive, threshold)
+    if len(classes) == 2:
+        pos = classes.index(positive) if positive in classes else 1
+        auc = roc_auc_score(y_true == pos, proba[:, pos])
+        f1 = f1_score(y_true == pos, pred_idx == pos, zero_division=0)
+    else:
+        auc = roc_auc_score(y_true, proba, multi_class="ovr", labels=list(range(len(classes))))
+        f1 = f1_score(y_true, pred_idx, average="macro", zero_division=0)
+    return {"roc_auc": float(auc), "f1": float(f1), "n": len(y_true)}
+
+
+def accuracy(predictor: Predictor, samples: Sequence[Any]) -> dict[str, float]:
+    """:func:`scores` of a predictor on labelled samples, with its own threshold; unreadable
+    images are left out."""
     classes = predictor.classes
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({s.class_name for s in samples} - set(index))
@@ -200,18 +223,7 @@ def accuracy(predictor: Predictor, samples: Sequence[Any]) -> dict[str, float]:
         if pred.error is None:
             y.append(index[s.class_name])
             rows.append([pred.probabilities[c] for c in classes])
-    y_true, proba = np.asarray(y), np.asarray(rows, dtype=np.float64)
-    if len(np.unique(y_true)) < 2:
-        raise Int8Error("the validation images must hold at least two classes for ROC AUC")
-    pred_idx, _ = decide(proba, classes, predictor.positive, predictor.threshold)
-    if len(classes) == 2:
-        pos = classes.index(predictor.positive) if predictor.positive in classes else 1
-        auc = roc_auc_score(y_true == pos, proba[:, pos])
-        f1 = f1_score(y_true == pos, pred_idx == pos, zero_division=0)
-    else:
-        auc = roc_auc_score(y_true, proba, multi_class="ovr", labels=list(range(len(classes))))
-        f1 = f1_score(y_true, pred_idx, average="macro", zero_division=0)
-    return {"roc_auc": float(auc), "f1": float(f1), "n": len(y)}
+    return scores(np.asarray(y), np.asarray(rows), classes, predictor.positive, predictor.threshold)
 
 
 def quantize_onnx(fp32: Path, out: Path, reader: Any) -> None:
