@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from fixture_images import noise_image
+from fracturekit.cli import main
 from fracturekit.models import build_model, save_checkpoint
-from fracturekit.predict import predict_batch
+from fracturekit.predict import check_output, predict_batch
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'fracturekit[ray]'")
 pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
@@ -21,7 +22,6 @@ pytest.importorskip("pyarrow", reason="pyarrow is not installed (comes with ray[
 
 from fracturekit.ray_predict import PredictWorker, predict_ray  # noqa: E402
 
-pytestmark = pytest.mark.slow
 N_IMAGES = 30
 
 
@@ -80,6 +80,7 @@ def _records(path: Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_rows_identical_to_local_predict_with_error_rows(ray_local, case, tmp_path) -> None:
     ckpt, images = case
     ray_local.write_text("no dying in this test")
@@ -108,6 +109,7 @@ def test_rows_identical_to_local_predict_with_error_rows(ray_local, case, tmp_pa
     assert table.column("path").to_pylist() == [r["path"] for r in a]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_and_doubles_no_row(ray_local, case, tmp_path) -> None:
     ckpt, images = case
     ray_local.unlink(missing_ok=True)
@@ -118,3 +120,25 @@ def test_a_killed_worker_loses_and_doubles_no_row(ray_local, case, tmp_path) -> 
     a, b = _records(tmp_path / "local.json"), _records(tmp_path / "ray.json")
     assert [r["path"] for r in a] == [r["path"] for r in b]
     assert [r["label"] for r in a] == [r["label"] for r in b]
+
+
+def test_local_parquet_and_usage_errors(case, tmp_path, capsys, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+
+    ckpt, images = case
+    result = predict_batch(ckpt, [images], out=tmp_path / "local.parquet", batch_size=8)
+    table = pq.read_table(tmp_path / "local.parquet")
+    assert table.num_rows == result.n == N_IMAGES + 2
+    assert str(table.schema.field("p_crack").type) == "double"
+    errors = [e for e in table.column("error").to_pylist() if e]
+    assert len(errors) == 2 and table.column("label").to_pylist().count(None) == 2
+    # --ray needs --out; a manifest error is a usage error before Ray starts.
+    assert main(["predict", str(ckpt), str(images), "--ray"]) == 2
+    assert "--ray writes its rows to a file" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("file\nx.png\n")
+    args = ["predict", str(ckpt), str(tmp_path / "bad.csv"), "--out", str(tmp_path / "r.csv")]
+    assert main([*args, "--ray"]) == 2
+    assert "no 'path' column" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
+    with pytest.raises(ValueError, match="needs pyarrow"):
+        check_output(tmp_path / "x.parquet")

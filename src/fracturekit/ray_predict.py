@@ -106,9 +106,15 @@ def _import_ray() -> None:
 
 
 def _rows(
-    paths: list[str], source: str, *, backend: str, batch_size: int, strict: bool,
-    workers: int | None, worker: type[PredictWorker],
-) -> Iterator[dict[str, Any]]:  # fmt: skip
+    paths: list[str],
+    source: str,
+    *,
+    backend: str,
+    batch_size: int,
+    strict: bool,
+    workers: int | None,
+    worker: type[PredictWorker],
+) -> Iterator[dict[str, Any]]:
     import ray
     import ray.data
 
@@ -194,9 +200,14 @@ def predict_ray(
         if progress is not None:
             progress(0, len(paths))
         rows = _rows(
-            paths, str(Path(source).resolve()), backend=backend, batch_size=batch_size,
-            strict=strict, workers=workers, worker=worker,
-        )  # fmt: skip
+            paths,
+            str(Path(source).resolve()),
+            backend=backend,
+            batch_size=batch_size,
+            strict=strict,
+            workers=workers,
+            worker=worker,
+        )
         for expected, row in enumerate(rows):
             if int(row[INDEX]) != expected:
                 raise RuntimeError(f"Ray returned row {row[INDEX]} where {expected} was due")
