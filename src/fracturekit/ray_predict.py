@@ -122,8 +122,10 @@ def _rows(
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     items = [{INDEX: i, "path": p} for i, p in enumerate(paths)]
-    pool = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
+    blocks = max(1, -(-len(items) // batch_size))
+    # A fixed pool, one actor a CPU: an autoscaling pool grows only as its queue does.
+    pool = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), blocks)
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         worker,
         fn_constructor_kwargs={
@@ -134,7 +136,7 @@ def _rows(
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=(1, min(pool, len(items))),
+        concurrency=pool,
         num_cpus=1,
     )
     yield from ds.iter_rows()
@@ -167,7 +169,7 @@ def predict_ray(
         batch_size: images per Ray batch and per forward pass.
         overwrite: replace an existing ``out``.
         strict: refuse truncated images.
-        workers: the largest actor pool (default: the cluster's CPUs).
+        workers: actors in the pool (default: one per CPU of the cluster).
         num_cpus: CPUs of a local Ray started here.
         progress: called as ``progress(done, total)`` before the first and after every row.
         worker: the callable class of the actor pool (a subclass may add per-batch behaviour).
