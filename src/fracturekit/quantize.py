@@ -1,7 +1,8 @@
 """INT8 ONNX export with an accuracy check: ``export_int8(ckpt, out)``.
 
-ONNX Runtime static quantisation in QDQ format (int8 weights per output channel, int8
-activations with MinMax ranges) of the FP32 graph ``export.export_onnx`` writes and checks.
+ONNX Runtime static quantisation in QDQ format (the convolutions but the first: int8 weights
+per output channel, uint8 activations with percentile ranges; see :func:`quantize_onnx`) of the FP32
+graph ``export.export_onnx`` writes and checks.
 The activation ranges are calibrated on a seeded sample of the checkpoint's own training images;
 instead of a parity check (int8 cannot match float to 1e-4), FP32 and INT8 are both run on the
 checkpoint's validation images, and the file is written only when ROC AUC drops by at most
@@ -226,8 +227,26 @@ def accuracy(predictor: Predictor, samples: Sequence[Any]) -> dict[str, float]:
     return scores(np.asarray(y), np.asarray(rows), classes, predictor.positive, predictor.threshold)
 
 
+def _float_ends(model: Any) -> list[str]:
+    """The first convolution and the last Gemm/MatMul: kept in float (the classic exceptions;
+    the input layer sees raw normalised pixels, the head decides the label)."""
+    names = [(n.op_type, n.name) for n in model.graph.node]
+    first = next((name for op, name in names if op == "Conv"), None)
+    last = next((name for op, name in reversed(names) if op in ("Gemm", "MatMul")), None)
+    return [name for name in (first, last) if name]
+
+
 def quantize_onnx(fp32: Path, out: Path, reader: Any) -> None:
-    """Static QDQ quantisation of ``fp32`` into ``out``, keeping its metadata."""
+    """Static QDQ quantisation of ``fp32`` into ``out``, keeping its metadata.
+
+    Only convolutions are quantised, the first one excepted, and activation ranges are the
+    99.999th percentile of the calibration values: on EfficientNet-Lite0 trained on CRACK500,
+    quantising every operator (residual additions, head) with min..max ranges cost 0.08-0.11
+    ROC AUC and 0.12 F1; convolutions alone with min..max ranges 0.02 F1; with percentile ranges
+    nothing (validation ROC AUC 0.960 -> 0.967, F1 0.898 -> 0.897). Activations are uint8 and
+    weights int8 with a reduced range (7 bits), ONNX Runtime's advice for x86 processors without
+    VNNI, whose uint8 x int8 instruction can saturate.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -243,10 +262,13 @@ def quantize_onnx(fp32: Path, out: Path, reader: Any) -> None:
         str(out),
         reader,
         quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=_float_ends(onnx.load(str(prepared))),
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=CalibrationMethod.Percentile,
     )
     source, model = onnx.load(str(fp32)), onnx.load(str(out))
     del model.metadata_props[:]
