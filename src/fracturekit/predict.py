@@ -475,8 +475,7 @@ def predict_batch(
         out: ``.csv`` (columns of :func:`prediction_columns`), ``.json`` (a list of
             ``Prediction`` records) or ``.parquet`` (needs pyarrow; see
             :func:`write_predictions`); written under a temporary name and renamed when
-            complete.
-            None keeps the records in the result instead.
+            complete. None keeps the records in the result instead.
         backend: ``"torch"`` or ``"onnx"`` (when ``source`` is a path).
         batch_size: images per forward pass.
         overwrite: replace an existing ``out``.

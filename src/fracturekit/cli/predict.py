@@ -1,14 +1,17 @@
 """Classify images, folders (recursive) or CSV manifests (a `path` column) in batches.
 
-Results stream to --out as CSV (columns path,label,p_<class>...,threshold,error) or JSON (a list
-of records), written under a temporary name and renamed when complete; without --out a table is
-printed. An image that cannot be read becomes a row with its error and the run goes on.
+Results stream to --out as CSV (columns path,label,p_<class>...,threshold,error), JSON (a list
+of records) or Parquet (the CSV's columns), written under a temporary name and renamed when
+complete; without --out a table is printed. An image that cannot be read becomes a row with its
+error and the run goes on. With --ray the same rows come from a Ray Data pipeline: a local Ray
+started for the run, or the cluster at ADDRESS (or RAY_ADDRESS).
 
 Exit codes: 0 every image classified; 1 some images could not be read (see the error column);
 2 a usage error (missing checkpoint, bad manifest, --out exists without --overwrite).
 
-Example:
+Examples:
   fracturekit predict runs/demo/model.pt photos/ more.csv --out results.csv
+  fracturekit predict runs/demo/model.pt photos/ --out results.parquet --ray
 """
 
 from __future__ import annotations
