@@ -19,6 +19,7 @@ finished, so no row is lost or doubled.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -85,7 +86,12 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    # Ray's own start-up messages stay out of the command's output; warnings still show.
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
     if address is None:
         kwargs["num_cpus"] = num_cpus
     try:
