@@ -103,6 +103,19 @@ def _stop(nodes: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _forget_cluster(address: str) -> None:
+    """Remove Ray's record of the head started here (``ray stop`` would, but it stops every
+    Ray on the machine), so a later bare ``ray.init()`` does not try to join it."""
+    try:
+        from ray._common.utils import get_ray_address_file  # private: Ray 2.4x-2.6x
+
+        record = Path(get_ray_address_file(None))
+    except ImportError:
+        record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if record.is_file() and record.read_text().strip().endswith(address.split(":")[-1]):
+        record.unlink()
+
+
 def _timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()
@@ -139,7 +152,7 @@ def main() -> None:
         def same(name: str) -> str:
             return "identical" if (tmp / name).read_text() == reference else "DIFFERENT"
 
-        start, _ = _timed(lambda: ray.init(num_cpus=args.cpus, log_to_driver=False))
+        start, _ = _timed(lambda: ray.init("local", num_cpus=args.cpus, log_to_driver=False))
         seconds, _ = _timed(lambda: predict_ray(ckpt, paths, out=tmp / "embedded.csv", **kw))
         ray.shutdown()
         rows.append(
@@ -162,6 +175,7 @@ def main() -> None:
             rows.append(("--ray ADDRESS, 2 nodes x 1 CPU", seconds, same("two_nodes.csv")))
         finally:
             _stop(nodes)
+            _forget_cluster(address)
 
     print(
         f"\n{args.n} images, {args.backbone} at {args.img_size} px, batch {args.batch_size}; "

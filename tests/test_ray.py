@@ -44,6 +44,7 @@ def ray_local(tmp_path_factory):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -86,6 +86,8 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    # "local" always starts a new Ray: a bare ray.init() would join a cluster that `ray start`
+    # left on this machine (or fail on a stale record of one).
     # Ray's own start-up messages stay out of the command's output; warnings still show.
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
@@ -95,9 +97,10 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     if address is None:
         kwargs["num_cpus"] = num_cpus
     try:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise ValueError(f"cannot start or reach {where}: {exc}") from exc
     return True
 
 
