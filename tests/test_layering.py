@@ -30,6 +30,8 @@ LEVELS = {
     "predict": 2,
     "evaluate": 3,
     "scan": 3,
+    "ray_predict": 3,
+    "quantize": 3,
     "report": 2,
     "demo": 4,
     "cli": 5,

@@ -289,7 +289,9 @@ def test_cli_predict_usage_errors(ckpt: Path, images: Path, tmp_path: Path, caps
     (tmp_path / "e").mkdir()
     assert main(["predict", str(ckpt), str(tmp_path / "e")]) == 2
     assert "holds no image files" in capsys.readouterr().err
-    assert main(["predict", str(ckpt), str(tmp_path), "--batch-size", "0"]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse's own usage error, exit code 2
+        main(["predict", str(ckpt), str(tmp_path), "--batch-size", "0"])
+    assert usage.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
 def test_tta_averages_the_logits_of_flipped_views(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+T = TypeVar("T")
 BACKENDS = ("torch", "onnx")
 
 
@@ -425,8 +426,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value))
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -455,7 +456,7 @@ def _prepare_for_inference(model: torch.nn.Module, device: str) -> torch.nn.Modu
 # --------------------------------------------------------------------------------------------
 # Batch prediction over files, folders and manifests (``fracturekit predict``)
 
-OUTPUT_SUFFIXES = (".csv", ".json")
+OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
 MANIFEST_COLUMN = "path"
 
 
@@ -573,9 +574,10 @@ def predict_batch(
     Args:
         source: a checkpoint or ONNX path, or a ready :class:`Predictor`.
         inputs: files, folders and CSV manifests (see :func:`expand_inputs`).
-        out: ``.csv`` (columns of :func:`prediction_columns`) or ``.json`` (a list of
-            ``Prediction`` records); written under a temporary name and renamed when complete.
-            None keeps the records in the result instead.
+        out: ``.csv`` (columns of :func:`prediction_columns`), ``.json`` (a list of
+            ``Prediction`` records) or ``.parquet`` (needs pyarrow; see
+            :func:`write_predictions`); written under a temporary name and renamed when
+            complete. None keeps the records in the result instead.
         backend: ``"torch"`` or ``"onnx"`` (when ``source`` is a path).
         batch_size: images per forward pass.
         overwrite: replace an existing ``out``.
@@ -590,11 +592,7 @@ def predict_batch(
         FileExistsError: ``out`` exists and ``overwrite`` is False.
     """
     if out is not None:
-        out = Path(out)
-        if out.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise ValueError(f"{out}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        out = check_output(out, overwrite=overwrite)
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError("no input images given")
@@ -617,24 +615,89 @@ def predict_batch(
     kept: list[Prediction] = []
     if out is None:
         kept = list(stream())
-    elif out.suffix.lower() == ".csv":
+    else:
+        write_predictions(out, stream(), classes)
+    return BatchResult(counts["n"], counts["failed"], out, kept, classes)
 
-        def write_csv(tmp: Path) -> None:
+
+def check_output(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse an output name ``predict`` cannot write before any image is read.
+
+    Raises:
+        ValueError: an unknown suffix, or ``.parquet`` without pyarrow installed.
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{out}: output must end in .csv or .json, or .parquet (needs pyarrow)")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"{out}: writing .parquet needs pyarrow: pip install pyarrow (it comes with "
+                "'fracturekit[ray]'), or write .csv"
+            ) from None
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
+def write_predictions(out: Path, predictions: Iterable[Prediction], classes: Sequence[str]) -> None:
+    """Write records to ``out`` as they come, under a temporary name renamed when complete.
+
+    ``.csv``: the columns of :func:`prediction_columns`; ``.json``: a list of ``Prediction``
+    records; ``.parquet``: the CSV's columns, probabilities and threshold as float64 (null where
+    there is no value), written in row groups of 10,000.
+    """
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+
+        def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fp:
                 writer = csv.DictWriter(fp, prediction_columns(classes))
                 writer.writeheader()
-                for pred in stream():
+                for pred in predictions:
                     writer.writerow(prediction_row(pred, classes))
 
-        atomic_write(out, write_csv)
-    else:
+    elif suffix == ".json":
 
-        def write_json(tmp: Path) -> None:
+        def write(tmp: Path) -> None:
             with open(tmp, "w", encoding="utf-8") as fp:
                 fp.write("[")
-                for i, pred in enumerate(stream()):
+                for i, pred in enumerate(predictions):
                     fp.write(("," if i else "") + "\n  " + json.dumps(pred.to_dict()))
                 fp.write("\n]\n")
 
-        atomic_write(out, write_json)
-    return BatchResult(counts["n"], counts["failed"], out, kept, classes)
+    else:
+
+        def write(tmp: Path) -> None:
+            _write_parquet(tmp, predictions, classes)
+
+    atomic_write(out, write)
+
+
+def _write_parquet(path: Path, predictions: Iterable[Prediction], classes: Sequence[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = prediction_columns(classes)
+    schema = pa.schema(
+        [(c, pa.string() if c in ("path", "label", "error") else pa.float64()) for c in columns]
+    )
+
+    def table(rows: list[Prediction]) -> pa.Table:
+        data: dict[str, list[Any]] = {
+            "path": [p.path for p in rows],
+            "label": [p.label for p in rows],
+        }
+        for c in classes:
+            data[f"p_{c}"] = [p.probabilities.get(c) for p in rows]
+        data["threshold"] = [p.threshold for p in rows]
+        data["error"] = [p.error for p in rows]
+        return pa.table(data, schema=schema)
+
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for rows in _chunks(predictions, 10_000):
+            writer.write_table(table(rows))

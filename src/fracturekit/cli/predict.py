@@ -1,8 +1,10 @@
 """Classify images, folders (recursive) or CSV manifests (a `path` column) in batches.
 
-Results stream to --out as CSV (columns path,label,p_<class>...,threshold,error) or JSON (a list
-of records), written under a temporary name and renamed when complete; without --out a table is
-printed. An image that cannot be read becomes a row with its error and the run goes on.
+Results stream to --out as CSV (columns path,label,p_<class>...,threshold,error), JSON (a list
+of records) or Parquet (the CSV's columns), written under a temporary name and renamed when
+complete; without --out a table is printed. An image that cannot be read becomes a row with its
+error and the run goes on. With --ray the same rows come from a Ray Data pipeline: a local Ray
+started for the run, or the cluster at ADDRESS (or RAY_ADDRESS).
 
 Exit codes: 0 every image classified; 1 some images could not be read (see the error column);
 2 a usage error (missing checkpoint, bad manifest, --out exists without --overwrite).
@@ -11,16 +13,20 @@ With --prior P the decisions are made for images where the positive class makes 
 cases (0.03: a pavement survey with 3 % cracks), from the validation scores stored in the
 checkpoint; multi-class models take CLASS=P,... and move their probabilities to those priors.
 
-Example:
+Examples:
   fracturekit predict runs/demo/model.pt photos/ more.csv --out results.csv
   fracturekit predict runs/demo/model.pt survey/ --prior 0.03 --out survey.csv
+  fracturekit predict runs/demo/model.pt photos/ --out results.parquet --ray
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from typing import Any
+
+from fracturekit.cli._options import add_backend, add_batch_size, add_overwrite
 
 PRIOR_HELP = (
     "decide for this prevalence: P, the positive class's share of the images (binary, e.g. "
@@ -51,64 +57,54 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="image files, folders (searched recursively) or CSV manifests with a 'path' column",
     )
     parser.add_argument(
-        "--out", metavar="FILE", help="write results to FILE.csv or FILE.json instead of a table"
+        "--out",
+        metavar="FILE",
+        help="write results to FILE.csv, FILE.json or FILE.parquet (needs pyarrow) instead of a "
+        "table",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
+    add_overwrite(parser, "an existing --out file")
+    add_backend(
+        parser,
         help="torch (default) or onnx: the .onnx file written by `fracturekit export` (given "
         "as CKPT, or beside model.pt)",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)"
-    )
+    add_batch_size(parser, 32)
     parser.add_argument(
         "--strict",
         action="store_true",
         help="treat truncated images as unreadable instead of loading what they hold",
     )
     add_prior_argument(parser)
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray Data (pip install 'fracturekit[ray]'; needs --out): a Ray cluster's "
+        "ADDRESS, else RAY_ADDRESS, else a local Ray started for the run. Put it after the "
+        "paths, or write --ray=ADDRESS",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from fracturekit.predict import Predictor, predict_batch
+    from fracturekit.progress import progress_bar
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     prior = parse_prior_argument(args.prior)
     source = args.checkpoint
-    if prior is not None:
+    if args.ray is not None:
+        if not args.out:
+            raise ValueError("--ray writes its rows to a file: give --out FILE.csv|.parquet")
+        from fracturekit.ray_predict import predict_ray
+
+        predict_batch = partial(predict_ray, address=args.ray or None, prior=prior)
+    elif prior is not None:
         source = Predictor.from_checkpoint(args.checkpoint, args.backend, prior=prior)
     err = Console(stderr=True)
-    bar = Progress(
-        TextColumn("predicting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    task = bar.add_task("predict", total=None)
-
-    def progress(done: int, total: int) -> None:
-        if done == 0:
-            bar.start()  # only once inputs and model are fine: errors print without a bar
-        bar.update(task, completed=done, total=total)
-
-    try:
+    # The bar starts with the first report, once inputs and model are fine: errors print alone.
+    with progress_bar("predicting", eta=True, transient=False, console=err) as progress:
         result = predict_batch(
             source,
             args.paths,
@@ -119,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=progress,
         )
-    finally:
-        bar.stop()
     if result.out is None:
         _print_table(result)
     else:
