@@ -390,20 +390,58 @@ def scan_image(
             class.
         FileExistsError: an output file exists and ``overwrite`` is false.
     """
-    import torch
-
     started = time.perf_counter()
     tile = int(predictor.img_size if tile is None else tile)
     stride = int(max(1, tile // 2) if stride is None else stride)
+    _check_scan_args(tile, stride, batch_size)
+    column, positive = _positive_column(predictor)
+    threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
+    out = Path(out)
+    files = _output_files(out, overwrite)
+
+    source = open_rows(path, channels=predictor.in_chans, max_pixels=max_pixels)
+    grid = _TileGrid(source.width, source.height, tile, stride)
+    thumb = _Thumbnail(source.width, source.height, source.channels)
+    _classify_tiles(predictor, _RowWindow(source, thumb.add), grid, column, batch_size, progress)
+    prob = grid.probability()
+    regions = find_regions(prob, threshold, stride, source.width, source.height)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _overlay_png(thumb.image(), prob, stride, thumb.f, regions, files["overlay.png"])
+    _write_map(prob, files["probability.png"], files["probability.npy"])
+    result = ScanResult(
+        path=Path(path),
+        width=source.width,
+        height=source.height,
+        tile=tile,
+        stride=stride,
+        cell=stride,
+        probability=prob,
+        threshold=threshold,
+        positive=positive,
+        regions=regions,
+        n_tiles=grid.n_tiles,
+        positive_tiles=int((grid.tiles[:, 4] >= threshold).sum()),
+        tiles=grid.tiles,
+        files=files,
+        streamed=source.streamed,
+        seconds=time.perf_counter() - started,
+    )
+    _write_summary(result)
+    return result
+
+
+def _check_scan_args(tile: int, stride: int, batch_size: int) -> None:
     if tile < 8:
         raise ValueError(f"tile={tile}: must be at least 8 px")
     if not 1 <= stride <= tile:
         raise ValueError(f"stride={stride}: must lie in 1..tile ({tile}) so tiles cover the image")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
-    column, positive = _positive_column(predictor)
-    threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
-    out = Path(out)
+
+
+def _output_files(out: Path, overwrite: bool) -> dict[str, Path]:
+    """The output paths; existing ones are an error unless ``overwrite``."""
     files = {name: out / name for name in OUTPUT_FILES}
     if not overwrite:
         existing = [str(p) for p in files.values() if p.exists()]
@@ -412,93 +450,97 @@ def scan_image(
                 f"{', '.join(existing)} already exist(s): pass overwrite=True (--overwrite) to "
                 "replace, or choose another output folder"
             )
+    return files
 
-    source = open_rows(path, channels=predictor.in_chans, max_pixels=max_pixels)
-    width, height = source.width, source.height
-    xs, ys = tile_positions(width, tile, stride), tile_positions(height, tile, stride)
-    x_cells, y_cells = _cell_spans(width, tile, stride, xs), _cell_spans(height, tile, stride, ys)
-    grid = (math.ceil(height / stride), math.ceil(width / stride))
-    total = np.zeros(grid, np.float64)
-    count = np.zeros(grid, np.int32)
-    n_tiles = len(xs) * len(ys)
-    tiles = np.zeros((n_tiles, 5), np.float64)
-    thumb = _Thumbnail(width, height, source.channels)
-    window = _RowWindow(source, thumb.add)
+
+class _TileGrid:
+    """Where the tiles go, and the map their probabilities are averaged into (one cell per
+    stride; a cell averages every tile that covers it)."""
+
+    def __init__(self, width: int, height: int, tile: int, stride: int) -> None:
+        self.width, self.height, self.tile = width, height, tile
+        self.xs, self.ys = tile_positions(width, tile, stride), tile_positions(height, tile, stride)
+        self.x_cells = _cell_spans(width, tile, stride, self.xs)
+        self.y_cells = _cell_spans(height, tile, stride, self.ys)
+        shape = (math.ceil(height / stride), math.ceil(width / stride))
+        self.total = np.zeros(shape, np.float64)
+        self.count = np.zeros(shape, np.int32)
+        self.n_tiles = len(self.xs) * len(self.ys)
+        self.tiles = np.zeros((self.n_tiles, 5), np.float64)  # x, y, w, h, probability
+
+    def add(self, k: int, i: int, j: int, p: float) -> None:
+        """Tile ``k`` (column ``i``, row ``j`` of the tile grid) has probability ``p``."""
+        a, b = self.y_cells[j]
+        c, d = self.x_cells[i]
+        self.total[a:b, c:d] += p
+        self.count[a:b, c:d] += 1
+        self.tiles[k, 4] = p
+
+    def probability(self) -> np.ndarray:
+        return (self.total / np.maximum(self.count, 1)).astype(np.float32)
+
+
+def _classify_tiles(
+    predictor: Any,
+    window: _RowWindow,
+    grid: _TileGrid,
+    column: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Cut every tile from the rows as they stream past and classify them in batches."""
+    import torch
 
     pending: list[tuple[Any, int, int, int]] = []  # (tensor, tile index, x index, y index)
     done = 0
 
     def flush() -> None:
         nonlocal done
-        if not pending:
-            return
-        proba = predictor.predict_proba(torch.stack([t for t, _, _, _ in pending]))
-        for (_, k, i, j), p in zip(pending, proba[:, column], strict=True):
-            a, b = y_cells[j]
-            c, d = x_cells[i]
-            total[a:b, c:d] += float(p)
-            count[a:b, c:d] += 1
-            tiles[k, 4] = float(p)
-        done += len(pending)
-        pending.clear()
-        if progress is not None:
-            progress(done, n_tiles)
+        if pending:
+            proba = predictor.predict_proba(torch.stack([t for t, _, _, _ in pending]))
+            for (_, k, i, j), p in zip(pending, proba[:, column], strict=True):
+                grid.add(k, i, j, float(p))
+            done += len(pending)
+            pending.clear()
+            if progress is not None:
+                progress(done, grid.n_tiles)
 
     k = 0
-    for j, y in enumerate(ys):
+    tile, width, height = grid.tile, grid.width, grid.height
+    for j, y in enumerate(grid.ys):
         rows = window.rows(y, min(y + tile, height))
-        for i, x in enumerate(xs):
-            tiles[k, :4] = (x, y, min(tile, width - x), min(tile, height - y))
+        for i, x in enumerate(grid.xs):
+            grid.tiles[k, :4] = (x, y, min(tile, width - x), min(tile, height - y))
             pending.append((predictor.preprocess(_tile_image(rows, x, tile)), k, i, j))
             k += 1
             if len(pending) >= batch_size:
                 flush()
     flush()
     window.drain()  # rows below the last tile still belong in the thumbnail
-    prob = (total / np.maximum(count, 1)).astype(np.float32)
-    regions = find_regions(prob, threshold, stride, width, height)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _overlay_png(thumb.image(), prob, stride, thumb.f, regions, files["overlay.png"])
-    _write_map(prob, files["probability.png"], files["probability.npy"])
-    seconds = time.perf_counter() - started
+
+def _write_summary(result: ScanResult) -> None:
+    """regions.json (the scan's settings, counts and regions) and tiles.csv."""
+    prob = result.probability
     summary = {
-        "image": str(path),
-        "width": width,
-        "height": height,
-        "tile": tile,
-        "stride": stride,
-        "cell_px": stride,
+        "image": str(result.path),
+        "width": result.width,
+        "height": result.height,
+        "tile": result.tile,
+        "stride": result.stride,
+        "cell_px": result.stride,
         "map_shape": list(prob.shape),
-        "positive": positive,
-        "threshold": threshold,
-        "n_tiles": n_tiles,
-        "positive_tiles": int((tiles[:, 4] >= threshold).sum()),
+        "positive": result.positive,
+        "threshold": result.threshold,
+        "n_tiles": result.n_tiles,
+        "positive_tiles": result.positive_tiles,
         "max_probability": round(float(prob.max()), 6),
-        "streamed": source.streamed,
-        "seconds": round(seconds, 3),
-        "regions": regions,
+        "streamed": result.streamed,
+        "seconds": round(result.seconds, 3),
+        "regions": result.regions,
     }
-    atomic_write_text(files["regions.json"], json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(files["tiles.csv"], _tiles_csv(tiles))
-    return ScanResult(
-        path=Path(path),
-        width=width,
-        height=height,
-        tile=tile,
-        stride=stride,
-        cell=stride,
-        probability=prob,
-        threshold=threshold,
-        positive=positive,
-        regions=regions,
-        n_tiles=n_tiles,
-        positive_tiles=summary["positive_tiles"],
-        tiles=tiles,
-        files=files,
-        streamed=source.streamed,
-        seconds=seconds,
-    )
+    atomic_write_text(result.files["regions.json"], json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(result.files["tiles.csv"], _tiles_csv(result.tiles))
 
 
 def _write_map(prob: np.ndarray, png: Path, npy: Path) -> None:
