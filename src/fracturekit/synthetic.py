@@ -1491,14 +1491,7 @@ def generate_dataset(
     from fracturekit import __version__
 
     out = Path(out)
-    if kind not in SYNTH_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(SYNTH_KINDS)}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 px, got {size}")
-    if not 0.0 <= crack_fraction <= 1.0:
-        raise ValueError(f"crack_fraction must lie in [0, 1], got {crack_fraction}")
+    _check_dataset_args(n, size, kind, crack_fraction)
     _prepare_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     params = {
@@ -1522,31 +1515,11 @@ def generate_dataset(
     workers = max(1, min(int(workers), n // 16 or 1))
     chunk = max(1, min(64, -(-n // (workers * 4))))
     jobs = [
-        (
-            str(out),
-            list(range(i, min(i + chunk, n))),
-            labels[i : i + chunk].tolist(),
-            size,
-            seed,
-            kind,
-            digits,
-        )
+        (str(out), list(range(i, min(i + chunk, n))), labels[i : i + chunk].tolist())
+        + (size, seed, kind, digits)
         for i in range(0, n, chunk)
     ]
-    results: list[tuple] = []
-    if workers == 1:
-        for job in jobs:
-            results.extend(_render_chunk(job))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        ctx = mp.get_context(method)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for part in pool.map(_render_chunk, jobs):
-                results.extend(part)
-    results.sort(key=lambda r: r[0])
+    results = _render_all(jobs, workers)
     rows = [row for r in results for row in r[5]]
     atomic_write_text(out / CRACKS_CSV, _csv_text(CRACK_COLUMNS, rows))
     atomic_write_text(
@@ -1565,3 +1538,33 @@ def generate_dataset(
     }
     atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
     return out
+
+
+def _check_dataset_args(n: int, size: int, kind: str, crack_fraction: float) -> None:
+    if kind not in SYNTH_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(SYNTH_KINDS)}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 px, got {size}")
+    if not 0.0 <= crack_fraction <= 1.0:
+        raise ValueError(f"crack_fraction must lie in [0, 1], got {crack_fraction}")
+
+
+def _render_all(jobs: list[tuple], workers: int) -> list[tuple]:
+    """Every chunk's rows, in image order (inline with one worker, else in processes)."""
+    results: list[tuple] = []
+    if workers == 1:
+        for job in jobs:
+            results.extend(_render_chunk(job))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        ctx = mp.get_context(method)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for part in pool.map(_render_chunk, jobs):
+                results.extend(part)
+    results.sort(key=lambda r: r[0])
+    return results
