@@ -583,39 +583,8 @@ def measure_mask(
         chains = _chains(rc, nbrs)
         boundary = _Boundary(comp, edt)
         border = (-0.5 - r0, -0.5 - c0, binary.shape[0] - 0.5 - r0, binary.shape[1] - 0.5 - c0)
-        length = 0.0
-        for chain in chains:
-            pts = rc[chain]
-            length += _chain_length(pts)
-            if len(chain) > 1 and chain[0] != chain[-1]:
-                if deg[chain[-1]] <= 1:
-                    length += _end_extension(comp, boundary, pts, border)
-                if deg[chain[0]] <= 1:
-                    length += _end_extension(comp, boundary, pts[::-1], border)
-        pts, nrm, seg, s_all = [], [], [], []
-        for si, chain in enumerate(chains):
-            p = rc[chain]
-            # Wide cracks have a skeleton that wanders at the scale of their width: estimate
-            # the direction over about one width.
-            half = float(np.median(boundary.distance(p.astype(np.float64))))
-            tang = _tangents(p, sigma=float(np.clip(half, 2.0, 10.0)))
-            steps = np.concatenate([[0.0], np.hypot(*np.diff(p, axis=0).T)])
-            s = np.cumsum(steps)
-            keep = deg[chain] < 3
-            if chain[0] == chain[-1] and len(chain) > 1:  # a loop lists its start twice
-                keep[-1] = False
-            pts.append(p[keep])
-            nrm.append(np.stack([-tang[keep, 1], tang[keep, 0]], axis=1))
-            seg.append(np.full(int(keep.sum()), si))
-            s_all.append(s[keep])
-        points = np.concatenate(pts) if pts else np.empty((0, 2), np.int64)
-        normals = np.concatenate(nrm) if nrm else np.empty((0, 2))
-        # A pixel shared by two chains (their common end) is measured once.
-        _, first = np.unique(points, axis=0, return_index=True)
-        first = np.sort(first)
-        points, normals = points[first], normals[first]
-        segment = np.concatenate(seg)[first] if seg else np.empty(0, np.int64)
-        s_px = np.concatenate(s_all)[first] if s_all else np.empty(0)
+        length = _skeleton_length(comp, boundary, rc, deg, chains, border)
+        points, normals, segment, s_px = _width_points(boundary, rc, deg, chains)
         widths = METHODS[method](comp, boundary, points, normals)
         mean, median, wmax, p95 = _stats(widths)
         m = CrackMeasurement(
@@ -633,17 +602,73 @@ def measure_mask(
             chains=[rc[c] + [r0, c0] for c in chains],
         )
         if px_per_mm is not None:
-            m.px_per_mm = float(px_per_mm)
-            m.length_mm = length / px_per_mm
-            m.mean_width_mm = mean / px_per_mm
-            m.median_width_mm = median / px_per_mm
-            m.max_width_mm = wmax / px_per_mm
-            m.p95_width_mm = p95 / px_per_mm
-            # Severity classes grade a crack by its (average) width, as pavement distress
-            # protocols do; the maximum is reported beside it.
-            m.severity = severity(m.mean_width_mm) if np.isfinite(m.mean_width_mm) else None
+            _set_millimetres(m, float(px_per_mm))
         out.append(m)
     return out
+
+
+def _skeleton_length(
+    comp: np.ndarray,
+    boundary: _Boundary,
+    rc: np.ndarray,
+    deg: np.ndarray,
+    chains: list,
+    border: tuple[float, float, float, float],
+) -> float:
+    """Length of the centre line: the chains, plus each free end's run to the crack's tip."""
+    length = 0.0
+    for chain in chains:
+        pts = rc[chain]
+        length += _chain_length(pts)
+        if len(chain) > 1 and chain[0] != chain[-1]:
+            if deg[chain[-1]] <= 1:
+                length += _end_extension(comp, boundary, pts, border)
+            if deg[chain[0]] <= 1:
+                length += _end_extension(comp, boundary, pts[::-1], border)
+    return length
+
+
+def _width_points(
+    boundary: _Boundary, rc: np.ndarray, deg: np.ndarray, chains: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where widths are measured: skeleton points off junctions, their normals, chain index
+    and arc length along the chain."""
+    pts, nrm, seg, s_all = [], [], [], []
+    for si, chain in enumerate(chains):
+        p = rc[chain]
+        # Wide cracks have a skeleton that wanders at the scale of their width: estimate
+        # the direction over about one width.
+        half = float(np.median(boundary.distance(p.astype(np.float64))))
+        tang = _tangents(p, sigma=float(np.clip(half, 2.0, 10.0)))
+        steps = np.concatenate([[0.0], np.hypot(*np.diff(p, axis=0).T)])
+        s = np.cumsum(steps)
+        keep = deg[chain] < 3
+        if chain[0] == chain[-1] and len(chain) > 1:  # a loop lists its start twice
+            keep[-1] = False
+        pts.append(p[keep])
+        nrm.append(np.stack([-tang[keep, 1], tang[keep, 0]], axis=1))
+        seg.append(np.full(int(keep.sum()), si))
+        s_all.append(s[keep])
+    points = np.concatenate(pts) if pts else np.empty((0, 2), np.int64)
+    normals = np.concatenate(nrm) if nrm else np.empty((0, 2))
+    # A pixel shared by two chains (their common end) is measured once.
+    _, first = np.unique(points, axis=0, return_index=True)
+    first = np.sort(first)
+    segment = np.concatenate(seg)[first] if seg else np.empty(0, np.int64)
+    s_px = np.concatenate(s_all)[first] if s_all else np.empty(0)
+    return points[first], normals[first], segment, s_px
+
+
+def _set_millimetres(m: CrackMeasurement, px_per_mm: float) -> None:
+    m.px_per_mm = px_per_mm
+    m.length_mm = m.length_px / px_per_mm
+    m.mean_width_mm = m.mean_width_px / px_per_mm
+    m.median_width_mm = m.median_width_px / px_per_mm
+    m.max_width_mm = m.max_width_px / px_per_mm
+    m.p95_width_mm = m.p95_width_px / px_per_mm
+    # Severity classes grade a crack by its (average) width, as pavement distress protocols
+    # do; the maximum is reported beside it.
+    m.severity = severity(m.mean_width_mm) if np.isfinite(m.mean_width_mm) else None
 
 
 # --------------------------------------------------------------------------------------------
