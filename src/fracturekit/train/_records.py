@@ -135,16 +135,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def save_last(path: Path, model: Any, meta: Mapping[str, Any], train_state: dict) -> Path:
     """A loadable checkpoint of the current weights plus ``train_state`` (atomic)."""
-    from fracturekit.models._checkpoint import FORMAT_VERSION, build_meta
-    from fracturekit.models._weights import CHECKPOINT_FORMAT
+    from fracturekit.models._checkpoint import checkpoint_payload
 
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": build_meta(model, meta),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        TRAIN_STATE_KEY: train_state,
-    }
+    payload = {**checkpoint_payload(model, meta), TRAIN_STATE_KEY: train_state}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
