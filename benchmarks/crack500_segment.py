@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import SHARED_DATA
 
 # The plain reference's figures (benchmarks/plain_segment.py, idle 2-core machine).
