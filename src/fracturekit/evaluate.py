@@ -1310,3 +1310,54 @@ def _overlay(path: str, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
     shown = pred | mask
     image[shown] = 0.4 * image[shown] + 0.6 * colour[shown]
     return image
+
+
+def write_probability_maps(
+    predictor: Any, paths: Sequence[str | Path], out: str | Path, *, overwrite: bool = False
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """What ``fracturekit explain`` shows for a segmenter: per image ``<stem>_prob.png`` (the
+    image, the probability map over it, the mask at the stored threshold) and ``<stem>_prob.npy``
+    (float32 probabilities at the image's size).
+
+    Returns:
+        The figures written, and ``(path, error)`` of the images that could not be read.
+
+    Raises:
+        FileExistsError: a figure exists and ``overwrite`` is False.
+    """
+    from fracturekit._files import atomic_write
+    from fracturekit.io import read_image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for path in paths:
+        figure, array = out / f"{Path(path).stem}_prob.png", out / f"{Path(path).stem}_prob.npy"
+        if figure.exists() and not overwrite:
+            raise FileExistsError(f"{figure} exists; pass --overwrite to replace it")
+        try:
+            image = read_image(path, channels=predictor.in_chans)
+        except (OSError, ValueError) as exc:
+            failed.append((str(path), str(exc)))
+            continue
+        prob = predictor.probability_maps([image])[0].astype(np.float32)
+        mask = predictor.masks_from_maps([prob])[0]
+        atomic_write(array, lambda tmp, prob=prob: np.save(tmp, prob, allow_pickle=False))
+        written.append(_probability_figure(np.asarray(image.convert("RGB")), prob, mask, figure))
+    return written, failed
+
+
+def _probability_figure(image: np.ndarray, prob: np.ndarray, mask: np.ndarray, path: Path) -> Path:
+    fig = _figure(9.0, 3.3)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(image)
+    shown = axes[1].imshow(prob, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[1].set_title(f"crack probability (max {prob.max():.3f})", fontsize=9)
+    axes[2].imshow(mask, cmap="gray")
+    axes[2].set_title(f"mask ({int(mask.sum())} px)", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    return _save(fig, path)
