@@ -21,8 +21,12 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("cosine", "step", "none")
 AUGMENTS = ("none", "default", "strong", "flips")
 TASKS = ("classify", "segment")
+# models.DECODERS and models.SEG_LOSSES keys (a test keeps them equal): flags and checks
+# without importing the models.
+DECODER_NAMES = ("unet", "fpn")
+SEG_LOSS_NAMES = ("bce_dice", "focal_dice", "tversky", "cldice")
 PRECISIONS = ("fp32", "bf16", "fp16")
-LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export")
+LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export", "masked-images")
 THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRESHOLD_METRICS
 # Cached views of each training image: 1 as is; 2 + horizontal mirror; 4 + vertical mirror and
 # both (a 180-degree turn); 8 the whole dihedral group (adds the four transposed/90-degree ones).
@@ -126,6 +130,8 @@ class TrainConfig:
             "precision": PRECISIONS,
             "layout": LAYOUTS,
             "task": TASKS,
+            "decoder": DECODER_NAMES,
+            "seg_loss": SEG_LOSS_NAMES,
         }
         for name, allowed in checks.items():
             value = getattr(self, name)

@@ -1120,7 +1120,9 @@ def _write_test_manifest(run_dir: Path) -> tuple[Path, int]:
     except OSError as exc:
         raise FileNotFoundError(f"{splits}: cannot read the run's splits ({exc})") from exc
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["path", "label"], extrasaction="ignore")
+    # A segmentation run's splits carry each image's mask.
+    fields = ["path", "label", *(["mask"] if rows and "mask" in rows[0] else [])]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     test_csv = run_dir / "test.csv"
