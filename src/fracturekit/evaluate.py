@@ -1344,9 +1344,14 @@ def write_probability_maps(
             continue
         prob = predictor.probability_maps([image])[0].astype(np.float32)
         mask = predictor.masks_from_maps([prob])[0]
-        atomic_write(array, lambda tmp, prob=prob: np.save(tmp, prob, allow_pickle=False))
+        atomic_write(array, lambda tmp, prob=prob: _save_array(tmp, prob))
         written.append(_probability_figure(np.asarray(image.convert("RGB")), prob, mask, figure))
     return written, failed
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save on a name would append ".npy" to the temp name
+        np.save(fh, array, allow_pickle=False)
 
 
 def _probability_figure(image: np.ndarray, prob: np.ndarray, mask: np.ndarray, path: Path) -> Path:
