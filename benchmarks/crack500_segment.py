@@ -103,7 +103,11 @@ def score_segmenter(
     out = {
         "segmentation": segmentation_metrics(maps, masks, threshold),
         "image_f1": float(f1_score(truth, decided)),
-        "image_roc_auc_max_probability": float(roc_auc_score(truth, [p.max() for p in maps])),
+        "image_roc_auc_max_probability": (
+            float(roc_auc_score(truth, [p.max() for p in maps]))
+            if 0 < truth.sum() < len(truth)
+            else None
+        ),
         "pointing_game": pointing_game(maps, masks),
     }
     found, errors = 0, []
