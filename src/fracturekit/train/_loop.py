@@ -376,15 +376,26 @@ def _set_device_and_precision(run: _Run) -> None:
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.precision == "fp16")
 
 
+def built_with_notes(run: _Run, build: Any) -> Any:
+    """``build()``, its warnings (no pretrained weights...) turned into the run's notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build()
+    for w in caught:
+        if run.dist.main:
+            run.note(str(w.message))
+    return model
+
+
 def build_classifier(run: _Run) -> None:
     """The classifier (seeded), frozen as asked, on the device; whether training runs cached."""
     from fracturekit.models import apply_freeze, build_model, data_config
 
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run.model = build_model(
+    run.model = built_with_notes(
+        run,
+        lambda: build_model(
             cfg.backbone,
             len(run.classes),
             in_chans=cfg.channels,
@@ -392,10 +403,8 @@ def build_classifier(run: _Run) -> None:
             weights=cfg.weights,
             hidden=cfg.hidden,
             dropout=cfg.dropout,
-        )
-    for w in caught:
-        if run.dist.main:
-            run.note(str(w.message))
+        ),
+    )
     run.n_trainable = apply_freeze(run.model, cfg.freeze, cfg.train_last)
     run.start, run.pooled = trainable_start(run.model)
     run.data_cfg = data_config(cfg.backbone, cfg.img_size, in_chans=cfg.channels)

@@ -20,7 +20,6 @@ grid on validation, and ``min_area`` (unless set) maximises the image-level F1 o
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -108,21 +107,20 @@ class SegmentTask:
         """The segmenter (seeded), its first encoder stages frozen, on the device."""
         from fracturekit.models import build_segmenter, freeze_encoder
         from fracturekit.models._segment import segment_data_config
+        from fracturekit.train._loop import built_with_notes
 
         cfg = run.cfg
         torch.manual_seed(cfg.seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            run.model = build_segmenter(
+        run.model = built_with_notes(
+            run,
+            lambda: build_segmenter(
                 cfg.backbone,
                 decoder=cfg.decoder,
                 pretrained=cfg.pretrained,
                 weights=cfg.weights,
                 in_chans=cfg.channels,
-            )
-        for w in caught:
-            if run.dist.main:
-                run.note(str(w.message))
+            ),
+        )
         n_stages = len(run.model.encoder_stages())
         frozen = {"none": 0, "all-but-head": n_stages}.get(
             cfg.freeze, max(0, n_stages - int(cfg.train_last or 0))
