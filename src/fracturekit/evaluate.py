@@ -966,7 +966,7 @@ def evaluate_checkpoint(
     samples, used = _select_split(splits, split, data)
     if not samples:
         raise ValueError(f"{data}: no labelled image found")
-    if predictor.task == "segment":
+    if getattr(predictor, "task", "classify") == "segment":
         source = {"checkpoint": str(ckpt), "data": str(data), "split": used}
         return evaluate_segmenter(
             predictor, samples, out, source=source, batch_size=batch_size, n_boot=n_boot, seed=seed
