@@ -16,54 +16,56 @@ import torch
 
 from fracturekit.models import build_seg_loss, build_segmenter, freeze_encoder
 
-torch.set_num_threads(2)
+BATCH = 16
+LOSS = build_seg_loss()
 
 
-def setup(frozen, size, cl):
-    m = build_segmenter("efficientnet_lite0", pretrained=False)
-    freeze_encoder(m, frozen)
-    m.train()
-    if cl:
-        m = m.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3)
-    x = torch.randn(16, 3, size, size)
-    y = (torch.rand(16, 1, size, size) > 0.95).float()
-    if cl:
+def setup(frozen: int, size: int, channels_last: bool) -> tuple:
+    model = build_segmenter("efficientnet_lite0", pretrained=False)
+    freeze_encoder(model, frozen)
+    model.train()
+    x = torch.randn(BATCH, 3, size, size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    return m, opt, x, y, frozen
+    y = (torch.rand(BATCH, 1, size, size) > 0.95).float()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
+    return model, opt, x, y, frozen
 
 
-loss = build_seg_loss()
-
-
-def step(m, opt, x, y, frozen):
-    t = time.perf_counter()
+def step(model, opt, x, y, frozen: int) -> float:
+    t0 = time.perf_counter()
     if frozen:
         with torch.no_grad():
-            f = m.forward_until(x, frozen)
-        out = m.forward_from(f, frozen)
+            feats = model.forward_until(x, frozen)
+        out = model.forward_from(feats, frozen)
     else:
-        out = m(x)
-    l = loss(out, y)
+        out = model(x)
+    loss = LOSS(out, y)
     opt.zero_grad()
-    l.backward()
+    loss.backward()
     opt.step()
-    return time.perf_counter() - t
+    return time.perf_counter() - t0
 
 
-cfgs = {
-    "plain (all trained, 224, contiguous)": setup(0, 224, False),
-    "default (2 stages frozen, 128 tiles, channels_last)": setup(2, 128, True),
-    "2 frozen, 224, channels_last": setup(2, 224, True),
-    "0 frozen, 128, channels_last": setup(0, 128, True),
-}
-times = {k: [] for k in cfgs}
-for r in range(4):
-    for k, c in cfgs.items():
-        dt = step(*c)
-        if r:
-            times[k].append(dt)
-for k, v in times.items():
-    print(
-        f"{k}: {16 / min(v):.2f} img/s (best of {len(v)}), median {16 / sorted(v)[len(v) // 2]:.2f}"
-    )
+def main(rounds: int = 4) -> None:
+    torch.set_num_threads(2)
+    setups = {
+        "plain (all trained, 224, contiguous)": setup(0, 224, False),
+        "default (2 stages frozen, 128 tiles, channels_last)": setup(2, 128, True),
+        "2 frozen, 224, channels_last": setup(2, 224, True),
+        "0 frozen, 128, channels_last": setup(0, 128, True),
+    }
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for r in range(rounds):
+        for name, args in setups.items():
+            dt = step(*args)
+            if r:
+                times[name].append(dt)
+    for name, v in times.items():
+        best, median = BATCH / min(v), BATCH / sorted(v)[len(v) // 2]
+        print(f"{name}: {best:.2f} img/s (best of {len(v)}), median {median:.2f}")
+
+
+if __name__ == "__main__":
+    main()
