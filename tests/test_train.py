@@ -561,9 +561,10 @@ def test_result_names_the_best_and_the_last_checkpoint(data: Path, tmp_path: Pat
 
 
 def test_the_classify_task_is_a_row_the_loop_calls(data: Path, tmp_path: Path, monkeypatch):
-    from fracturekit.train import TASKS, ClassifyTask
+    from fracturekit.train import TASKS, ClassifyTask, SegmentTask
 
-    assert set(TASKS) == {"classify"} and isinstance(TASKS["classify"], ClassifyTask)
+    assert set(TASKS) == {"classify", "segment"} and isinstance(TASKS["classify"], ClassifyTask)
+    assert isinstance(TASKS["segment"], SegmentTask)
     calls: list[str] = []
     task = TASKS["classify"]
     for name in ("to_device", "validate", "calibrate", "validation_record"):

@@ -19,9 +19,14 @@ from fracturekit._files import atomic_write_text
 FREEZE_POLICIES = ("none", "all-but-head", "train-last")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("cosine", "step", "none")
-AUGMENTS = ("none", "default", "strong")
+AUGMENTS = ("none", "default", "strong", "flips")
+TASKS = ("classify", "segment")
+# models.DECODERS and models.SEG_LOSSES keys (a test keeps them equal): flags and checks
+# without importing the models.
+DECODER_NAMES = ("unet", "fpn")
+SEG_LOSS_NAMES = ("bce_dice", "focal_dice", "tversky", "cldice")
 PRECISIONS = ("fp32", "bf16", "fp16")
-LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export")
+LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export", "masked-images")
 THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRESHOLD_METRICS
 # Cached views of each training image: 1 as is; 2 + horizontal mirror; 4 + vertical mirror and
 # both (a 180-degree turn); 8 the whole dihedral group (adds the four transposed/90-degree ones).
@@ -52,6 +57,8 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything that defines a training run. Field names are the CLI flags with ``_`` for ``-``."""
 
+    # task: classify images, or segment them pixel by pixel (masks/ beside the images)
+    task: str = "classify"
     # data
     data: str = ""
     val: str | None = None
@@ -79,6 +86,11 @@ class TrainConfig:
     dropout: float = 0.2
     freeze: str = "train-last"
     train_last: int | None = 3
+    # segmentation (task=segment)
+    decoder: str = "unet"
+    seg_loss: str = "bce_dice"
+    min_area: int = 0  # pixels a predicted piece needs to count (0: chosen on validation)
+    tile: int | None = None  # training crops of this size cut from the full-size image
     # optimisation
     epochs: int = 15
     batch_size: int = 32
@@ -119,6 +131,9 @@ class TrainConfig:
             "augment": AUGMENTS,
             "precision": PRECISIONS,
             "layout": LAYOUTS,
+            "task": TASKS,
+            "decoder": DECODER_NAMES,
+            "seg_loss": SEG_LOSS_NAMES,
         }
         for name, allowed in checks.items():
             value = getattr(self, name)
@@ -180,6 +195,10 @@ class TrainConfig:
             raise ConfigError("max_train_batches must be >= 1")
         if self.weight_decay < 0 or self.momentum < 0:
             raise ConfigError("weight_decay and momentum must be >= 0")
+        if self.min_area < 0:
+            raise ConfigError(f"min_area={self.min_area}: must be >= 0 pixels")
+        if self.tile is not None and (self.tile < 32 or self.tile % 32):
+            raise ConfigError(f"tile={self.tile}: must be a multiple of 32 (at least 32)")
         if any(int(h) < 1 for h in self.hidden):
             raise ConfigError(f"hidden={self.hidden}: layer widths must be positive")
         return self
@@ -247,6 +266,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 # One line of help per TrainConfig field: ``fracturekit train`` turns every field into a flag with
 # this text (tests/test_train.py checks that every field has one).
 HELP: dict[str, str] = {
+    "task": "classify (one label an image) or segment (a crack/fracture mask an image; masks "
+    "from masks/<stem>.* beside the class folders or a CSV mask column)",
     "data": "training images: a class-folder tree, ROOT/{train,val,test}/<class>/ or a CSV manifest",
     "val": "a separate validation set (any layout); default: carved from DATA",
     "test": "a separate test set (any layout), evaluated after training",
@@ -262,7 +283,8 @@ HELP: dict[str, str] = {
     "img_size": "input size in pixels (default: the backbone's)",
     "channels": "1 for grayscale models, 3 for colour/ImageNet backbones",
     "augment": "training augmentation: none, default (flips, rotation, shifts, zoom, brightness/"
-    "contrast) or strong; anything but none trains end to end",
+    "contrast), strong, or flips (mirrors and 90-degree turns only: the segmentation default); "
+    "anything but none trains end to end",
     "balance": "class imbalance: none, weights (class-weighted loss), sampler (class-balanced "
     "draws) or undersample:R (majority at most R x minority)",
     "workers": "DataLoader worker processes for decoding images (0: in the main process)",
@@ -273,6 +295,13 @@ HELP: dict[str, str] = {
     "dropout": "dropout rate in the head",
     "freeze": "none (train everything), all-but-head, or train-last (with --train-last P)",
     "train_last": "with --freeze train-last: how many last backbone blocks train",
+    "decoder": "task=segment: the decoder over the backbone (unet or fpn)",
+    "seg_loss": "task=segment: pixel loss (bce_dice, focal_dice, tversky or cldice)",
+    "min_area": "task=segment: connected predicted pieces smaller than this many pixels (at "
+    "img_size) are dropped; an image is positive when a piece remains (0: chosen on validation "
+    "for the best image-level F1)",
+    "tile": "task=segment: train on random crops of this many pixels (a multiple of 32) cut "
+    "from the image at img_size (default: the whole image)",
     "epochs": "maximum number of epochs",
     "batch_size": "images per batch (per process under torchrun)",
     "optimizer": "sgd (with momentum), adamw or adam",

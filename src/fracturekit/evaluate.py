@@ -582,6 +582,11 @@ def evaluate_checkpoint(
     samples, used = _select_split(splits, split, data)
     if not samples:
         raise ValueError(f"{data}: no labelled image found")
+    if getattr(predictor, "task", "classify") == "segment":
+        source = {"checkpoint": str(ckpt), "data": str(data), "split": used}
+        return evaluate_segmenter(
+            predictor, samples, out, source=source, batch_size=batch_size, n_boot=n_boot, seed=seed
+        )
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({s.class_name for s in samples} - set(index))
     if unknown:
@@ -724,9 +729,251 @@ def _write_test_manifest(run_dir: Path) -> tuple[Path, int]:
     except OSError as exc:
         raise FileNotFoundError(f"{splits}: cannot read the run's splits ({exc})") from exc
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["path", "label"], extrasaction="ignore")
+    # A segmentation run's splits carry each image's mask.
+    fields = ["path", "label", *(["mask"] if rows and "mask" in rows[0] else [])]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     test_csv = run_dir / "test.csv"
     atomic_write_text(test_csv, buf.getvalue())
     return test_csv, len(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation checkpoints
+# --------------------------------------------------------------------------------------------
+
+SEGMENT_PLOTS = ("iou_histogram.png", "overlays_worst.png", "overlays_best.png")
+
+
+def segment_image_score(prob: np.ndarray, kept: np.ndarray, threshold: float) -> float:
+    """The image score of a segmenter, for ROC AUC and the image-level decision.
+
+    The map's maximum probability, except when no predicted piece is large enough
+    (``min_area``) to make the image positive: then at most just below ``threshold``. So
+    ``score >= threshold`` is exactly the mask-area decision, and ROC AUC ranks images by their
+    most probable pixel.
+    """
+    top = float(prob.max()) if prob.size else 0.0
+    return top if kept.any() else min(top, float(np.nextafter(threshold, 0.0)))
+
+
+def _segment_outputs(
+    predictor: Any, samples: Sequence[Any], batch_size: int
+) -> tuple[list, list, list, list, list[dict[str, str]]]:
+    """Probability maps at image size, masks (None: no pixel truth), kept paths and samples."""
+    from fracturekit.io import read_image, read_mask
+
+    maps, masks, paths, kept, unreadable = [], [], [], [], []
+    for start in range(0, len(samples), batch_size):
+        images, chunk = [], []
+        for sample in samples[start : start + batch_size]:
+            try:
+                image = read_image(sample.path, channels=predictor.in_chans)
+                mask = None
+                if sample.mask is not None:
+                    mask = read_mask(
+                        sample.mask, size=image.size, orientation=image.info.get("orientation", 1)
+                    )
+            except (OSError, ValueError) as exc:
+                unreadable.append({"path": str(sample.path), "error": str(exc)})
+                continue
+            images.append(image)
+            chunk.append((sample, mask))
+        maps += predictor.probability_maps(images)
+        for sample, mask in chunk:
+            masks.append(mask)
+            paths.append(str(sample.path))
+            kept.append(sample)
+    return maps, masks, paths, kept, unreadable
+
+
+def evaluate_segmenter(
+    predictor: Any,
+    samples: Sequence[Any],
+    out: str | Path,
+    *,
+    source: dict[str, Any],
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate a segmentation ``Predictor`` on samples and write the evaluation folder.
+
+    ``metrics.json`` holds the classification keys of the image-level decision (positive when
+    a predicted piece of at least ``min_area`` pixels remains; image score
+    :func:`segment_image_score`), ``segmentation`` (``seg_metrics.segmentation_metrics`` pooled
+    over every pixel of the images with pixel truth, at the stored threshold) and
+    ``localisation.pointing_game``. Pixel truth: the mask file, else an empty mask for an image
+    of a negative class; an image of the positive class without a mask file has none (named in
+    the notes, left out of the pixel figures, kept in the image-level ones). Plots:
+    ``iou_histogram.png`` (per-image IoU) and ``overlays_worst.png`` / ``overlays_best.png``.
+    """
+    from fracturekit.seg_metrics import per_image_iou, pointing_game, segmentation_metrics
+
+    classes, positive = list(predictor.classes), predictor.positive
+    threshold = predictor.threshold if predictor.threshold is not None else 0.5
+    maps, masks, paths, kept, unreadable = _segment_outputs(predictor, samples, batch_size)
+    if not maps:
+        raise ValueError(f"{source['data']}: none of the {len(samples)} images could be read")
+    truth = np.array(
+        [_is_positive(s, m, classes, positive) for s, m in zip(kept, masks, strict=True)]
+    )
+    pieces = predictor.masks_from_maps(maps)
+    scores = np.array(
+        [segment_image_score(p, k, threshold) for p, k in zip(maps, pieces, strict=True)]
+    )
+    pix = [
+        (p, m if m is not None else np.zeros(p.shape, bool), path)
+        for p, m, path, t in zip(maps, masks, paths, truth, strict=True)
+        if m is not None or not t
+    ]
+    notes = []
+    missing = [path for (path, m, t) in zip(paths, masks, truth, strict=True) if m is None and t]
+    if missing:
+        notes.append(
+            f"{len(missing)} positive image(s) without a mask file left out of the pixel metrics: "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+        )
+    pix_maps, pix_masks, pix_paths = ([q[i] for q in pix] for i in range(3))
+    extra: dict[str, Any] = {
+        "source": {**source, "images": len(samples), "unreadable": unreadable},
+        "segmentation": segmentation_metrics(pix_maps, pix_masks, threshold),
+        "localisation": {"pointing_game": pointing_game(pix_maps, pix_masks)},
+        "image_score": "max pixel probability; below the threshold when no piece of min_area",
+        "min_area": predictor.min_area,
+    }
+    y = truth.astype(int) if classes.index(positive) == 1 else 1 - truth.astype(int)
+    proba = np.stack([1 - scores, scores], axis=1)
+    if classes.index(positive) == 0:
+        proba = proba[:, ::-1]
+    metrics = evaluate_predictions(
+        y, proba, classes, out, paths=paths, positive=positive, threshold=threshold,
+        n_boot=n_boot, seed=seed, extra=extra, notes=notes,
+    )  # fmt: skip
+    ious = per_image_iou(pix_maps, pix_masks, threshold)
+    plot_iou_histogram(ious, Path(out) / SEGMENT_PLOTS[0])
+    plot_overlays(pix_paths, pix_maps, pix_masks, ious, threshold, Path(out))
+    return metrics
+
+
+def _is_positive(
+    sample: Any, mask: np.ndarray | None, classes: Sequence[str], positive: str
+) -> bool:
+    """Image-level truth: the image's class when it is one of the checkpoint's classes, else
+    (a folder of images without class folders) whether its mask is non-empty."""
+    if sample.class_name in classes:
+        return sample.class_name == positive
+    return bool(mask is not None and mask.any())
+
+
+def plot_iou_histogram(ious: Sequence[float], path: Path) -> Path:
+    """Histogram of per-image IoU (crack/fracture class)."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.subplots()
+    ax.hist(list(ious), bins=np.linspace(0, 1, 21), color="#4c72b0", edgecolor="white")
+    ax.set_xlabel("IoU per image")
+    ax.set_ylabel("images")
+    ax.set_title(f"per-image IoU ({len(ious)} images, median {np.median(ious):.3f})", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_overlays(
+    paths: Sequence[str],
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    ious: Sequence[float],
+    threshold: float,
+    out: Path,
+    *,
+    limit: int = 8,
+) -> None:
+    """``overlays_worst.png`` and ``overlays_best.png``: image, truth (green) and prediction
+    (red, yellow where both) of the lowest- and highest-IoU images."""
+    order = np.argsort(np.asarray(ious), kind="mergesort")
+    for name, chosen in (
+        ("overlays_worst.png", order[:limit]),
+        ("overlays_best.png", order[::-1][:limit]),
+    ):
+        if len(chosen) == 0:
+            continue
+        cols = min(4, len(chosen))
+        rows = math.ceil(len(chosen) / cols)
+        fig = _figure(2.6 * cols, 2.8 * rows)
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+        for ax in axes:
+            ax.axis("off")
+        for ax, i in zip(axes, chosen, strict=False):
+            ax.imshow(_overlay(paths[i], maps[i] >= threshold, masks[i]))
+            ax.set_title(f"IoU {ious[i]:.3f}\n{Path(paths[i]).name[:28]}", fontsize=7.5)
+        fig.suptitle(f"{name[9:-4]} images: truth green, prediction red, both yellow", fontsize=10)
+        _save(fig, out / name)
+
+
+def _overlay(path: str, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from fracturekit.io import read_image
+
+    image = np.asarray(read_image(path, channels=3), dtype=np.float32) / 255.0
+    colour = np.zeros_like(image)
+    colour[..., 0] = pred
+    colour[..., 1] = mask
+    shown = pred | mask
+    image[shown] = 0.4 * image[shown] + 0.6 * colour[shown]
+    return image
+
+
+def write_probability_maps(
+    predictor: Any, paths: Sequence[str | Path], out: str | Path, *, overwrite: bool = False
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """What ``fracturekit explain`` shows for a segmenter: per image ``<stem>_prob.png`` (the
+    image, the probability map over it, the mask at the stored threshold) and ``<stem>_prob.npy``
+    (float32 probabilities at the image's size).
+
+    Returns:
+        The figures written, and ``(path, error)`` of the images that could not be read.
+
+    Raises:
+        FileExistsError: a figure exists and ``overwrite`` is False.
+    """
+    from fracturekit._files import atomic_write
+    from fracturekit.io import read_image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for path in paths:
+        figure, array = out / f"{Path(path).stem}_prob.png", out / f"{Path(path).stem}_prob.npy"
+        if figure.exists() and not overwrite:
+            raise FileExistsError(f"{figure} exists; pass --overwrite to replace it")
+        try:
+            image = read_image(path, channels=predictor.in_chans)
+        except (OSError, ValueError) as exc:
+            failed.append((str(path), str(exc)))
+            continue
+        prob = predictor.probability_maps([image])[0].astype(np.float32)
+        mask = predictor.masks_from_maps([prob])[0]
+        atomic_write(array, lambda tmp, prob=prob: _save_array(tmp, prob))
+        written.append(_probability_figure(np.asarray(image.convert("RGB")), prob, mask, figure))
+    return written, failed
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save on a name would append ".npy" to the temp name
+        np.save(fh, array, allow_pickle=False)
+
+
+def _probability_figure(image: np.ndarray, prob: np.ndarray, mask: np.ndarray, path: Path) -> Path:
+    fig = _figure(9.0, 3.3)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(image)
+    shown = axes[1].imshow(prob, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[1].set_title(f"crack probability (max {prob.max():.3f})", fontsize=9)
+    axes[2].imshow(mask, cmap="gray")
+    axes[2].set_title(f"mask ({int(mask.sum())} px)", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    return _save(fig, path)

@@ -140,6 +140,7 @@ class Predictor:
         if path.suffix.lower() == ".onnx":
             backend = "onnx"
         if backend == "onnx":
+            _refuse_onnx_segmenter(path)
             onnx_path = path if path.suffix.lower() == ".onnx" else path.with_suffix(".onnx")
             if not onnx_path.exists():
                 raise FileNotFoundError(
@@ -400,6 +401,75 @@ class Predictor:
             for p, i, c, row in zip(paths, idx, conf, proba, strict=True)
         ]
 
+    # -- segmentation (task "segment") ---------------------------------------------------------
+    @property
+    def task(self) -> str:
+        """``"classify"`` (one label an image) or ``"segment"`` (a probability an image pixel)."""
+        return str(self.meta.get("task") or "classify")
+
+    @property
+    def min_area(self) -> int:
+        """Segmenters: pixels (at ``img_size`` x ``img_size``) a predicted piece needs to count."""
+        return int(self.meta.get("min_area") or 0)
+
+    def _require_segmenter(self) -> None:
+        if self.task != "segment":
+            raise ValueError(
+                f"{self.source or 'this model'} is a {self.task} checkpoint, not a segmenter: "
+                "train one with `fracturekit train DATA --task segment`"
+            )
+
+    def predict_proba_maps(
+        self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[np.ndarray]:
+        """Pixel probabilities of a preprocessed batch: ``(H, W)`` float32 maps, one an image.
+
+        Args:
+            batch: ``[N, C, img_size, img_size]`` from :meth:`preprocess`.
+            sizes: ``(width, height)`` per image to resize the maps to (bilinear); None keeps
+                ``img_size`` x ``img_size``.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        self._require_segmenter()
+        x = batch.to(self.device)
+        if x.shape[-1] > 1:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            prob = torch.sigmoid(self.model(x).float()).cpu()
+        if sizes is None:
+            return [p[0].numpy() for p in prob]
+        return [
+            F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            .clamp_(0, 1)
+            .numpy()
+            for p, (w, h) in zip(prob, sizes, strict=True)
+        ]
+
+    def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """Pixel probabilities of decoded images, each at the image's own size."""
+        import torch
+
+        if not images:
+            return []
+        batch = torch.stack([self.preprocess(im) for im in images])
+        return self.predict_proba_maps(batch, [im.size for im in images])
+
+    def masks_from_maps(self, maps: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Boolean masks: pixels at or above the threshold, pieces below ``min_area`` dropped
+        (the area scaled from ``img_size`` x ``img_size`` to each map's size)."""
+        threshold = self.threshold if self.threshold is not None else 0.5
+        out = []
+        for prob in maps:
+            scale = prob.size / float(self.img_size**2)
+            out.append(drop_small_pieces(prob >= threshold, self.min_area * scale))
+        return out
+
+    def predict_masks(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """The predicted crack/fracture mask of each decoded image, at the image's size."""
+        return self.masks_from_maps(self.probability_maps(images))
+
     def describe(self) -> dict[str, Any]:
         """What the service's ``GET /model`` returns: a JSON-safe summary of the model."""
         metrics = self.meta.get("metrics") or {}
@@ -420,6 +490,31 @@ class Predictor:
             "backend": self.backend,
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
         }
+
+
+def drop_small_pieces(mask: np.ndarray, min_area: float) -> np.ndarray:
+    """``mask`` without its 8-connected pieces of fewer than ``min_area`` pixels."""
+    from scipy import ndimage
+
+    if min_area <= 1 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+def _refuse_onnx_segmenter(path: Path) -> None:
+    """ONNX export covers classifiers only: say so for a segmenter's checkpoint."""
+    if path.suffix.lower() == ".onnx" or not path.is_file():
+        return
+    from fracturekit.models import read_checkpoint
+
+    if read_checkpoint(path)["meta"].get("task") == "segment":
+        raise ValueError(
+            f"{path}: a segmentation checkpoint has no ONNX backend yet; use backend='torch'"
+        )
 
 
 def _is_number(value: Any) -> bool:

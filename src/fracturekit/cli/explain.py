@@ -1,6 +1,10 @@
 """Class-activation heat maps: where the network sees the crack or fracture.
 
-For every image, writes into --out: <stem>_cam.png (the image beside its heat-map overlay, a
+A segmentation checkpoint (`--task segment`) shows its pixel probability map instead: for every
+image <stem>_prob.png (the image beside the map's overlay and the mask at the stored threshold)
+and <stem>_prob.npy (float32 probabilities at the image's size).
+
+For a classifier, writes into --out for every image: <stem>_cam.png (the image beside its heat-map overlay, a
 colour bar, and the predicted class and probability in the title), <stem>_overlay.png (the
 overlay at full size) and <stem>_cam.npy (the float32 heat map in [0, 1] at the image's size).
 --feature-grids (or --layers) also saves what chosen intermediate layers respond to, as grids of
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from fracturekit.progress import progress_bar
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
+    if predictor.task == "segment":
+        return _explain_segmenter(predictor, args)
     grids = [n.strip() for n in (args.feature_grids or "").split(",") if n.strip()]
     if grids == ["help"]:
         names = ", ".join(layer_choices(predictor.model))
@@ -112,3 +118,17 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]{failed} of {len(results)} image(s) could not be read[/yellow]")
         return 1
     return 0
+
+
+def _explain_segmenter(predictor, args: argparse.Namespace) -> int:
+    from fracturekit.evaluate import write_probability_maps
+    from fracturekit.predict import expand_inputs
+
+    written, failed = write_probability_maps(
+        predictor, expand_inputs(args.images), args.out, overwrite=args.overwrite
+    )
+    for path in written:
+        print(f"wrote {path}")
+    for path, error in failed:
+        print(f"{path}: {error}")
+    return 1 if failed else 0

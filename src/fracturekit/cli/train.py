@@ -1,4 +1,4 @@
-"""`fracturekit train DATA --out RUN [options]`: train a classifier, write a checkpoint.
+"""`fracturekit train DATA --out RUN [options]`: train a classifier or a segmenter.
 
 Every option is also a key of `--config FILE.yaml` (or of a packaged config given by name:
 default, seed1_vgg19, seed2_bone_xray, seed3_fracture_types, seed4_mura_densenet,
@@ -14,8 +14,15 @@ With a frozen backbone and --augment none, the frozen part runs once and the epo
 rest on its stored output (seconds per epoch on a CPU); with augmentation every epoch runs the
 whole network, and the per-epoch lines say what that costs in images per second.
 
+With --task segment (or --config default_segment) the model is a segmenter: DATA holds
+masks/<image stem>.png beside the class folders (or a CSV mask column); images of a negative
+class without a mask are empty masks, images of a positive class without one are left out of
+the pixel loss (and named). model.pt then stores the decoder, the pixel threshold and min_area
+chosen on validation, and the test evaluation adds the pooled pixel metrics.
+
 Examples:
   fracturekit train data/concrete --out runs/concrete
+  fracturekit train data/concrete --out runs/seg --config default_segment
   fracturekit train data/concrete --out runs/c2 --config seed5_concrete_lenet --epochs 5
   fracturekit train data/xrays --out runs/xr --freeze train-last --train-last 2 --img-size 384
   fracturekit train --resume runs/xr            # continue an interrupted run
@@ -32,12 +39,15 @@ from typing import Any
 from fracturekit.cli._options import add_overwrite
 from fracturekit.config import (
     AUGMENTS,
+    DECODER_NAMES,
     FREEZE_POLICIES,
     HELP,
     LAYOUTS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
+    SEG_LOSS_NAMES,
+    TASKS,
     THRESHOLD_METRICS,
     TrainConfig,
     field_types,
@@ -54,6 +64,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": SCHEDULES,
     "precision": PRECISIONS,
     "threshold_metric": THRESHOLD_METRICS,
+    "task": TASKS,
+    "decoder": DECODER_NAMES,
+    "seg_loss": SEG_LOSS_NAMES,
 }
 METAVARS = {"resume": "RUN", "val": "PATH", "test": "PATH", "weights": "FILE"}
 # Fields that are not flags: DATA is the positional argument.
@@ -190,4 +203,7 @@ def _test_line(metrics: dict[str, Any]) -> str:
         ci = (metrics.get("ci95") or {}).get(key)
         if value is not None:
             parts.append(f"{key} {value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    for key, value in (metrics.get("segmentation") or {}).items():
+        if key in ("pixel_f1", "iou", "miou", "pixel_f1_tol2"):
+            parts.append(f"{key} {value:.4f}")
     return f"test ({metrics.get('n')} images): " + ", ".join(parts)

@@ -9,7 +9,10 @@ A crack whose mask holds the pixel centres within w/2 of its centre line is w px
 1-px line is 1 px wide). With --px-per-mm, widths are also given in mm with the AASHTO
 severity of the crack's mean width: narrow < 1.6 mm, moderate 1.6-3.2 mm, wide > 3.2 mm.
 
-An image alone needs --model CKPT: its crack mask is then derived from the image, looking only
+An image alone needs --model CKPT. A segmentation checkpoint (`fracturekit train --task
+segment`) draws the mask itself: pixels at its stored threshold, pieces under its min_area
+dropped, at the image's size (its probability map stands in for the heat map below). With a
+classifier, the crack mask is derived from the image, looking only
 where the checkpoint's heat map points (cam >= 0.3 of its maximum, grown by 20 px): dark thin
 lines found by the Sato ridge filter, widened to where the image is at least half as dark as
 at their centre. It assumes cracks darker than their surroundings; dark look-alikes in that
@@ -118,6 +121,15 @@ def _items(
         stem = source.stem
         names[stem] = names.get(stem, 0) + 1
         name = stem if names[stem] == 1 else f"{stem}_{names[stem]}"
+        if mask_path is None and predictor is not None and predictor.task == "segment":
+            from fracturekit.io import read_image
+
+            # A segmenter draws the mask itself: its threshold and min_area, at the image's size.
+            image = read_image(source)
+            prob = predictor.probability_maps([image])[0]
+            cams[name] = prob
+            yield name, predictor.masks_from_maps([prob])[0], np.asarray(image)
+            continue
         if mask_path is None and predictor is not None:
             from fracturekit.explain import crack_mask_from_image
             from fracturekit.io import read_image
@@ -152,7 +164,9 @@ def _items(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} px but {source} is "
                 f"{image.width}x{image.height} px"
             )
-        if predictor is not None:
+        if predictor is not None and predictor.task == "segment":
+            cams[name] = predictor.probability_maps([image])[0]
+        elif predictor is not None:
             from fracturekit.explain import image_cam
 
             cams[name] = image_cam(predictor, image)

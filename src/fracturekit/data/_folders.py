@@ -91,6 +91,23 @@ def load_folders(root: Path, ignored: list[Path]) -> list[Sample]:
     return samples
 
 
+def load_masked_images(root: Path, ignored: list[Path]) -> list[Sample]:
+    """A folder of images (no class folders) with ``masks/``: one class named after the folder
+    (segmentation data; an image without a mask file has no pixel truth)."""
+    masks = masks_beside(root)
+    samples = []
+    for p in sorted(root.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if is_image_file(p):
+            samples.append(Sample(p, -1, root.name, mask=masks.get(p.stem)))
+        else:
+            ignored.append(p)
+    if not samples:
+        raise DatasetError(f"{root}: no images found beside masks/")
+    return samples
+
+
 def load_split_folders(root: Path, ignored: list[Path]) -> list[Sample]:
     root_masks = find_masks_dir(root)
     samples = []

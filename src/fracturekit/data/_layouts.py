@@ -11,13 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fracturekit.config import LAYOUTS
-from fracturekit.data._folders import class_dirs, load_folders, load_split_folders, split_dirs
+from fracturekit.data._folders import (
+    class_dirs,
+    find_masks_dir,
+    load_folders,
+    load_masked_images,
+    load_split_folders,
+    split_dirs,
+)
 from fracturekit.data._manifest import IMAGE_COLUMNS, is_url, load_csv, pick_column, read_csv
 from fracturekit.data._options import LoadOptions
 from fracturekit.data._records import DatasetError, Sample
 from fracturekit.io import ImageIssue
 
-AUTO, FOLDERS, SPLIT_FOLDERS, CSV, LABELLING_EXPORT = LAYOUTS
+AUTO, FOLDERS, SPLIT_FOLDERS, CSV, LABELLING_EXPORT, MASKED_IMAGES = LAYOUTS
 
 
 def detect_layout(path: str | os.PathLike[str], *, image_column: str | None = None) -> str:
@@ -40,9 +47,12 @@ def detect_layout(path: str | os.PathLike[str], *, image_column: str | None = No
     manifests = _manifests(path)
     if len(manifests) == 1:
         return detect_layout(manifests[0], image_column=image_column)
+    if find_masks_dir(path) is not None:
+        return MASKED_IMAGES
     raise DatasetError(
         f"{path}: no layout recognised: expected class folders ROOT/<class>/<images>, "
-        "ROOT/train/<class>/..., or a CSV manifest (path,label[,group][,split])"
+        "ROOT/train/<class>/..., a CSV manifest (path,label[,group][,split]) or, for "
+        "segmentation, images with their masks in ROOT/masks/"
     )
 
 
@@ -73,6 +83,12 @@ def _read_manifest(path: Path, options: LoadOptions, dropped, ignored) -> list[S
     return load_csv(path, options, dropped)
 
 
+def _read_masked_images(path: Path, options: LoadOptions, dropped, ignored) -> list[Sample]:
+    if not path.is_dir() or find_masks_dir(path) is None:
+        raise DatasetError(f"{path}: layout {MASKED_IMAGES} needs a folder of images with masks/")
+    return load_masked_images(path, ignored)
+
+
 Reader = Callable[[Path, LoadOptions, list[ImageIssue], list[Path]], list[Sample]]
 # One row a layout: reader(path, options, dropped, ignored) -> samples (labels still -1).
 READERS: dict[str, Reader] = {
@@ -80,6 +96,7 @@ READERS: dict[str, Reader] = {
     SPLIT_FOLDERS: _read_split_folders,
     CSV: _read_manifest,
     LABELLING_EXPORT: _read_manifest,  # a CSV whose images are URLs: the same reader
+    MASKED_IMAGES: _read_masked_images,
 }
 
 

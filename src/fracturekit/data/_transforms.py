@@ -12,7 +12,7 @@ from fracturekit.config import AUGMENTS
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-NONE, DEFAULT, STRONG = AUGMENTS
+NONE, DEFAULT, STRONG, FLIPS = AUGMENTS
 
 
 def _resize(size: int, interpolation: str) -> Any:
@@ -54,12 +54,45 @@ def _strong_augmentation(size: int, interpolation: str) -> tuple[list, list]:
     ], [v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3)]
 
 
+class RandomQuarterTurn:
+    """Turn the image (and its mask) by 0, 90, 180 or 270 degrees, drawn uniformly.
+
+    With the two mirrors this draws from the whole dihedral group of the square: the views a
+    crack photo can be taken in without changing what it shows."""
+
+    def __call__(self, *inputs: Any) -> Any:
+        import torch
+        from torchvision import tv_tensors
+
+        k = int(torch.randint(4, ()).item())
+        # rot90 moves pixels without interpolation (a rotate by 90.0 would resample)
+        out = tuple(
+            tv_tensors.wrap(torch.rot90(x.as_subclass(torch.Tensor), k, (-2, -1)), like=x)
+            if k and isinstance(x, tv_tensors.TVTensor)
+            else x
+            for x in inputs
+        )
+        return out if len(out) > 1 else out[0]
+
+
+def _flips_augmentation(size: int, interpolation: str) -> tuple[list, list]:
+    from torchvision.transforms import v2
+
+    return [
+        _resize(size, interpolation),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        RandomQuarterTurn(),
+    ], []
+
+
 # One row an augmentation of config.AUGMENTS: (size, interpolation) -> (steps on the uint8
 # image and its mask, steps after scaling to [0, 1]); normalisation follows.
 _AUGMENT_STEPS = {
     NONE: _no_augmentation,
     DEFAULT: _default_augmentation,
     STRONG: _strong_augmentation,
+    FLIPS: _flips_augmentation,
 }
 
 
@@ -92,6 +125,7 @@ class ImageTransform:
         augment: str = NONE,
         channels: int = 3,
         interpolation: str = "bilinear",
+        crop: int | None = None,
     ):
         if augment not in AUGMENTS:
             raise ValueError(f"augment={augment!r}: use {', '.join(AUGMENTS)}")
@@ -105,6 +139,7 @@ class ImageTransform:
         self.augment = augment
         self.channels = channels
         self.interpolation = interpolation
+        self.crop = None if crop is None else int(crop)
         self.pipeline = self._build()
 
     def _build(self):
@@ -112,6 +147,8 @@ class ImageTransform:
         from torchvision.transforms import v2
 
         before, after = _AUGMENT_STEPS[self.augment](self.img_size, self.interpolation)
+        if self.crop is not None and self.crop < self.img_size:
+            before = [*before, v2.RandomCrop(self.crop)]  # a tile of the resized image
         steps = [*before, v2.ToDtype(torch.float32, scale=True), *after]
         return v2.Compose([*steps, v2.Normalize(self.mean, self.std)])
 
@@ -165,6 +202,7 @@ def build_transforms(
     augment: str = NONE,
     channels: int = 3,
     interpolation: str = "bilinear",
+    crop: int | None = None,
 ) -> ImageTransform:
     """The preprocessing (and augmentation) of one split.
 
@@ -175,6 +213,11 @@ def build_transforms(
       to 30 degrees, shifts 15%, zoom 0.8-1.25, shear, brightness and contrast +-40%, blur,
       autocontrast and Gaussian noise.
 
-    ``mean``/``std`` with three values and ``channels=1`` are averaged into one.
+    * ``flips``: resize, horizontal and vertical mirrors and 90-degree turns (the dihedral
+      group of the square; nothing is interpolated, so thin masks stay exact).
+
+    ``crop`` cuts a random ``crop`` x ``crop`` tile out of the resized (augmented) image and its
+    mask (training a segmenter on tiles at full resolution). ``mean``/``std`` with three values
+    and ``channels=1`` are averaged into one.
     """
-    return ImageTransform(img_size, mean, std, augment, channels, interpolation)
+    return ImageTransform(img_size, mean, std, augment, channels, interpolation, crop)

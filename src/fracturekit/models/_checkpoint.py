@@ -4,6 +4,11 @@ File layout (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 
     {"format": "fracturekit-checkpoint", "format_version": 1,
      "meta": {...plain Python values...}, "state_dict": {name: tensor}}
+
+One layout for every task: ``meta["task"]`` says what the weights are (absent or
+``"classify"``: a ``FractureNet`` classifier; ``"segment"``: a ``Segmenter`` with its
+``decoder``, pixel ``threshold`` and ``min_area``), and ``save_checkpoint``/``load_checkpoint``
+dispatch on it.
 """
 
 from __future__ import annotations
@@ -139,18 +144,28 @@ def build_meta(model: FractureNet, meta: Mapping[str, Any] | None = None) -> dic
     return _plain(out, "meta")
 
 
-def save_checkpoint(path: str | Path, model: FractureNet, meta: Mapping[str, Any] | None) -> Path:
-    """Write ``model`` and its completed ``meta`` (see ``build_meta``) to ``path`` atomically.
+def checkpoint_payload(model: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint dict of ``model``: its completed meta (``build_meta`` for a classifier,
+    ``segment_meta`` for a segmenter) and a CPU copy of its state dict."""
+    from fracturekit.models._segment import Segmenter, segment_meta
+
+    complete = segment_meta if isinstance(model, Segmenter) else build_meta
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": complete(model, meta),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+def save_checkpoint(path: str | Path, model: Any, meta: Mapping[str, Any] | None) -> Path:
+    """Write ``model`` (a classifier or a segmenter) and its completed ``meta`` (see
+    ``build_meta`` / ``segment_meta``) to ``path`` atomically.
 
     Only tensors and plain Python values are stored, so ``torch.load(weights_only=True)``
     reads it. Returns the path.
     """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": build_meta(model, meta),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
+    payload = checkpoint_payload(model, meta)
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -189,6 +204,24 @@ def _hidden(meta: dict) -> str | None:
         return f"must be a list of at most {MAX_HIDDEN_LAYERS} layer widths"
     if not all(_count(v, 1, MAX_HIDDEN_WIDTH) for v in value):
         return f"widths must be whole numbers in 1..{MAX_HIDDEN_WIDTH}"
+    return None
+
+
+def _segment_rule(meta: dict, key: str) -> str | None:
+    """``task``, and for a segmenter its ``decoder`` and ``min_area``."""
+    from fracturekit.models._segment import DECODERS, TASK
+
+    task = meta.get("task")
+    if task not in (None, "classify", TASK):
+        return f"must be null, 'classify' or {TASK!r}"
+    if task != TASK:
+        return None
+    if meta.get("decoder") not in DECODERS:
+        return f"a segmenter needs decoder in {', '.join(DECODERS)} (got {meta.get('decoder')!r})"
+    if meta.get("threshold") is None:
+        return "a segmenter needs a pixel threshold"
+    if not _count(meta.get("min_area", 0), 0, 2**62):
+        return f"a segmenter needs min_area >= 0 (got {_short(meta.get('min_area'))})"
     return None
 
 
@@ -245,6 +278,7 @@ _META_RULES: dict[str, tuple[bool, _Check]] = {
     "config": (False, _rule(_optional(lambda v: isinstance(v, dict)), "a mapping")),
     "metrics": (False, _rule(_optional(lambda v: isinstance(v, dict)), "a mapping")),
     "versions": (False, _rule(_optional(lambda v: isinstance(v, dict)), "a mapping")),
+    "task": (False, _segment_rule),
 }
 
 
@@ -321,13 +355,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[FractureNet, dict]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, dict]:
     """Rebuild the model from a checkpoint: random init (never a download), then its weights.
 
     Returns:
-        ``(model in eval mode, meta dict)``.
+        ``(model in eval mode, meta dict)``: a ``FractureNet``, or a ``Segmenter`` when
+        ``meta["task"] == "segment"``.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -337,15 +370,7 @@ def load_checkpoint(
     obj = read_checkpoint(path, map_location)
     meta = obj["meta"]
     try:
-        model = build_model(
-            meta["backbone"],
-            meta["num_classes"],
-            in_chans=meta["in_chans"],
-            pretrained=False,
-            weights=None,
-            hidden=meta["hidden"],
-            dropout=meta["dropout"],
-        )
+        model = _rebuild(meta)
     except ValueError as exc:  # an unknown backbone, or one that refuses these settings
         raise CheckpointError(path, f"cannot rebuild the model: {exc}") from exc
     try:
@@ -357,3 +382,20 @@ def load_checkpoint(
     model.pretrained = meta.get("pretrained")
     model.to(map_location)
     return model.eval(), meta
+
+
+def _rebuild(meta: dict) -> Any:
+    """The checkpoint's architecture, randomly initialised."""
+    if meta.get("task") == "segment":
+        from fracturekit.models._segment import segmenter_from_meta
+
+        return segmenter_from_meta(meta)
+    return build_model(
+        meta["backbone"],
+        meta["num_classes"],
+        in_chans=meta["in_chans"],
+        pretrained=False,
+        weights=None,
+        hidden=meta["hidden"],
+        dropout=meta["dropout"],
+    )

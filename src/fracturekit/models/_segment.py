@@ -27,7 +27,6 @@ from fracturekit.models._families import FAMILIES, family_for
 from fracturekit.models._net import PretrainedUnavailableWarning, _make_trunk, set_train_mode
 from fracturekit.models._table import BackboneSpec, data_config, get_spec
 from fracturekit.models._weights import (
-    CHECKPOINT_FORMAT,
     EMBEDDED,
     WeightsError,
     load_weights_file,
@@ -114,6 +113,10 @@ class Segmenter(nn.Module):
         outputs) is one stage.
         """
         return list(self._stages) if self._stages is not None else [self.net.encoder.model]
+
+    def blocks(self) -> list[nn.Module]:
+        """The encoder stages (``encoder_stages``): what a trainer freezes and counts."""
+        return self.encoder_stages()
 
     def _check_start(self, start: int) -> None:
         top = len(self.encoder_stages())
@@ -419,25 +422,21 @@ def segment_meta(model: Segmenter, meta: Mapping[str, Any] | None = None) -> dic
 def save_segmenter(path: str | Path, model: Segmenter, meta: Mapping[str, Any] | None) -> Path:
     """Write ``model`` and its completed ``meta`` (``segment_meta``) as a fracturekit checkpoint.
 
-    The file has the classifier's layout (``format``, ``format_version``, ``meta``,
-    ``state_dict``), written atomically; ``meta["task"]`` is ``"segment"``.
+    The one checkpoint layout (``models.save_checkpoint``, which dispatches on the model);
+    ``meta["task"]`` is ``"segment"``.
     """
-    from fracturekit._files import atomic_write
-    from fracturekit.models._checkpoint import FORMAT_VERSION
+    from fracturekit.models._checkpoint import save_checkpoint
 
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": segment_meta(model, meta),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    if not isinstance(model, Segmenter):
+        raise SegmenterError(f"save_segmenter needs a Segmenter, got {type(model).__name__}")
+    return save_checkpoint(path, model, meta)
 
 
 def load_segmenter(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Segmenter, dict]:
-    """Rebuild a segmenter from its checkpoint (random init, then its weights, strictly).
+    """Rebuild a segmenter from its checkpoint (``models.load_checkpoint``, refusing a
+    classifier).
 
     Returns:
         ``(segmenter in eval mode, meta dict)``.
@@ -447,15 +446,11 @@ def load_segmenter(
         CheckpointError: not a fracturekit checkpoint, not a segmenter, a newer format, or
             weights that do not fit the recorded architecture.
     """
-    from fracturekit.models._checkpoint import CheckpointError, read_checkpoint
+    from fracturekit.models._checkpoint import CheckpointError, load_checkpoint
 
-    obj = read_checkpoint(path, map_location)
-    meta = obj["meta"]
-    try:
-        model = segmenter_from_meta(meta)
-        model.load_state_dict(obj["state_dict"], strict=True)
-    except (ValueError, RuntimeError) as exc:  # SegmenterError, UnknownBackboneError, load
-        raise CheckpointError(path, f"not a usable segmenter checkpoint: {exc}") from exc
-    model.pretrained = meta.get("pretrained")
-    model.to(map_location)
-    return model.eval(), meta
+    model, meta = load_checkpoint(path, map_location)
+    if not isinstance(model, Segmenter):
+        raise CheckpointError(
+            path, f"not a usable segmenter checkpoint: task is {meta.get('task')!r}, not {TASK!r}"
+        )
+    return model, meta

@@ -31,7 +31,11 @@ and checks the data set, writes files and prints. ``--resume`` needs the run fol
 system every process sees.
 
 The loop is the same for every kind of model; what is specific to one (the batch, the loss, the
-validation score, what the checkpoint stores) is a row of ``TASKS`` (``classify`` now).
+validation score, what the checkpoint stores) is a row of ``TASKS``: ``classify`` and
+``segment`` (``task=segment``: a ``Segmenter`` trained on image/mask pairs, end to end with the
+first encoder stages frozen and run without autograd, on random tiles (``tile``) with mirrors
+and 90-degree turns; the pixel threshold and ``min_area`` are chosen on validation; see
+``_segment_task``).
 """
 
 from fracturekit.train._cache import FeatureCache, build_cache
@@ -45,6 +49,7 @@ from fracturekit.train._loop import (
     train,
 )
 from fracturekit.train._records import HISTORY_COLUMNS
+from fracturekit.train._segment_task import SegmentTask
 from fracturekit.train._tasks import TASKS, ClassifyTask
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "RUN_FILES",
     "TASKS",
     "ClassifyTask",
+    "SegmentTask",
     "FeatureCache",
     "TrainError",
     "TrainResult",

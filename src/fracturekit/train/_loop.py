@@ -47,7 +47,7 @@ from fracturekit.train._sampling import (
     shard_indices,
     split_batches,
 )
-from fracturekit.train._tasks import TASKS, ClassifyTask
+from fracturekit.train._tasks import TASKS
 
 
 class TrainError(ValueError):
@@ -135,7 +135,7 @@ def train(
             dist=dist,
             device=device,
             console=Console(progress and dist.main),
-            task=TASKS["classify"],
+            task=TASKS[cfg.task],
             t_start=t_start,
         )
         return _train(run, overwrite)
@@ -183,7 +183,7 @@ class _Run:
     dist: Dist
     device: torch.device
     console: Console
-    task: ClassifyTask
+    task: Any  # a row of TASKS
     t_start: float
     notes: list[str] = field(default_factory=list)
     # data (prepare)
@@ -265,10 +265,11 @@ def prepare(run: _Run, overwrite: bool) -> None:
     """Check the options, load the data (rank 0, broadcast), build the model and optimiser."""
     _checks_and_data(run, overwrite)
     _set_device_and_precision(run)
-    _build_model(run)
+    run.task.build_model(run)
     _build_objective(run)
     if run.dist.main:
         _describe(run)
+        run.task.describe_data(run)
     run.optimizer = build_optimizer(run.cfg, run.model)
     run.lr_factor = schedule_factor(run.cfg.schedule, run.cfg.epochs)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, run.lr_factor)
@@ -282,7 +283,7 @@ def _checks_and_data(run: _Run, overwrite: bool) -> None:
     if dist.main:
         try:
             run.resume_obj = _read_resume(cfg)
-            status = ("ok", _preflight(cfg, run.out, overwrite))
+            status = ("ok", _preflight(cfg, run.out, overwrite, run.task))
         except Exception as exc:  # re-raised on every rank below
             status = ("error", exc)
     status = dist.broadcast(status)
@@ -307,7 +308,7 @@ def _read_resume(cfg: TrainConfig) -> dict | None:
         raise TrainError(str(exc)) from exc
 
 
-def _preflight(cfg: TrainConfig, out: Path, overwrite: bool) -> Any:
+def _preflight(cfg: TrainConfig, out: Path, overwrite: bool, task: Any) -> Any:
     """Rank 0's checks and data loading (broadcast to the other ranks)."""
     from fracturekit.data import load_dataset, undersample
 
@@ -315,11 +316,7 @@ def _preflight(cfg: TrainConfig, out: Path, overwrite: bool) -> Any:
     if not cfg.data:
         raise TrainError("no training data given (DATA)")
     splits = load_dataset(cfg.data, **load_options(cfg))
-    if len(splits.classes) < 2:
-        raise TrainError(
-            f"{cfg.data}: found one class ({', '.join(splits.classes)}); a classifier needs two "
-            "or more class folders (or labels)"
-        )
+    task.check_data(cfg, splits)
     if cfg.balance.startswith("undersample:"):
         ratio = float(cfg.balance.split(":", 1)[1])
         splits = dataclasses.replace(splits, train=undersample(splits.train, ratio, cfg.seed))
@@ -358,15 +355,26 @@ def _set_device_and_precision(run: _Run) -> None:
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.precision == "fp16")
 
 
-def _build_model(run: _Run) -> None:
-    """The model (seeded), frozen as asked, on the device; whether training runs cached."""
+def built_with_notes(run: _Run, build: Any) -> Any:
+    """``build()``, its warnings (no pretrained weights...) turned into the run's notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build()
+    for w in caught:
+        if run.dist.main:
+            run.note(str(w.message))
+    return model
+
+
+def build_classifier(run: _Run) -> None:
+    """The classifier (seeded), frozen as asked, on the device; whether training runs cached."""
     from fracturekit.models import apply_freeze, build_model, data_config
 
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run.model = build_model(
+    run.model = built_with_notes(
+        run,
+        lambda: build_model(
             cfg.backbone,
             len(run.classes),
             in_chans=cfg.channels,
@@ -374,10 +382,8 @@ def _build_model(run: _Run) -> None:
             weights=cfg.weights,
             hidden=cfg.hidden,
             dropout=cfg.dropout,
-        )
-    for w in caught:
-        if run.dist.main:
-            run.note(str(w.message))
+        ),
+    )
     run.n_trainable = apply_freeze(run.model, cfg.freeze, cfg.train_last)
     run.start, run.pooled = trainable_start(run.model)
     run.data_cfg = data_config(cfg.backbone, cfg.img_size, in_chans=cfg.channels)
@@ -404,7 +410,12 @@ def _build_objective(run: _Run) -> None:
         dcfg["img_size"], dcfg["mean"], dcfg["std"], augment="none", **common
     )
     run.transform_train = build_transforms(
-        dcfg["img_size"], dcfg["mean"], dcfg["std"], augment=cfg.augment, **common
+        dcfg["img_size"],
+        dcfg["mean"],
+        dcfg["std"],
+        augment=cfg.augment,
+        crop=run.task.train_crop(cfg),
+        **common,
     )
     train_samples = list(run.splits.train)
     run.criterion, run.class_weight = run.task.loss(
@@ -422,6 +433,7 @@ def _build_objective(run: _Run) -> None:
         "positive": run.positive,
         "tta": cfg.tta,
         "config": {**cfg.to_dict(), "resume": None},
+        **run.task.meta(run),
     }
 
 
@@ -550,7 +562,7 @@ def build_caches(run: _Run) -> None:
         return
     cfg, dist = run.cfg, run.dist
     val_samples = list(run.splits.val)
-    if val_samples:
+    if val_samples and run.task.cached_validation:
         mine = [val_samples[i] for i in shard_indices(len(val_samples), dist, pad=False)]
         # As many views as prediction averages (tta), so that the threshold and
         # temperature are fitted on the logits the checkpoint will produce.
@@ -606,12 +618,10 @@ def close_caches(run: _Run) -> None:
 
 def run_epochs(run: _Run) -> None:
     """Train, validate and save epoch after epoch until the last one or early stopping."""
-    from fracturekit.data import ImageDataset
-
     cfg, con = run.cfg, run.console
     epoch_task = con.task("epochs", cfg.epochs)
     con.advance(epoch_task, run.first_epoch - 1)
-    train_ds = ImageDataset(list(run.splits.train), run.transform_train, channels=cfg.channels)
+    train_ds = run.task.dataset(run, list(run.splits.train), run.transform_train)
     for epoch in range(run.first_epoch, cfg.epochs + 1):
         if run.finished:
             break
@@ -637,7 +647,7 @@ def run_epochs(run: _Run) -> None:
         if run.dist.main:
             save_epoch(run, row, improved)
             rate = seen / max(train_seconds, 1e-9)
-            best_line = improved and run.val_cache is not None
+            best_line = improved and bool(run.splits.val)
             con.print(epoch_line(row, cfg.epochs, rate, best_line))
         con.advance(epoch_task, 1)
         run.dist.barrier()
@@ -659,12 +669,12 @@ def train_one_epoch(run: _Run, epoch: int, train_ds: Any) -> tuple[float, float,
         xb, yb = task.to_device(batch, run.device, cfg.channels_last)
         with run.autocast():
             logits = run.train_module(xb, run.cached)
-        loss = run.criterion(logits.float(), yb)
+        loss = task.criterion_loss(run.criterion, logits, yb)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
-        b = len(yb)
+        b = int(xb.shape[0])
         loss_sum += float(loss.detach()) * b
         correct += task.hits(logits, yb)
         seen += b
@@ -712,9 +722,26 @@ def validate(run: _Run, row: dict[str, Any]) -> bool:
     """Score the epoch on the validation cache (gathered from every rank, in sample order) into
     ``row``; whether it is the best epoch so far (always, without validation data)."""
     best = run.best
-    if run.val_cache is None:
+    outputs = run.task.validation_outputs(run)
+    if outputs is None:
         best.update(epoch=row["epoch"])
         return True
+    logits, labels = outputs
+    weight = run.class_weight.cpu() if run.class_weight is not None else None
+    row.update(run.task.validate(logits, labels, weight))
+    if run.task.improved(row["val_loss"], best["val_loss"]):
+        best.update(val_loss=row["val_loss"], epoch=row["epoch"], bad_epochs=0)
+        run.best_logits, run.best_labels = logits, labels
+        return True
+    best["bad_epochs"] = int(best["bad_epochs"]) + 1
+    return False
+
+
+def cached_validation_outputs(run: _Run) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The validation logits of the cache (gathered from every rank, in sample order) and
+    their labels; None without validation data."""
+    if run.val_cache is None:
+        return None
     logits, labels = predict_cached(
         run.runner,
         run.val_cache,
@@ -729,14 +756,7 @@ def validate(run: _Run, row: dict[str, Any]) -> bool:
     if run.dist.world > 1:  # rank after rank -> the order of the validation samples
         rows = torch.argsort(gathered_order(len(labels), run.dist.world))
         logits, labels = logits[rows], labels[rows]
-    weight = run.class_weight.cpu() if run.class_weight is not None else None
-    row.update(run.task.validate(logits, labels, weight))
-    if run.task.improved(row["val_loss"], best["val_loss"]):
-        best.update(val_loss=row["val_loss"], epoch=row["epoch"], bad_epochs=0)
-        run.best_logits, run.best_labels = logits, labels
-        return True
-    best["bad_epochs"] = int(best["bad_epochs"]) + 1
-    return False
+    return logits, labels
 
 
 def save_epoch(run: _Run, row: dict[str, Any], improved: bool) -> None:
@@ -787,7 +807,7 @@ def finalize(run: _Run) -> dict[str, Any]:
     meta = {**run.base_meta, "epoch": best.get("epoch")}
     temperature, threshold = 1.0, None
     metrics: dict[str, Any] = {"best_epoch": best.get("epoch"), "epochs_run": len(run.history)}
-    if logits is None or labels is None or len(labels) == 0:
+    if logits is None or labels is None or len(labels) == 0 or len(run.splits.val) == 0:
         run.note("no validation data: no early stopping, threshold 0.5, no temperature scaling")
         last = run.history[-1] if run.history else {}
         metrics.update(train_loss=last.get("train_loss"), train_acc=last.get("train_acc"))
@@ -797,6 +817,7 @@ def finalize(run: _Run) -> dict[str, Any]:
         )
         metrics["val_loss"] = best.get("val_loss")
         metrics.update(scores)
+        meta.update({k: scores[k] for k in run.task.meta_keys if k in scores})
         metrics["note"] = (
             "validation metrics: the threshold and temperature were fitted on these images, so "
             "they are optimistic; use `fracturekit evaluate` on a test set for honest figures"

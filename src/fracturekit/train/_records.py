@@ -37,14 +37,20 @@ def write_history(path: Path, history: Sequence[Mapping[str, Any]]) -> Path:
 
 def write_splits(path: Path, splits: Any) -> Path:
     """``splits.csv``: every image of the run with its class and split (``path,label,split,
-    group``), a manifest ``fracturekit evaluate`` and ``load_dataset`` read back."""
+    group``, and ``mask`` when an image has one), a manifest ``fracturekit evaluate`` and
+    ``load_dataset`` read back."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "label", "split", "group"])
-    for name, samples in splits.splits().items():
+    samples_by_split = splits.splits()
+    masks = any(s.mask is not None for v in samples_by_split.values() for s in v)
+    writer.writerow(["path", "label", "split", "group", *(["mask"] if masks else [])])
+    for name, samples in samples_by_split.items():
         for s in samples:
             group = "" if s.group is None else s.group
-            writer.writerow([str(Path(s.path).resolve()), s.class_name, name, group])
+            row = [str(Path(s.path).resolve()), s.class_name, name, group]
+            if masks:
+                row.append("" if s.mask is None else str(Path(s.mask).resolve()))
+            writer.writerow(row)
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -135,16 +141,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def save_last(path: Path, model: Any, meta: Mapping[str, Any], train_state: dict) -> Path:
     """A loadable checkpoint of the current weights plus ``train_state`` (atomic)."""
-    from fracturekit.models._checkpoint import FORMAT_VERSION, build_meta
-    from fracturekit.models._weights import CHECKPOINT_FORMAT
+    from fracturekit.models._checkpoint import checkpoint_payload
 
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": build_meta(model, meta),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        TRAIN_STATE_KEY: train_state,
-    }
+    payload = {**checkpoint_payload(model, meta), TRAIN_STATE_KEY: train_state}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

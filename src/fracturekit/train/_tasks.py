@@ -3,7 +3,8 @@
 The loop (``_loop``) is the same for every task; a task says what a batch holds and how it
 reaches the device, the loss, what validation measures (and the score that picks the best
 epoch), and what the final checkpoint stores beside the weights (calibration, metrics, the
-validation outputs). Only classification exists now; segmentation is to be another row.
+validation outputs). Two rows: ``classify`` (below) and ``segment``
+(``_segment_task.SegmentTask``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,46 @@ class ClassifyTask:
     and the validation labels and probabilities."""
 
     name = "classify"
+    cached_validation = True  # validation runs on a cache of the frozen prefix
+    meta_keys: tuple[str, ...] = ()  # calibration results copied into the meta
+
+    def check_data(self, cfg: TrainConfig, splits: Any) -> None:
+        """A classifier needs two classes or more."""
+        from fracturekit.train._loop import TrainError
+
+        if len(splits.classes) < 2:
+            raise TrainError(
+                f"{cfg.data}: found one class ({', '.join(splits.classes)}); a classifier needs "
+                "two or more class folders (or labels)"
+            )
+
+    def build_model(self, run: Any) -> None:
+        from fracturekit.train._loop import build_classifier
+
+        build_classifier(run)
+
+    def train_crop(self, cfg: TrainConfig) -> int | None:
+        return None
+
+    def dataset(self, run: Any, samples: Sequence[Any], transform: Any) -> Any:
+        from fracturekit.data import ImageDataset
+
+        return ImageDataset(list(samples), transform, channels=run.cfg.channels)
+
+    def describe_data(self, run: Any) -> None:
+        return None
+
+    def meta(self, run: Any) -> dict[str, Any]:
+        return {}
+
+    def criterion_loss(self, criterion: nn.Module, logits: torch.Tensor, target: Any) -> Any:
+        return criterion(logits.float(), target)
+
+    def validation_outputs(self, run: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Validation logits (from the cache) and labels, in sample order; None without any."""
+        from fracturekit.train._loop import cached_validation_outputs
+
+        return cached_validation_outputs(run)
 
     def positive(self, cfg: TrainConfig, classes: list[str], note: Callable[[str], None]) -> Any:
         """The positive class of a binary task (None otherwise)."""
@@ -138,7 +179,13 @@ class ClassifyTask:
         }
 
 
-TASKS: dict[str, ClassifyTask] = {"classify": ClassifyTask()}
+def _tasks() -> dict[str, Any]:
+    from fracturekit.train._segment_task import SegmentTask
+
+    return {"classify": ClassifyTask(), "segment": SegmentTask()}
+
+
+TASKS: dict[str, Any] = _tasks()
 
 
 def cross_entropy_sum(

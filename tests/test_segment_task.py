@@ -1,0 +1,255 @@
+"""Segmentation end to end: training (``--task segment``), checkpoints, Predictor, evaluate,
+width and explain on a segmentation checkpoint.
+
+Random initialisation and 64 px synthetic images; the runs that train are marked slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fracturekit.config import DECODER_NAMES, SEG_LOSS_NAMES, ConfigError, TrainConfig
+from fracturekit.data import build_transforms, load_dataset
+from fracturekit.models import (
+    DECODERS,
+    SEG_LOSSES,
+    CheckpointError,
+    Segmenter,
+    build_segmenter,
+    load_checkpoint,
+    load_segmenter,
+    read_checkpoint,
+    save_checkpoint,
+)
+from fracturekit.models._checkpoint import check_meta
+from fracturekit.predict import Predictor, drop_small_pieces
+from fracturekit.seg_metrics import SEGMENTATION_KEYS
+from fracturekit.train._segment_task import MaskedSamples, negative_classes, pixel_weights
+
+# ---------------------------------------------------------------------------------------------
+# fast: tables, data, checkpoints, Predictor
+
+
+def test_config_names_match_the_tables() -> None:
+    assert set(DECODER_NAMES) == set(DECODERS)
+    assert set(SEG_LOSS_NAMES) == set(SEG_LOSSES)
+
+
+def test_segment_config_checks() -> None:
+    TrainConfig(task="segment", tile=64).validate()
+    for bad in ({"task": "detect"}, {"decoder": "deeplab"}, {"tile": 40}, {"min_area": -1}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad).validate()
+
+
+def test_flips_move_the_mask_with_the_image_and_crop_keeps_them_together() -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[5:30, 40:43] = 255  # an asymmetric bright bar; the mask is exactly the bar
+    mask = rgb[..., 0] > 0
+    transform = build_transforms(64, [0.0] * 3, [1.0] * 3, augment="flips", crop=32)
+    moved = False
+    for _ in range(30):
+        x, m = transform(Image.fromarray(rgb), mask)
+        assert x.shape == (3, 32, 32) and m.shape == (1, 32, 32)
+        assert torch.equal((x[0] > 0.5).float(), m[0])
+        moved |= bool(m.sum() > 0)
+    assert moved
+
+
+def _sample(path: str, cls: str, mask: str | None):
+    from fracturekit.data import Sample
+
+    return Sample(Path(path), 0, cls, mask=None if mask is None else Path(mask))
+
+
+def test_positive_without_mask_is_weighted_zero_negative_is_empty() -> None:
+    negatives = negative_classes(["crack", "no_crack"], "crack")
+    assert negatives == {"no_crack"}
+    samples = [
+        _sample("a.png", "crack", "masks/a.png"),
+        _sample("b.png", "crack", None),
+        _sample("c.png", "no_crack", None),
+    ]
+    assert pixel_weights(samples, negatives) == [1.0, 0.0, 1.0]
+    assert negative_classes(["photos"], "photos") == set()
+
+
+def test_masked_samples_yield_empty_masks_for_negatives(tmp_path: Path) -> None:
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "n.png")
+    data = MaskedSamples(
+        [_sample(str(tmp_path / "n.png"), "no_crack", None)],
+        build_transforms(32, [0.5] * 3, [0.5] * 3),
+        3,
+        {"no_crack"},
+    )
+    x, (mask, weight) = data[0]
+    assert x.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+    assert mask.sum() == 0 and float(weight) == 1.0
+
+
+@pytest.fixture(scope="module")
+def seg_ckpt(tmp_path_factory) -> Path:
+    model = build_segmenter("efficientnet_lite0", pretrained=False).eval()
+    path = tmp_path_factory.mktemp("seg") / "model.pt"
+    save_checkpoint(path, model, {"img_size": 64, "threshold": 0.4, "min_area": 3})
+    return path
+
+
+def test_checkpoint_round_trip_dispatches_on_task(seg_ckpt: Path) -> None:
+    model, meta = load_checkpoint(seg_ckpt)
+    assert isinstance(model, Segmenter)
+    assert (meta["task"], meta["decoder"], meta["threshold"], meta["min_area"]) == (
+        "segment",
+        "unet",
+        0.4,
+        3,
+    )
+    again, _ = load_segmenter(seg_ckpt)
+    assert isinstance(again, Segmenter)
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"decoder": "deeplab"}, "decoder"),
+        ({"min_area": -2}, "min_area"),
+        ({"task": "detect"}, "task"),
+        ({"threshold": None}, "threshold"),
+    ],
+)
+def test_check_meta_validates_segment_metas(seg_ckpt: Path, change: dict, needle: str) -> None:
+    meta = {**read_checkpoint(seg_ckpt)["meta"], **change}
+    with pytest.raises(CheckpointError, match=needle):
+        check_meta(seg_ckpt, meta)
+
+
+def test_load_segmenter_refuses_a_classifier(tmp_path: Path) -> None:
+    from fracturekit.models import build_model
+
+    path = tmp_path / "clf.pt"
+    save_checkpoint(path, build_model("simple_cnn", 2, pretrained=False), {"img_size": 32})
+    with pytest.raises(CheckpointError, match="segmenter"):
+        load_segmenter(path)
+
+
+def test_predictor_maps_and_masks_at_the_image_size(seg_ckpt: Path) -> None:
+    predictor = Predictor.from_checkpoint(seg_ckpt)
+    assert predictor.task == "segment" and predictor.min_area == 3
+    images = [Image.new("RGB", (80, 48), "gray"), Image.new("RGB", (64, 64), "white")]
+    maps = predictor.probability_maps(images)
+    assert [m.shape for m in maps] == [(48, 80), (64, 64)]
+    assert all(m.min() >= 0.0 and m.max() <= 1.0 for m in maps)
+    masks = predictor.predict_masks(images)
+    assert [m.shape for m in masks] == [(48, 80), (64, 64)] and masks[0].dtype == bool
+    batch = torch.stack([predictor.preprocess(im) for im in images])
+    assert predictor.predict_proba_maps(batch)[0].shape == (64, 64)
+
+
+def test_onnx_backend_refuses_a_segmenter_clearly(seg_ckpt: Path) -> None:
+    with pytest.raises(ValueError, match="segmentation checkpoint has no ONNX"):
+        Predictor.from_checkpoint(seg_ckpt, backend="onnx")
+
+
+def test_drop_small_pieces() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0, 0] = True
+    mask[5:8, 5:8] = True
+    kept = drop_small_pieces(mask, 4)
+    assert not kept[0, 0] and kept[5:8, 5:8].all()
+
+
+def test_masked_images_layout(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    (root / "masks").mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 32)).save(root / f"{name}.png")
+    Image.new("L", (32, 32)).save(root / "masks" / "a.png")
+    splits = load_dataset(root, val_fraction=0.0)
+    assert splits.layout == "masked-images" and splits.classes == ["photos"]
+    by_name = {s.path.name: s.mask for s in splits.all_samples()}
+    assert by_name["a.png"] is not None and by_name["b.png"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# slow: a tiny training run and the commands on its checkpoint
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> tuple[Path, Path]:
+    from fracturekit.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("segrun")
+    data = generate_dataset(root / "data", 24, 64, 0, workers=1)
+    # A crack image without its mask: no pixel truth, left out of the pixel loss.
+    (data / "masks" / sorted((data / "masks").glob("*.png"))[0].name).unlink()
+    return data, root / "run"
+
+
+def _train(data: Path, out: Path) -> None:
+    from fracturekit.cli import main
+
+    argv = [
+        "train", str(data), "--task", "segment", "--no-pretrained", "--img-size", "64",
+        "--tile", "32", "--augment", "flips", "--epochs", "2", "--batch-size", "8",
+        "--test-fraction", "0.25", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+
+
+@pytest.mark.slow
+def test_train_segment_end_to_end(seg_run, capsys) -> None:
+    data, out = seg_run
+    _train(data, out)
+    text = capsys.readouterr().out
+    assert "have no mask file and are left out of the pixel loss" in text
+    assert "pixel_f1_tol2" in text  # the test split's segmentation figures
+    model, meta = load_checkpoint(out / "model.pt")
+    assert isinstance(model, Segmenter)
+    assert meta["task"] == "segment" and meta["decoder"] == "unet"
+    assert 0 < meta["threshold"] < 1 and meta["min_area"] >= 1
+    assert meta["classes"] == ["no_crack", "crack"] and meta["positive"] == "crack"
+    assert set(meta["metrics"]["segmentation"]) == set(SEGMENTATION_KEYS)
+    with (out / "splits.csv").open() as fh:
+        assert "mask" in next(csv.reader(fh))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["segmentation"]) == list(SEGMENTATION_KEYS)
+
+
+@pytest.mark.slow
+def test_evaluate_segment_keys_and_plots(seg_run, tmp_path: Path) -> None:
+    from fracturekit.evaluate import evaluate_checkpoint
+
+    data, out = seg_run
+    if not (out / "model.pt").exists():
+        _train(data, out)
+    metrics = evaluate_checkpoint(out / "model.pt", data, tmp_path / "eval", n_boot=10, split="all")
+    assert list(metrics["segmentation"]) == list(SEGMENTATION_KEYS)
+    assert set(metrics["localisation"]) == {"pointing_game"}
+    for key in ("f1", "roc_auc", "accuracy", "precision", "recall"):
+        assert key in metrics
+    assert any("without a mask file" in n for n in metrics["notes"])
+    for name in ("iou_histogram.png", "overlays_worst.png", "overlays_best.png", "metrics.json"):
+        assert (tmp_path / "eval" / name).is_file()
+
+
+@pytest.mark.slow
+def test_width_and_explain_on_a_segmentation_checkpoint(seg_run, tmp_path: Path) -> None:
+    from fracturekit.cli import main
+
+    data, out = seg_run
+    if not (out / "model.pt").exists():
+        _train(data, out)
+    image = sorted((data / "crack").glob("*.png"))[1]
+    argv = ["width", str(image), "--model", str(out / "model.pt"), "--out", str(tmp_path / "w")]
+    assert main([*argv, "--px-per-mm", "2"]) == 0
+    assert (tmp_path / "w" / "widths.csv").is_file()
+    assert main(["explain", str(out / "model.pt"), str(image), "--out", str(tmp_path / "x")]) == 0
+    prob = np.load(tmp_path / "x" / f"{image.stem}_prob.npy")
+    assert prob.shape == (64, 64) and (tmp_path / "x" / f"{image.stem}_prob.png").is_file()
