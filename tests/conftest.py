@@ -35,3 +35,26 @@ def _seed_torch():
         return
     torch.manual_seed(0)
     yield
+
+
+# Backbones whose tests take seconds each on 2 cores: tests parametrised over the backbone table
+# run these rows in the full tier only (`bash tools/test.sh`); the fast tier (`--fast`) keeps the
+# light rows, which exercise the same code.
+HEAVY_BACKBONES = frozenset(
+    {
+        "convnext_tiny",
+        "densenet121",
+        "efficientnet_b0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "resnet50",
+        "vgg19",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(v, str) and v in HEAVY_BACKBONES for v in params.values()):
+            item.add_marker(pytest.mark.slow)

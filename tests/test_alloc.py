@@ -41,6 +41,7 @@ def _child(**env: str) -> dict:
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+@pytest.mark.slow
 def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     default = _child(FRACTUREKIT_MALLOC="0")
     tuned = _child(FRACTUREKIT_MALLOC="1")

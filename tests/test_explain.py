@@ -376,6 +376,7 @@ def test_width_cli_model_path_on_a_synthetic_crack(ckpt: Path, tmp_path: Path) -
     assert (out2 / "attention_crack.png").exists()
 
 
+@pytest.mark.slow
 def test_several_layers_back_propagate_from_the_first_one_only() -> None:
     """Fused layers: gradients start at the first target layer to run (memory), and the maps
     equal those computed with gradients from the input; a layer off that path falls back."""

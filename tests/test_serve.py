@@ -636,6 +636,7 @@ def test_a_trickling_client_is_cut_off(ckpt: Path, monkeypatch) -> None:
     assert b"too slowly" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
+@pytest.mark.slow
 def test_slow_clients_do_not_block_other_uploads(ckpt: Path, picture: bytes) -> None:
     """Ten clients trickling their bodies: a normal upload is still answered at once."""
     app = create_app(ckpt)

@@ -240,6 +240,7 @@ def test_cached_equals_end_to_end_features(data: Path) -> None:
         ("none", None, "none", "end-to-end"),
     ],
 )
+@pytest.mark.slow
 def test_freeze_policies_train_only_what_they_should(
     data: Path, tmp_path: Path, freeze: str, train_last: int | None, augment: str, mode: str
 ) -> None:
@@ -263,6 +264,7 @@ def test_freeze_policies_train_only_what_they_should(
 
 
 @pytest.mark.parametrize("balance", ["weights", "sampler", "undersample:1"])
+@pytest.mark.slow
 def test_balance_modes(tmp_path: Path, balance: str) -> None:
     root = make_data(tmp_path / "imb", counts={"crack": 6, "no_crack": 18})
     for mode_kw in ({"freeze": "train-last", "train_last": 1}, {"augment": "default"}):
@@ -292,6 +294,7 @@ def test_balance_weights_and_sampler_change_the_objective(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "optimizer, schedule", [("sgd", "step"), ("adamw", "cosine"), ("adam", "none")]
 )
+@pytest.mark.slow
 def test_optimizers_and_schedules(data: Path, tmp_path: Path, optimizer: str, schedule: str):
     cfg = cfg_for(data, optimizer=optimizer, schedule=schedule, epochs=4, lr=0.01)
     cfg = dataclasses.replace(cfg, freeze="train-last", train_last=1)
@@ -308,6 +311,7 @@ def test_optimizers_and_schedules(data: Path, tmp_path: Path, optimizer: str, sc
     assert any(kind in s for s in state["optimizer"]["state"].values())
 
 
+@pytest.mark.slow
 def test_early_stopping_triggers(data: Path, tmp_path: Path) -> None:
     # A learning rate so small that the validation loss cannot improve: stop after patience.
     cfg = cfg_for(data, epochs=10, early_stop=2, lr=1e-12, optimizer="sgd", schedule="none")
@@ -318,6 +322,7 @@ def test_early_stopping_triggers(data: Path, tmp_path: Path) -> None:
     assert read_checkpoint(result.checkpoint)["meta"]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_threshold_target_recall_and_temperature(data: Path, tmp_path: Path) -> None:
     cfg = cfg_for(data, target_recall=1.0, freeze="train-last", train_last=1, epochs=3)
     result = train(cfg, tmp_path / "run", progress=False)
@@ -332,6 +337,7 @@ def test_threshold_target_recall_and_temperature(data: Path, tmp_path: Path) -> 
     assert read_checkpoint(uncal.checkpoint)["meta"]["temperature"] == 1.0
 
 
+@pytest.mark.slow
 def test_multiclass_and_label_smoothing(tmp_path: Path) -> None:
     root = make_data(tmp_path / "mc", n=10, classes=("a", "b", "c"))
     cfg = cfg_for(root, label_smoothing=0.1, freeze="train-last", train_last=2, epochs=3, lr=0.01)
@@ -355,6 +361,7 @@ def test_grayscale_and_hidden_layers(data: Path, tmp_path: Path) -> None:
     assert meta["in_chans"] == 1 and meta["hidden"] == [16, 8] and len(meta["mean"]) == 1
 
 
+@pytest.mark.slow
 def test_cache_views_and_precision(data: Path, tmp_path: Path) -> None:
     cfg = cfg_for(data, freeze="all-but-head", cache_views=8)
     assert train(cfg, tmp_path / "v8", progress=False).mode == "cached"
@@ -445,6 +452,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert meta["metrics"]["epochs_run"] == epochs and "threshold" in meta["metrics"]
 
 
+@pytest.mark.slow
 def test_resume_in_process_continues_and_extends(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = cfg_for(data, epochs=2, freeze="train-last", train_last=1)
