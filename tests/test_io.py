@@ -629,3 +629,54 @@ def test_misleading_extensions_are_read_by_their_magic_bytes(tmp_path: Path) -> 
 )
 def test_is_dicom_by_bytes_first(head: bytes, name: str, dicom: bool) -> None:
     assert is_dicom(head, name) is dicom
+
+
+def _deflated_dicom(side: int, frames: int) -> bytes:
+    import io as stdio
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = side
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(side * side * 2 * frames)
+    buf = stdio.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_deflated_dicom_is_refused_before_it_is_inflated_whole(monkeypatch):
+    """pydicom inflates a deflated data set whole (every frame): its inflated size counts."""
+    import pydicom
+
+    from fracturekit.io import ImageReadError, read_image_bytes
+
+    bomb = _deflated_dicom(256, 40)  # 40 frames of 64 kP, 16 bit: 5.2 MB inflated, few kB here
+    assert len(bomb) < 100_000
+
+    def never(*args, **kwargs):
+        raise AssertionError("dcmread was called on an over-budget deflated file")
+
+    monkeypatch.setattr(pydicom, "dcmread", never)
+    with pytest.raises(ImageReadError, match="inflates to over"):
+        read_image_bytes(bomb, name="bomb.dcm", max_pixels=1_000_000)  # 4 MB budget
+    monkeypatch.undo()
+    small = read_image_bytes(_deflated_dicom(64, 2), name="ok.dcm", max_pixels=1_000_000)
+    assert small.size == (64, 64)

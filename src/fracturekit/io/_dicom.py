@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fracturekit.io._convert import map_chunks, rgb_image, stretch
-from fracturekit.io._header import ImageReadError, check_size
+from fracturekit.io._header import DECODED_BYTES_PER_PIXEL, ImageReadError, check_size
 from fracturekit.io._pil import describe
 
 
@@ -75,12 +75,58 @@ def _header(ds: Any, name: str) -> tuple[int, int, int, int, int]:
     return rows, cols, samples, max(1, (bits + 7) // 8), frames
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _inflated_size(source: Path | bytes, cap: int) -> int | None:
+    """Bytes a deflated DICOM's data set inflates to (read and inflated in chunks, nothing
+    kept), or None when it is not a deflated Part 10 file. Stops counting past ``cap``."""
+    import struct
+    import zlib
+
+    with _stdio.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fh:
+        head = fh.read(144)
+        # Preamble, "DICM", then the file meta group in explicit VR little endian, led by its
+        # group length (0002,0000) UL: the deflated data set starts right after the group.
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+            return None
+        (group_length,) = struct.unpack("<I", head[140:144])
+        if group_length > 1 << 16:
+            return None
+        meta = fh.read(group_length)
+        if DEFLATED.encode() not in meta:
+            return None
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total, chunk = 0, 1 << 20
+        while total <= cap and not inflater.eof:
+            pending = inflater.unconsumed_tail or fh.read(chunk)
+            if not pending:
+                break
+            out = inflater.decompress(pending, chunk)
+            if not out and inflater.unconsumed_tail == pending:
+                break  # no progress: a damaged stream, which dcmread will report
+            total += len(out)
+        return total
+
+
 def decode_dicom(source: Path | bytes, name: str, limit: int | None):
     """-> (8-bit L/RGB image, stored mode, ``"DICOM"``, orientation 1, no warning)."""
     import pydicom
 
     apply_modality_lut, apply_voi_lut = _dicom_apis()
     read_frame, frames_decoded = _first_frame_reader()
+    budget = None if limit is None else DECODED_BYTES_PER_PIXEL * limit
+    if budget is not None:
+        # pydicom inflates a deflated data set whole, every frame, before any frame can be
+        # chosen: count what it would inflate to first, holding nothing.
+        inflated = _inflated_size(source, budget)
+        if inflated is not None and inflated > budget:
+            raise ImageReadError(
+                name,
+                f"deflated DICOM data set inflates to over {budget / 1e6:.0f} MB, the decoded-"
+                f"size budget ({DECODED_BYTES_PER_PIXEL} bytes a pixel of the limit of {limit / 1e6:g} "
+                "megapixels)",
+            )
     fp = _stdio.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:
         ds = pydicom.dcmread(fp, force=True)
