@@ -632,31 +632,15 @@ def test_is_dicom_by_bytes_first(head: bytes, name: str, dicom: bool) -> None:
 
 
 def _deflated_dicom(side: int, frames: int) -> bytes:
+    """``_multiframe_dicom`` of zeros, saved with the Deflated transfer syntax."""
     import io as stdio
 
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DeflatedExplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = side
-    ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = bytes(side * side * 2 * frames)
+    native = _multiframe_dicom(np.zeros((frames, side, side), np.uint16))
+    ds = dcmread(stdio.BytesIO(native))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     buf = stdio.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
