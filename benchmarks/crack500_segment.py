@@ -95,7 +95,7 @@ def score_segmenter(
     from sklearn.metrics import f1_score, roc_auc_score
 
     from fracturekit.io import read_image, read_mask
-    from fracturekit.predict import drop_small_pieces
+    from fracturekit.masks import drop_small_pieces
     from fracturekit.seg_metrics import pointing_game, segmentation_metrics
 
     maps, masks = [], []

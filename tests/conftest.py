@@ -58,3 +58,40 @@ def pytest_collection_modifyitems(config, items) -> None:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if any(isinstance(v, str) and v in HEAVY_BACKBONES for v in params.values()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def make_seg_checkpoint(tmp_path_factory):
+    """``make(bias=None, img_size=64, threshold=0.5, min_area=0) -> Path``: a small segmentation
+    checkpoint (U-Net over EfficientNet-Lite0, random init). With ``bias`` the head's weights are
+    zero and its bias is ``bias``: every pixel gets probability ``sigmoid(bias)``, so a test knows
+    the mask (all crack for bias > logit(threshold), none below)."""
+    import torch
+
+    from fracturekit.models import build_segmenter, save_checkpoint
+
+    made: dict[tuple, Path] = {}
+
+    def make(
+        *,
+        bias: float | None = None,
+        img_size: int = 64,
+        threshold: float = 0.5,
+        min_area: int = 0,
+    ) -> Path:
+        key = (bias, img_size, threshold, min_area)
+        if key not in made:
+            torch.manual_seed(0)
+            model = build_segmenter("efficientnet_lite0", pretrained=False).eval()
+            if bias is not None:
+                head = model.net.segmentation_head[0]
+                with torch.no_grad():
+                    head.weight.zero_()
+                    head.bias.fill_(bias)
+            path = tmp_path_factory.mktemp("segckpt") / "model.pt"
+            meta = {"img_size": img_size, "threshold": threshold, "min_area": min_area}
+            save_checkpoint(path, model, meta)
+            made[key] = path
+        return made[key]
+
+    return make

@@ -21,6 +21,7 @@ LEVELS = {
     "width": 0,
     "localisation": 0,
     "seg_metrics": 0,
+    "masks": 1,
     "data": 1,
     "inspection": 2,
     "models": 1,

@@ -24,6 +24,7 @@ from fracturekit._files import atomic_write, atomic_write_text
 from fracturekit.calibration import ECE_BINS, class_priors, default_positive, reliability_bins
 from fracturekit.config import SPLIT_FIELDS
 from fracturekit.contracts import METRICS_FILE, MODEL_FILE
+from fracturekit.masks import segment_image_score
 from fracturekit.metrics import (
     EXTRA_KEYS,
     METRIC_KEYS,
@@ -744,18 +745,6 @@ def _write_test_manifest(run_dir: Path) -> tuple[Path, int]:
 # --------------------------------------------------------------------------------------------
 
 SEGMENT_PLOTS = ("iou_histogram.png", "overlays_worst.png", "overlays_best.png")
-
-
-def segment_image_score(prob: np.ndarray, kept: np.ndarray, threshold: float) -> float:
-    """The image score of a segmenter, for ROC AUC and the image-level decision.
-
-    The map's maximum probability, except when no predicted piece is large enough
-    (``min_area``) to make the image positive: then at most just below ``threshold``. So
-    ``score >= threshold`` is exactly the mask-area decision, and ROC AUC ranks images by their
-    most probable pixel.
-    """
-    top = float(prob.max()) if prob.size else 0.0
-    return top if kept.any() else min(top, float(np.nextafter(threshold, 0.0)))
 
 
 def _segment_outputs(

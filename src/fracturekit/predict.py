@@ -33,6 +33,7 @@ from fracturekit.calibration import (
 from fracturekit.contracts import ONNX_META_KEY
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
+from fracturekit.masks import drop_small_pieces
 
 if TYPE_CHECKING:
     import torch
@@ -490,19 +491,6 @@ class Predictor:
             "backend": self.backend,
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
         }
-
-
-def drop_small_pieces(mask: np.ndarray, min_area: float) -> np.ndarray:
-    """``mask`` without its 8-connected pieces of fewer than ``min_area`` pixels."""
-    from scipy import ndimage
-
-    if min_area <= 1 or not mask.any():
-        return mask
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_area
-    keep[0] = False
-    return keep[labels]
 
 
 def _refuse_onnx_segmenter(path: Path) -> None:
