@@ -143,3 +143,23 @@ def test_local_parquet_and_usage_errors(case, tmp_path, capsys, monkeypatch) -> 
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
     with pytest.raises(ValueError, match="needs pyarrow"):
         check_output(tmp_path / "x.parquet")
+
+
+@pytest.mark.slow
+def test_segmenter_rows_and_masks_from_the_workers(
+    ray_local, case, make_seg_checkpoint, tmp_path
+) -> None:
+    _, images = case
+    ray_local.write_text("no dying in this test")
+    ckpt = make_seg_checkpoint(bias=3.0)
+    local = predict_batch(ckpt, [images], out=tmp_path / "local.csv", masks=tmp_path / "lm")
+    remote = predict_ray(
+        ckpt, [images], out=tmp_path / "ray.csv", batch_size=8, masks=tmp_path / "rm"
+    )
+    assert (remote.n, remote.failed) == (local.n, local.failed) == (N_IMAGES + 2, 2)
+    a = (tmp_path / "local.csv").read_text().replace(str(tmp_path / "lm"), "MASKS")
+    b = (tmp_path / "ray.csv").read_text().replace(str(tmp_path / "rm"), "MASKS")
+    assert a == b and "crack_fraction" in a.splitlines()[0]
+    written = sorted(p.name for p in (tmp_path / "rm").glob("*.png"))
+    assert written == sorted(p.name for p in (tmp_path / "lm").glob("*.png"))
+    assert len(written) == N_IMAGES

@@ -15,13 +15,13 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from fracturekit._files import atomic_write
+from fracturekit._files import atomic_write, atomic_write_bytes
 from fracturekit.calibration import (
     adjust_to_priors,
     class_frequencies,
@@ -33,7 +33,7 @@ from fracturekit.calibration import (
 from fracturekit.contracts import ONNX_META_KEY
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
-from fracturekit.masks import drop_small_pieces
+from fracturekit.masks import crack_fraction, drop_small_pieces, mask_png, segment_image_score
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +57,22 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
     error: str | None = None
+    # Segmenters only: the share of the image's pixels in the predicted mask, the mask itself
+    # (until it is written; never serialised) and the file it was written to.
+    crack_fraction: float | None = None
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    mask_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON-safe data; the segmenter fields only when set."""
+        out = {k: getattr(self, k) for k in ("path", "label", "confidence")}
+        out["probabilities"] = dict(self.probabilities)
+        out["threshold"] = self.threshold
+        for key in ("crack_fraction", "mask_file"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["error"] = self.error
+        return out
 
 
 def decide(
@@ -347,27 +360,32 @@ class Predictor:
         return self._records(names, self.predict_proba(batch))
 
     def predict_paths(
-        self, paths: Iterable[str | Path], batch_size: int = 32, *, strict: bool = False
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = 32,
+        *,
+        strict: bool = False,
+        keep_masks: bool = False,
     ) -> Iterator[Prediction]:
-        """Classify files in batches, in input order; unreadable files yield an error record.
+        """Classify (or segment) files in batches, in input order; unreadable files yield an
+        error record.
 
         Decoding and preprocessing run on a small thread pool (PIL releases the GIL), one batch
-        ahead of the model, so reading files overlaps with inference.
+        ahead of the model, so reading files overlaps with inference. Segmenters give each
+        record the image-level decision from the mask (:meth:`_segment_records`) and, with
+        ``keep_masks``, the mask itself at the image's size.
         """
         import torch
 
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
 
-        def load(p: str) -> tuple[str, torch.Tensor | None, str | None]:
+        def load(p: str) -> tuple[str, torch.Tensor | None, tuple[int, int], str | None]:
             try:
-                return (
-                    p,
-                    self.preprocess(read_image(p, channels=self.in_chans, strict=strict)),
-                    None,
-                )
+                image = read_image(p, channels=self.in_chans, strict=strict)
+                return p, self.preprocess(image), image.size, None
             except (ValueError, OSError) as exc:
-                return p, None, str(exc)
+                return p, None, (0, 0), str(exc)
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             chunks = _chunks((str(p) for p in paths), batch_size)
@@ -376,13 +394,18 @@ class Predictor:
                 loaded = [f.result() for f in pending]
                 # Start decoding the next batch before this one goes through the model.
                 pending = [pool.submit(load, p) for p in next(chunks, [])]
-                good = [(p, x) for p, x, err in loaded if err is None]
+                good = [(p, x, size) for p, x, size, err in loaded if err is None]
                 results: dict[str, Prediction] = {}
                 if good:
-                    proba = self.predict_proba(torch.stack([x for _, x in good]))
-                    for rec in self._records([p for p, _ in good], proba):
-                        results[rec.path] = rec
-                for p, _, err in loaded:
+                    batch = torch.stack([x for _, x, _ in good])
+                    names = [p for p, _, _ in good]
+                    if self.task == "segment":
+                        sizes = [size for _, _, size in good]
+                        records = self._segment_records(names, batch, sizes, keep_masks)
+                    else:
+                        records = self._records(names, self.predict_proba(batch))
+                    results = {rec.path: rec for rec in records}
+                for p, _, _, err in loaded:
                     if err is not None:
                         yield Prediction(p, None, None, {}, self.threshold, error=err)
                     else:
@@ -431,7 +454,6 @@ class Predictor:
                 ``img_size`` x ``img_size``.
         """
         import torch
-        import torch.nn.functional as F
 
         self._require_segmenter()
         x = batch.to(self.device)
@@ -439,14 +461,10 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             prob = torch.sigmoid(self.model(x).float()).cpu()
+        maps = [p[0].numpy() for p in prob]
         if sizes is None:
-            return [p[0].numpy() for p in prob]
-        return [
-            F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-            .clamp_(0, 1)
-            .numpy()
-            for p, (w, h) in zip(prob, sizes, strict=True)
-        ]
+            return maps
+        return [resize_probability(m, size) for m, size in zip(maps, sizes, strict=True)]
 
     def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Pixel probabilities of decoded images, each at the image's own size."""
@@ -471,6 +489,43 @@ class Predictor:
         """The predicted crack/fracture mask of each decoded image, at the image's size."""
         return self.masks_from_maps(self.probability_maps(images))
 
+    def _segment_records(
+        self,
+        paths: Sequence[str],
+        batch: torch.Tensor,
+        sizes: Sequence[tuple[int, int]],
+        keep_masks: bool,
+    ) -> list[Prediction]:
+        """Records of a segmenter: the image is positive when its mask keeps a piece.
+
+        The positive class's probability is the image score
+        (``masks.segment_image_score``: the most probable pixel, below the threshold when no
+        piece passes ``min_area``), so ``p >= threshold`` is the decision; ``crack_fraction`` is
+        the mask's share of the image. Maps are brought to full size one image at a time.
+        """
+        classes = self.classes
+        pos = self.positive_index if self.positive_index is not None else len(classes) - 1
+        threshold = self.threshold if self.threshold is not None else 0.5
+        out = []
+        for path, small, size in zip(paths, self.predict_proba_maps(batch), sizes, strict=True):
+            prob = resize_probability(small, size)
+            mask = self.masks_from_maps([prob])[0]
+            score = segment_image_score(prob, mask, threshold)
+            proba = {c: (score if i == pos else 1.0 - score) for i, c in enumerate(classes)}
+            label = classes[pos] if mask.any() else classes[1 - pos]
+            out.append(
+                Prediction(
+                    path=str(path),
+                    label=label,
+                    confidence=proba[label],
+                    probabilities=proba,
+                    threshold=threshold,
+                    crack_fraction=crack_fraction(mask),
+                    mask=mask if keep_masks else None,
+                )
+            )
+        return out
+
     def describe(self) -> dict[str, Any]:
         """What the service's ``GET /model`` returns: a JSON-safe summary of the model."""
         metrics = self.meta.get("metrics") or {}
@@ -491,6 +546,33 @@ class Predictor:
             "backend": self.backend,
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
         }
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of a half-pixel-centred linear resize of one axis."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A probability map brought to ``size`` = ``(width, height)`` by bilinear interpolation.
+
+    Pixel centres are aligned as in ``torch.nn.functional.interpolate(..., mode="bilinear",
+    align_corners=False)`` (no antialiasing), in numpy so no backend needs torch for it;
+    float32 in [0, 1].
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    w, h = size
+    if prob.shape == (h, w):
+        return prob
+    r0, r1, fr = _bilinear_axis(prob.shape[0], h)
+    c0, c1, fc = _bilinear_axis(prob.shape[1], w)
+    cols = prob[:, c0] * (1 - fc) + prob[:, c1] * fc  # (rows_in, w)
+    out = cols[r0] * (1 - fr)[:, None] + cols[r1] * fr[:, None]
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _refuse_onnx_segmenter(path: Path) -> None:
@@ -603,23 +685,85 @@ def _manifest_paths(path: Path) -> list[str]:
     return out
 
 
-def prediction_columns(classes: Sequence[str]) -> list[str]:
-    """CSV columns of ``fracturekit predict``: ``path,label,p_<class>...,threshold,error``."""
-    return ["path", "label", *[f"p_{c}" for c in classes], "threshold", "error"]
+def prediction_columns(
+    classes: Sequence[str], *, segment: bool = False, masks: bool = False
+) -> list[str]:
+    """CSV columns of ``fracturekit predict``: ``path,label,p_<class>...,threshold,error``.
+
+    Segmenters add ``crack_fraction`` (the mask's share of the image) after the probabilities,
+    and ``mask`` (the mask file written) when masks are written.
+    """
+    extra = (["crack_fraction"] if segment else []) + (["mask"] if masks else [])
+    return ["path", "label", *[f"p_{c}" for c in classes], *extra, "threshold", "error"]
 
 
-def prediction_row(pred: Prediction, classes: Sequence[str]) -> dict[str, str]:
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6f}"
+
+
+def prediction_row(
+    pred: Prediction, classes: Sequence[str], columns: Sequence[str] | None = None
+) -> dict[str, str]:
     """One CSV row; probabilities with 6 decimals, empty cells where there is no value."""
-
-    def num(v: float | None) -> str:
-        return "" if v is None else f"{v:.6f}"
-
     row = {"path": pred.path, "label": pred.label or ""}
     for c in classes:
-        row[f"p_{c}"] = num(pred.probabilities.get(c))
-    row["threshold"] = num(pred.threshold)
+        row[f"p_{c}"] = _num(pred.probabilities.get(c))
+    row["crack_fraction"] = _num(pred.crack_fraction)
+    row["mask"] = pred.mask_file or ""
+    row["threshold"] = _num(pred.threshold)
     row["error"] = pred.error or ""
-    return row
+    names = columns if columns is not None else prediction_columns(classes)
+    return {k: row[k] for k in names}
+
+
+def mask_names(paths: Sequence[str], folder: str | Path) -> list[Path]:
+    """Where ``predict --masks FOLDER`` writes each image's mask.
+
+    The image's path relative to the folder all inputs share, with ``.png`` for its suffix
+    (``survey/a/1.jpg`` -> ``FOLDER/a/1.png``); images of one folder that share a stem keep
+    their suffix (``x.jpg.png``, ``x.png.png``), so no two images write one file.
+    """
+    import os
+    from collections import Counter
+
+    resolved = [Path(p).resolve() for p in paths]
+    if not resolved:
+        return []
+    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    rel = [r.relative_to(root) for r in resolved]
+    plain = [r.with_suffix(".png") for r in rel]
+    # An image given twice is one image; two images with one stem in one folder collide.
+    taken = Counter(q for _, q in dict.fromkeys(zip(rel, plain, strict=True)))
+    return [
+        Path(folder) / (r.with_name(r.name + ".png") if taken[q] > 1 else q)
+        for r, q in zip(rel, plain, strict=True)
+    ]
+
+
+def check_masks_folder(folder: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse a masks folder that already holds files (unless ``overwrite``) before any work.
+
+    Raises:
+        FileExistsError: ``folder`` holds files and ``overwrite`` is False.
+        NotADirectoryError: ``folder`` is a file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: is a file; --masks needs a folder")
+    if folder.is_dir() and not overwrite and any(folder.iterdir()):
+        raise FileExistsError(
+            f"{folder} already holds files; pass --overwrite to replace masks there"
+        )
+    return folder
+
+
+def write_mask(pred: Prediction, path: Path) -> Prediction:
+    """Write a segmenter record's mask to ``path`` (0/255 PNG at the image's size), note the
+    file in the record and drop the array (returns the record)."""
+    if pred.mask is not None:
+        atomic_write_bytes(path, mask_png(pred.mask), durable=False)
+        pred.mask_file, pred.mask = str(path), None
+    return pred
 
 
 @dataclass
@@ -632,6 +776,7 @@ class BatchResult:
         out: the file written, or None.
         predictions: every record when no file was written (for printing), else empty.
         classes: the model's class names (column order).
+        columns: the columns of the rows (:func:`prediction_columns`).
     """
 
     n: int
@@ -639,6 +784,7 @@ class BatchResult:
     out: Path | None
     predictions: list[Prediction]
     classes: list[str]
+    columns: list[str] = field(default_factory=list)
 
 
 def predict_batch(
@@ -651,6 +797,7 @@ def predict_batch(
     overwrite: bool = False,
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    masks: str | Path | None = None,
 ) -> BatchResult:
     """Classify files, folders and manifests in batches, streaming rows to ``out``.
 
@@ -666,29 +813,44 @@ def predict_batch(
         overwrite: replace an existing ``out``.
         strict: refuse truncated images instead of loading them.
         progress: called as ``progress(done, total)`` before the first and after every image.
+        masks: segmenters: write each image's mask into this folder (:func:`mask_names`;
+            0/255 PNG at the image's size) and its file into the ``mask`` column.
 
     Returns:
         A :class:`BatchResult`; unreadable images are rows with their error, never exceptions.
 
     Raises:
-        ValueError: an unknown output format, a bad manifest, no input image.
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        ValueError: an unknown output format, a bad manifest, no input image, ``masks`` with a
+            classifier.
+        FileExistsError: ``out`` exists, or ``masks`` holds files, and ``overwrite`` is False.
     """
     if out is not None:
         out = check_output(out, overwrite=overwrite)
+    if masks is not None:
+        masks = check_masks_folder(masks, overwrite=overwrite)
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError("no input images given")
     predictor = (
         source if isinstance(source, Predictor) else Predictor.from_checkpoint(source, backend)
     )
+    segment = predictor.task == "segment"
+    if masks is not None and not segment:
+        raise ValueError(
+            f"{predictor.source or 'the model'} is a classifier: --masks needs a "
+            "segmentation checkpoint (fracturekit train --task segment)"
+        )
+    names = mask_names(paths, masks) if masks is not None else []
     classes = predictor.classes
     counts = {"n": 0, "failed": 0}
 
     def stream() -> Iterator[Prediction]:
         if progress is not None:
             progress(0, len(paths))
-        for pred in predictor.predict_paths(paths, batch_size, strict=strict):
+        preds = predictor.predict_paths(paths, batch_size, strict=strict, keep_masks=bool(names))
+        for i, pred in enumerate(preds):
+            if names:
+                write_mask(pred, names[i])
             counts["n"] += 1
             counts["failed"] += pred.error is not None
             yield pred
@@ -696,11 +858,12 @@ def predict_batch(
                 progress(counts["n"], len(paths))
 
     kept: list[Prediction] = []
+    columns = prediction_columns(classes, segment=segment, masks=masks is not None)
     if out is None:
         kept = list(stream())
     else:
-        write_predictions(out, stream(), classes)
-    return BatchResult(counts["n"], counts["failed"], out, kept, classes)
+        write_predictions(out, stream(), classes, columns)
+    return BatchResult(counts["n"], counts["failed"], out, kept, classes, columns)
 
 
 def check_output(out: str | Path, *, overwrite: bool = False) -> Path:
@@ -727,22 +890,29 @@ def check_output(out: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
-def write_predictions(out: Path, predictions: Iterable[Prediction], classes: Sequence[str]) -> None:
+def write_predictions(
+    out: Path,
+    predictions: Iterable[Prediction],
+    classes: Sequence[str],
+    columns: Sequence[str] | None = None,
+) -> None:
     """Write records to ``out`` as they come, under a temporary name renamed when complete.
 
-    ``.csv``: the columns of :func:`prediction_columns`; ``.json``: a list of ``Prediction``
-    records; ``.parquet``: the CSV's columns, probabilities and threshold as float64 (null where
-    there is no value), written in row groups of 10,000.
+    ``.csv``: ``columns`` (default: :func:`prediction_columns` of a classifier); ``.json``: a
+    list of ``Prediction`` records; ``.parquet``: the CSV's columns, probabilities, crack
+    fraction and threshold as float64 (null where there is no value), written in row groups of
+    10,000.
     """
+    columns = list(columns) if columns is not None else prediction_columns(classes)
     suffix = out.suffix.lower()
     if suffix == ".csv":
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fp:
-                writer = csv.DictWriter(fp, prediction_columns(classes))
+                writer = csv.DictWriter(fp, columns)
                 writer.writeheader()
                 for pred in predictions:
-                    writer.writerow(prediction_row(pred, classes))
+                    writer.writerow(prediction_row(pred, classes, columns))
 
     elif suffix == ".json":
 
@@ -756,30 +926,32 @@ def write_predictions(out: Path, predictions: Iterable[Prediction], classes: Seq
     else:
 
         def write(tmp: Path) -> None:
-            _write_parquet(tmp, predictions, classes)
+            _write_parquet(tmp, predictions, classes, columns)
 
     atomic_write(out, write)
 
 
-def _write_parquet(path: Path, predictions: Iterable[Prediction], classes: Sequence[str]) -> None:
+def _write_parquet(
+    path: Path, predictions: Iterable[Prediction], classes: Sequence[str], columns: Sequence[str]
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = prediction_columns(classes)
-    schema = pa.schema(
-        [(c, pa.string() if c in ("path", "label", "error") else pa.float64()) for c in columns]
-    )
+    text = ("path", "label", "mask", "error")
+    schema = pa.schema([(c, pa.string() if c in text else pa.float64()) for c in columns])
+    getters: dict[str, Callable[[Prediction], Any]] = {
+        "path": lambda p: p.path,
+        "label": lambda p: p.label,
+        "crack_fraction": lambda p: p.crack_fraction,
+        "mask": lambda p: p.mask_file,
+        "threshold": lambda p: p.threshold,
+        "error": lambda p: p.error,
+    }
+    for c in classes:
+        getters[f"p_{c}"] = lambda p, c=c: p.probabilities.get(c)
 
     def table(rows: list[Prediction]) -> pa.Table:
-        data: dict[str, list[Any]] = {
-            "path": [p.path for p in rows],
-            "label": [p.label for p in rows],
-        }
-        for c in classes:
-            data[f"p_{c}"] = [p.probabilities.get(c) for p in rows]
-        data["threshold"] = [p.threshold for p in rows]
-        data["error"] = [p.error for p in rows]
-        return pa.table(data, schema=schema)
+        return pa.table({c: [getters[c](p) for p in rows] for c in columns}, schema=schema)
 
     with pq.ParquetWriter(str(path), schema) as writer:
         for rows in _chunks(predictions, 10_000):

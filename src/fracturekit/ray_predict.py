@@ -31,8 +31,12 @@ from fracturekit.predict import (
     BatchResult,
     Prediction,
     Predictor,
+    check_masks_folder,
     check_output,
     expand_inputs,
+    mask_names,
+    prediction_columns,
+    write_mask,
     write_predictions,
 )
 
@@ -59,7 +63,16 @@ class PredictWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
-        preds = list(self.predictor.predict_paths(paths, self.batch_size, strict=self.strict))
+        masks = [str(m) for m in batch["mask"]]
+        preds = list(
+            self.predictor.predict_paths(
+                paths, self.batch_size, strict=self.strict, keep_masks=any(masks)
+            )
+        )
+        # Segmenters' masks are written here, by the worker that holds them.
+        for pred, mask in zip(preds, masks, strict=True):
+            if mask:
+                write_mask(pred, Path(mask))
         classes = self.predictor.classes
         # Plain columns (NaN / "" for missing values): Arrow blocks of fixed types.
         return {
@@ -70,6 +83,11 @@ class PredictWorker:
                 [[p.probabilities.get(c, np.nan) for c in classes] for p in preds],
                 dtype=np.float64,
             ).reshape(len(preds), len(classes)),
+            "crack_fraction": np.array(
+                [np.nan if p.crack_fraction is None else p.crack_fraction for p in preds],
+                dtype=np.float64,
+            ),
+            "mask_file": np.array([p.mask_file or "" for p in preds], dtype=object),
             "error": np.array([p.error or "" for p in preds], dtype=object),
         }
 
@@ -79,7 +97,16 @@ def _prediction(row: dict[str, Any], classes: list[str], threshold: float | None
         return Prediction(str(row["path"]), None, None, {}, threshold, error=str(row["error"]))
     proba = dict(zip(classes, (float(v) for v in row["proba"]), strict=True))
     label = str(row["label"])
-    return Prediction(str(row["path"]), label, proba[label], proba, threshold)
+    fraction = float(row["crack_fraction"])
+    return Prediction(
+        str(row["path"]),
+        label,
+        proba[label],
+        proba,
+        threshold,
+        crack_fraction=None if np.isnan(fraction) else fraction,
+        mask_file=str(row["mask_file"]) or None,
+    )
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -127,6 +154,7 @@ def _rows(
     workers: int | None,
     worker: type[PredictWorker],
     prior: Any = None,
+    masks: list[Path] | None = None,
 ) -> Iterator[dict[str, Any]]:
     import ray
     import ray.data
@@ -134,7 +162,9 @@ def _rows(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    items = [{INDEX: i, "path": p} for i, p in enumerate(paths)]
+    names = [str(m) for m in masks] if masks else [""] * len(paths)
+    pairs = enumerate(zip(paths, names, strict=True))
+    items = [{INDEX: i, "path": p, "mask": m} for i, (p, m) in pairs]
     blocks = max(1, -(-len(items) // batch_size))
     # A fixed pool, one actor a CPU: an autoscaling pool grows only as its queue does.
     pool = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), blocks)
@@ -171,6 +201,7 @@ def predict_ray(
     progress: Callable[[int, int], None] | None = None,
     worker: type[PredictWorker] = PredictWorker,
     prior: float | dict[str, float] | None = None,
+    masks: str | Path | None = None,
 ) -> BatchResult:
     """Classify files, folders and manifests on Ray Data; the rows of local ``predict_batch``.
 
@@ -188,6 +219,9 @@ def predict_ray(
         num_cpus: CPUs of a local Ray started here.
         progress: called as ``progress(done, total)`` before the first and after every row.
         worker: the callable class of the actor pool (a subclass may add per-batch behaviour).
+        prior: decide at this prevalence (``Predictor.from_checkpoint(prior=...)``).
+        masks: segmenters: the folder the workers write each image's mask into (as local
+            ``predict_batch``; the folder must be on storage every node writes to).
 
     Returns:
         A :class:`~fracturekit.predict.BatchResult` (``predictions`` empty: rows go to ``out``).
@@ -202,6 +236,8 @@ def predict_ray(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     out = check_output(out, overwrite=overwrite)
+    if masks is not None:
+        masks = check_masks_folder(masks, overwrite=overwrite)
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError("no input images given")
@@ -210,6 +246,14 @@ def predict_ray(
     # class names and threshold give the columns.
     local = Predictor.from_checkpoint(source, backend, prior=prior)
     classes, threshold = local.classes, local.threshold
+    segment = local.task == "segment"
+    if masks is not None and not segment:
+        raise ValueError(
+            f"{source} is a classifier: --masks needs a segmentation checkpoint "
+            "(fracturekit train --task segment)"
+        )
+    names = [p.resolve() for p in mask_names(paths, masks)] if masks is not None else None
+    columns = prediction_columns(classes, segment=segment, masks=masks is not None)
     started = _start_ray(address, num_cpus)
     counts = {"n": 0, "failed": 0}
 
@@ -225,6 +269,7 @@ def predict_ray(
             workers=workers,
             worker=worker,
             prior=prior,
+            masks=names,
         )
         for expected, row in enumerate(rows):
             if int(row[INDEX]) != expected:
@@ -239,10 +284,10 @@ def predict_ray(
             raise RuntimeError(f"Ray returned {counts['n']} of {len(paths)} rows")
 
     try:
-        write_predictions(out, stream(), classes)
+        write_predictions(out, stream(), classes, columns)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    return BatchResult(counts["n"], counts["failed"], out, [], classes)
+    return BatchResult(counts["n"], counts["failed"], out, [], classes, columns)

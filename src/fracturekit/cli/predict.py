@@ -6,6 +6,10 @@ complete; without --out a table is printed. An image that cannot be read becomes
 error and the run goes on. With --ray the same rows come from a Ray Data pipeline: a local Ray
 started for the run, or the cluster at ADDRESS (or RAY_ADDRESS).
 
+A segmentation checkpoint (`fracturekit train --task segment`) decides per image from its
+mask (positive when a piece of at least its min_area remains), adds a crack_fraction column (the
+mask's share of the image) and, with --masks DIR, writes every mask as a PNG.
+
 Exit codes: 0 every image classified; 1 some images could not be read (see the error column);
 2 a usage error (missing checkpoint, bad manifest, --out exists without --overwrite).
 
@@ -17,6 +21,7 @@ Examples:
   fracturekit predict runs/demo/model.pt photos/ more.csv --out results.csv
   fracturekit predict runs/demo/model.pt survey/ --prior 0.03 --out survey.csv
   fracturekit predict runs/demo/model.pt photos/ --out results.parquet --ray
+  fracturekit predict runs/seg/model.pt photos/ --masks masks/ --out results.csv
 """
 
 from __future__ import annotations
@@ -76,6 +81,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     add_prior_argument(parser)
     parser.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="segmentation checkpoints: write each image's mask into DIR (0/255 PNG at the "
+        "image's size, named by its path relative to the inputs' common folder) and its file "
+        "into a 'mask' column",
+    )
+    parser.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -114,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             strict=args.strict,
             progress=progress,
+            masks=args.masks,
         )
     if result.out is None:
         _print_table(result)
@@ -137,13 +150,18 @@ def _print_table(result) -> None:
     table.add_column("label")
     for c in result.classes:
         table.add_column(f"p_{c}", justify="right")
+    segment = "crack_fraction" in result.columns
+    if segment:
+        table.add_column("crack_fraction", justify="right")
     table.add_column("error", overflow="fold")
     for pred in result.predictions:
-        probs = [
+        cells = [
             "" if pred.probabilities.get(c) is None else f"{pred.probabilities[c]:.4f}"
             for c in result.classes
         ]
-        table.add_row(pred.path, pred.label or "", *probs, pred.error or "")
+        if segment:
+            cells.append("" if pred.crack_fraction is None else f"{pred.crack_fraction:.4f}")
+        table.add_row(pred.path, pred.label or "", *cells, pred.error or "")
     console = Console(file=sys.stdout)
     if not console.is_terminal:
         console.width = 200  # piped output: keep long paths on one line
