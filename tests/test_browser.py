@@ -2,19 +2,27 @@
 
 Needs Debian's chromium at /usr/bin/chromium (tools/test.sh installs it) and Playwright for
 Python; skipped with the reason when either is missing.
+
+Run as a script, it saves the page of a segmentation model for the README:
+
+    .venv/bin/python tests/test_browser.py CKPT IMAGE --out docs/page_segment.png [--px-per-mm X]
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,25 +70,16 @@ def wait_for_health(url: str, proc: subprocess.Popen, log: Path, timeout: float 
 API_KEY = "page-key-42"
 
 
-@pytest.fixture(params=[None], ids=["open"])
-def server(tmp_path: Path, request):
-    """A real `fracturekit serve` process on a free localhost port; yields its URL
-    (``request.param``: the API key it is started with, or None)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model("simple_cnn", 2, pretrained=False)
-    ckpt = save_checkpoint(
-        tmp_path / "model.pt",
-        model,
-        # Threshold 0: the untrained model always answers "crack", so the page shows a width.
-        {"classes": CLASSES, "img_size": 64, "positive": "crack", "threshold": 0.0},
-    )
+@contextlib.contextmanager
+def serve_process(ckpt: Path, folder: Path, api_key: str | None = None) -> Iterator[str]:
+    """A real `fracturekit serve` process on a free localhost port (log in ``folder``); yields
+    its URL once ``/health`` answers."""
     port = free_port()
-    log = tmp_path / "serve.log"
+    log = folder / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     env.pop("FRACTUREKIT_API_KEY", None)
-    if request.param:
-        env["FRACTUREKIT_API_KEY"] = request.param
+    if api_key:
+        env["FRACTUREKIT_API_KEY"] = api_key
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fracturekit", "serve", str(ckpt), "--port", str(port)],
@@ -101,10 +100,56 @@ def server(tmp_path: Path, request):
             proc.wait()
 
 
+@pytest.fixture(params=[None], ids=["open"])
+def server(tmp_path: Path, request):
+    """`fracturekit serve` of a small classifier; yields its URL (``request.param``: the API
+    key it is started with, or None)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("simple_cnn", 2, pretrained=False)
+    ckpt = save_checkpoint(
+        tmp_path / "model.pt",
+        model,
+        # Threshold 0: the untrained model always answers "crack", so the page shows a width.
+        {"classes": CLASSES, "img_size": 64, "positive": "crack", "threshold": 0.0},
+    )
+    with serve_process(ckpt, tmp_path, request.param) as url:
+        yield url
+
+
+@pytest.fixture
+def seg_server(tmp_path: Path, make_seg_checkpoint):
+    """`fracturekit serve` of a segmentation model that marks every pixel as crack."""
+    with serve_process(make_seg_checkpoint(bias=3.0), tmp_path) as url:
+        yield url
+
+
 def _playwright():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (tools/test.sh does)")
     return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+def segment_page(expect, browser, url: str, image: Path, shot: Path, px_per_mm=None):
+    """The page of a segmentation model after ``image`` is uploaded (with the scale
+    ``px_per_mm`` typed in when given): the mask overlay and the width table are shown; the
+    page is saved to ``shot``. Returns the page (``expect``: Playwright's)."""
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    page.goto(url + "/")
+    expect(page.locator("#model-info")).to_contain_text("segmentation")
+    expect(page.locator("#scale-field")).to_be_visible()
+    if px_per_mm is not None:
+        page.fill("#px-per-mm", str(px_per_mm))
+    page.set_input_files("#file", str(image))
+    overlay = page.locator("#overlay")
+    expect(overlay).to_be_visible(timeout=60_000)
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    width = page.locator("#width")
+    expect(width).to_be_visible()
+    expect(width).to_contain_text("Mean width")
+    expect(page.locator("#fraction")).to_contain_text("Crack fraction")
+    page.screenshot(path=str(shot), full_page=True)
+    return page
 
 
 def test_page_in_chromium(server: str, tmp_path: Path) -> None:
@@ -222,3 +267,72 @@ def test_page_asks_for_the_api_key(server: str, tmp_path: Path) -> None:
             assert page.evaluate("sessionStorage.getItem('fracturekit-api-key')") == API_KEY
         finally:
             browser.close()
+
+
+def test_segmentation_page_in_chromium(seg_server: str, tmp_path: Path) -> None:
+    """A segmentation model: the mask over the photo, the crack fraction, the width table in
+    px and mm; a bad scale is refused on the page."""
+    sync_api = _playwright()
+    crack_png = tmp_path / "crack.png"
+    Image.fromarray(render_sample(np.random.default_rng(3), 160, "concrete", True).image).save(
+        crack_png
+    )
+    shot = tmp_path / "page_segment.png"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = segment_page(sync_api.expect, browser, seg_server, crack_png, shot, px_per_mm=4)
+            assert page.locator("#label").inner_text().strip() == "crack"
+            assert page.locator("#fraction").inner_text().endswith("100.0% of the image")
+            assert page.locator("#bars li").count() == 0  # no class bars for a mask
+            sync_api.expect(page.locator("#bars-title")).to_be_hidden()
+            rows = page.locator("#width-rows")
+            sync_api.expect(rows).to_contain_text("Total length")
+            sync_api.expect(rows).to_contain_text("mm)")
+            sync_api.expect(page.locator("#width-note")).to_contain_text("predicted mask")
+            shown = page.evaluate("document.getElementById('overlay').naturalWidth")
+            assert shown == 160
+            toggle = page.locator("#show-overlay")
+            sync_api.expect(toggle).to_be_enabled()
+            toggle.uncheck()
+            sync_api.expect(page.locator("#preview")).to_be_visible()
+
+            # A scale that is not a positive number is refused before anything is sent.
+            page.fill("#px-per-mm", "-1")
+            page.set_input_files("#file", str(crack_png))
+            sync_api.expect(page.locator("#error")).to_contain_text("scale")
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Save the page of a segmentation model after one upload (the README's screenshot)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("checkpoint", type=Path, help="a segmentation model.pt")
+    parser.add_argument("image", type=Path, help="the photo to upload")
+    parser.add_argument("--out", type=Path, default=Path("docs/page_segment.png"))
+    parser.add_argument("--px-per-mm", type=float, default=None, help="scale typed in the page")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import expect, sync_playwright
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        serve_process(args.checkpoint, Path(folder)) as url,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            segment_page(expect, browser, url, args.image, args.out, args.px_per_mm)
+        finally:
+            browser.close()
+    # 256 colours: a third of the size, for a file kept in the repository.
+    shot = Image.open(args.out).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    shot.save(args.out, optimize=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

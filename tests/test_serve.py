@@ -876,3 +876,228 @@ def test_one_image_is_decoded_at_a_time(client: TestClient, monkeypatch) -> None
             pool.map(lambda p: client.post("/predict", files=upload(p)).status_code, pictures)
         )
     assert codes == [200] * 4 and most[0] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# a segmentation model: POST /segment, and /predict, /explain and /model on it
+
+SIGMOID_3 = 1.0 / (1.0 + np.exp(-3.0))
+
+
+@pytest.fixture(scope="module")
+def seg_all(make_seg_checkpoint):
+    """A segmenter whose every pixel is crack (probability sigmoid(3))."""
+    with local_client(create_app(make_seg_checkpoint(bias=3.0))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def seg_none(make_seg_checkpoint):
+    """A segmenter that finds no crack (probability sigmoid(-3) everywhere)."""
+    with local_client(create_app(make_seg_checkpoint(bias=-3.0))) as c:
+        yield c
+
+
+def test_model_says_its_task(client: TestClient, seg_all: TestClient) -> None:
+    body = client.get("/model").json()
+    assert body["task"] == "classify" and body["min_area"] is None
+    body = seg_all.get("/model").json()
+    assert body["task"] == "segment" and body["min_area"] == 0
+    assert body["classes"] == ["background", "crack"] and body["positive"] == "crack"
+    assert body["explain_methods"] == ["probability"]
+
+
+def test_segment_json(seg_all: TestClient, seg_none: TestClient, picture: bytes) -> None:
+    from fracturekit.serve.app import SegmentResponse
+
+    r = seg_all.post("/segment", files=upload(picture, "wall.png"))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == set(SegmentResponse.model_fields)
+    assert body["path"] == "wall.png" and body["label"] == "crack" and body["positive"] == "crack"
+    assert body["crack_fraction"] == 1.0 and body["score"] == pytest.approx(SIGMOID_3, abs=1e-5)
+    assert body["threshold"] == 0.5 and body["min_area"] == 0
+    assert (body["width_px"], body["height_px"]) == (64, 48)
+    assert len(body["polygons"]) == 1 and body["polygons_truncated"] is False
+    assert body["polygons"][0]["bbox"] == [0, 0, 64, 48]
+    assert body["polygons"][0]["area_px"] == 64 * 48
+    assert body["overlay"] is None
+    width = body["width"]
+    assert width["cracks"] == 1 and width["length_px"] > 0 and width["max_width_px"] > 0
+    assert width["px_per_mm"] is None and width["length_mm"] is None and len(width["rows"]) == 1
+
+    body = seg_none.post("/segment", files=upload(picture)).json()
+    assert body["label"] == "background" and body["crack_fraction"] == 0.0
+    assert body["score"] == pytest.approx(1.0 - SIGMOID_3, abs=1e-5)
+    assert body["polygons"] == [] and body["polygons_truncated"] is False
+    assert body["width"]["cracks"] == 0 and body["width"]["mean_width_px"] is None
+
+
+def overlay_image(body: dict) -> Image.Image:
+    head, b64 = body["overlay"].split(",", 1)
+    assert head == "data:image/png;base64"
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_segment_overlay_and_scale(seg_all, seg_none, picture: bytes) -> None:
+    body = seg_all.post("/segment?overlay=true&px_per_mm=2", files=upload(picture)).json()
+    shown = overlay_image(body)
+    assert shown.size == (64, 48) and shown.mode == "RGB"
+    # Every pixel is crack: the whole picture is tinted red; without a crack it is unchanged.
+    rgb = np.asarray(shown, dtype=int)
+    assert (rgb[..., 0] - rgb[..., 1]).mean() > 80
+    plain = overlay_image(seg_none.post("/segment?overlay=true", files=upload(picture)).json())
+    assert np.array_equal(np.asarray(plain), np.asarray(Image.open(io.BytesIO(picture))))
+    width = body["width"]
+    assert width["px_per_mm"] == 2
+    assert width["length_mm"] == pytest.approx(width["length_px"] / 2, abs=1e-3)
+    assert width["max_width_mm"] == pytest.approx(width["max_width_px"] / 2, abs=1e-3)
+
+
+def test_segment_png(seg_all: TestClient, seg_none: TestClient, picture: bytes) -> None:
+    for c, value, label in ((seg_all, 255, "crack"), (seg_none, 0, "background")):
+        r = c.post("/segment?format=png", files=upload(picture))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        mask = Image.open(io.BytesIO(r.content))
+        assert mask.size == (64, 48) and mask.mode == "L"
+        assert np.unique(np.asarray(mask)).tolist() == [value]
+        assert r.headers["x-fracturekit-label"] == label
+        assert float(r.headers["x-fracturekit-crack-fraction"]) == value / 255
+    # Accept: image/png asks for the mask; JSON stays the default.
+    r = seg_all.post("/segment", files=upload(picture), headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "image/png"
+    r = seg_all.post("/segment", files=upload(picture), headers={"Accept": "*/*"})
+    assert r.headers["content-type"] == "application/json"
+    r = seg_all.post("/segment?format=json", files=upload(picture), headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_segment_bad_query_parameters(seg_all: TestClient, picture: bytes) -> None:
+    for bad in ("-2", "0", "inf", "-inf", "nan", "1e308", "wide"):
+        r = seg_all.post(f"/segment?px_per_mm={bad}", files=upload(picture))
+        assert_error(r, 422, "px_per_mm")
+    assert_error(seg_all.post("/segment?format=gif", files=upload(picture)), 422, "format")
+    assert_error(seg_all.post("/segment?overlay=maybe", files=upload(picture)), 422, "overlay")
+    assert_error(seg_all.post("/segment", files=upload(b"%PDF-1.4", "a.pdf")), 422, "a.pdf")
+    assert_error(seg_all.post("/segment", files=upload(bomb_png())), 413, "megapixels")
+
+
+def test_large_images_are_measured_on_a_reduced_mask(seg_all: TestClient, monkeypatch) -> None:
+    """Above MEASURE_MAX_SIDE, widths and outlines come from the map reduced to that side,
+    reported in the upload's pixels; the mask PNG and the fraction stay full size."""
+    from fracturekit.serve import _segment
+
+    monkeypatch.setattr(_segment, "MEASURE_MAX_SIDE", 64)
+    wide = png_bytes(noise_image(2, (256, 40)))
+    body = seg_all.post("/segment", files=upload(wide)).json()
+    assert (body["width_px"], body["height_px"]) == (256, 40) and body["crack_fraction"] == 1.0
+    assert body["polygons"][0]["bbox"] == [0, 0, 256, 40]
+    assert body["polygons"][0]["area_px"] == pytest.approx(256 * 40, rel=0.05)
+    width = body["width"]
+    assert width["length_px"] == pytest.approx(256, rel=0.15)
+    assert width["max_width_px"] == pytest.approx(40, rel=0.15)
+    assert float(width["rows"][0]["max_width_px"]) == pytest.approx(width["max_width_px"], 1e-3)
+    r = seg_all.post("/segment?format=png", files=upload(wide))
+    assert Image.open(io.BytesIO(r.content)).size == (256, 40)
+
+
+def test_outlines_are_limited(make_seg_checkpoint, monkeypatch) -> None:
+    from fracturekit.serve import _segment
+
+    predictor = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0))
+    prob = np.zeros((40, 60), np.float32)
+    for i in range(5):
+        prob[5 : 5 + 2 + i, 2 + 12 * i : 10 + 12 * i] = 0.9  # five pieces, growing
+    mask = prob >= 0.5
+    body = _segment.segment_answer(predictor, "x.png", prob, mask, px_per_mm=None)
+    assert len(body["polygons"]) == 5 and body["polygons_truncated"] is False
+    monkeypatch.setattr(_segment, "POLYGON_LIMIT", 3)
+    body = _segment.segment_answer(predictor, "x.png", prob, mask, px_per_mm=None)
+    assert [p["area_px"] for p in body["polygons"]] == [8 * 6, 8 * 5, 8 * 4]  # the largest
+    assert body["polygons_truncated"] is True
+
+
+def test_predict_on_a_segmenter(seg_all: TestClient, seg_none: TestClient, picture) -> None:
+    """Classifier clients keep working: the image-level decision of the mask."""
+    body = seg_all.post("/predict", files=upload(picture)).json()
+    assert body["label"] == "crack" and body["crack_fraction"] == 1.0
+    assert body["probabilities"]["crack"] == pytest.approx(SIGMOID_3, abs=1e-5)
+    assert body["probabilities"]["background"] == pytest.approx(1 - SIGMOID_3, abs=1e-5)
+    assert body["confidence"] == pytest.approx(SIGMOID_3, abs=1e-5)
+    assert body["threshold"] == 0.5 and body["positive"] == "crack"
+    body = seg_none.post("/predict?preview=true", files=upload(picture)).json()
+    assert body["label"] == "background" and body["crack_fraction"] == 0.0
+    assert body["preview_png"] is not None
+
+
+def test_explain_on_a_segmenter(seg_all: TestClient, picture: bytes) -> None:
+    """The pixel probability map over the image, as `fracturekit explain` draws it."""
+    r = seg_all.post("/explain", files=upload(picture))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (64, 48)
+    body = seg_all.post("/explain?format=json&px_per_mm=4", files=upload(picture)).json()
+    assert body["method"] == "probability" and body["target"] == "crack"
+    assert body["label"] == "crack" and body["crack_fraction"] == 1.0
+    assert body["width"]["n_cracks"] == 1
+    assert body["width"]["length_mm"] == pytest.approx(body["width"]["length_px"] / 4, rel=1e-3)
+    r = seg_all.post("/explain?method=gradcam", files=upload(picture))
+    assert_error(r, 422, "probability", "/segment")
+    r = seg_all.post("/explain?target=background", files=upload(picture))
+    assert_error(r, 422, "positive class", "crack")
+
+
+def test_a_classifier_refuses_segment(client: TestClient, picture: bytes) -> None:
+    r = client.post("/segment", files=upload(picture))
+    assert_error(r, 409, "classifier", "/predict")
+    assert client.get("/model").json()["explain_methods"] != ["probability"]
+    assert client.post("/predict", files=upload(picture)).json()["crack_fraction"] is None
+
+
+def test_segment_keeps_the_limits_and_the_api_key(make_seg_checkpoint, picture: bytes) -> None:
+    app = create_app(make_seg_checkpoint(bias=3.0), max_upload_mb=0.05, api_key="k3y")
+    with local_client(app) as c:
+        key = {"X-API-Key": "k3y"}
+        assert_error(c.post("/segment", files=upload(picture)), 401, "API key")
+        r = c.post("/segment", files=upload(picture), headers={"Authorization": "Bearer no"})
+        assert_error(r, 401, "wrong API key")
+        big = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+        assert_error(c.post("/segment", files=upload(big), headers=key), 413, "limit")
+        r = c.post(
+            "/segment", files=upload(picture), headers={**key, "Origin": "http://evil.example"}
+        )
+        assert r.status_code == 403
+        r = c.post("/segment", files=upload(picture), headers=key)
+        assert r.status_code == 200 and r.json()["label"] == "crack"
+
+
+def test_openapi_documents_segment(seg_all: TestClient) -> None:
+    schema = seg_all.get("/openapi.json").json()
+    post = schema["paths"]["/segment"]["post"]
+    assert post["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert {"200", "409", "413", "503"} <= set(post["responses"])
+    props = schema["components"]["schemas"]["SegmentResponse"]["properties"]
+    assert {"crack_fraction", "polygons", "polygons_truncated", "width", "overlay"} <= set(props)
+
+
+def test_page_has_the_segmentation_view(client: TestClient) -> None:
+    html = client.get("/").text
+    for needle in ('id="px-per-mm"', 'id="fraction"', 'id="width-note"'):
+        assert needle in html
+    js = client.get("/static/app.js").text
+    assert "/segment?" in js and "px_per_mm" in js and 'task === "segment"' in js
+
+
+def test_mask_overlay_keeps_thin_cracks() -> None:
+    """render.mask_overlay: mask pixels tinted, the rest untouched, a 1-px line of a 4x larger
+    mask still painted on the small picture."""
+    from fracturekit.render import mask_overlay
+
+    image = np.full((20, 30, 3), 100, np.uint8)
+    mask = np.zeros((80, 120), bool)
+    mask[41, :] = True  # one pixel thick at 4x the picture's size
+    out = np.asarray(mask_overlay(image, mask, colour=(255, 0, 0), alpha=0.5))
+    assert out.shape == (20, 30, 3)
+    assert (out[10] == [178, 50, 50]).all()
+    assert (np.delete(out, 10, axis=0) == 100).all()
+    with pytest.raises(ValueError, match="alpha"):
+        mask_overlay(image, mask, alpha=2)

@@ -81,6 +81,38 @@ def overlay(
     return Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def mask_overlay(
+    image: Any,
+    mask: np.ndarray,
+    *,
+    colour: tuple[int, int, int] = (255, 32, 32),
+    alpha: float = 0.55,
+) -> Image.Image:
+    """A binary mask painted in ``colour`` over the image, at the image's size.
+
+    A mask of another size is reduced (or enlarged) so that a cell holding any mask pixel is
+    painted: a 1-px crack of a full-size mask stays visible on a small picture.
+
+    Args:
+        image: a PIL image or an ``(H, W[, 3])`` array.
+        mask: ``(h, w)`` binary mask.
+        colour: RGB of the mask.
+        alpha: weight of the colour on mask pixels (0: the image only, 1: solid colour).
+    """
+    from PIL import Image
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    rgb = as_rgb_array(image).astype(np.float32)
+    size = (rgb.shape[1], rgb.shape[0])
+    mask = np.asarray(mask, bool)
+    if mask.shape[::-1] != size:
+        grey = Image.fromarray(mask.astype(np.uint8) * 255)
+        mask = np.asarray(grey.resize(size, Image.Resampling.BOX)) > 0
+    rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * np.asarray(colour, np.float32)
+    return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Write a matplotlib ``Figure`` as a PNG at ``path`` (Agg canvas, atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -2,8 +2,10 @@
 
 Open http://HOST:PORT/ for the page (drag an image in: PNG, JPEG, TIFF or DICOM); the API:
 GET /health, GET /model, POST /predict and POST /explain (multipart field `file`), described at
-/openapi.json (and by Swagger UI at /docs with --docs). The model is loaded once per worker
-process when it starts. Uploads stay in memory and are never written to disk unless
+/openapi.json (and by Swagger UI at /docs with --docs). A segmentation checkpoint (`train --task
+segment`) also answers POST /segment: the crack mask as PNG (?format=png) or JSON with the crack
+fraction, widths and outlines; its page shows the mask over the photo. The model is loaded once
+per worker process when it starts. Uploads stay in memory and are never written to disk unless
 --save-uploads DIR is given.
 
 The default host 127.0.0.1 accepts connections from this machine only. To listen on a network
@@ -15,6 +17,7 @@ with TLS. Requests from other web sites (a foreign Origin) and Host names not in
 Example:
   fracturekit serve runs/demo/model.pt --port 8000
   curl -F file=@photo.jpg http://127.0.0.1:8000/predict
+  curl -F file=@photo.jpg 'http://127.0.0.1:8000/segment?format=png' -o mask.png   # segmenter
   FRACTUREKIT_API_KEY=s3cret fracturekit serve model.pt --host 0.0.0.0 --allowed-hosts lab.example
 """
 
@@ -41,7 +44,11 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="model.pt (or model.onnx)")
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="model.pt of a classifier or a segmentation model (or a classifier's model.onnx)",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on (default %(default)s)"
     )

@@ -1,5 +1,6 @@
 """The inference engine of the service: decoding an upload, the model behind a lock, and the
-per-image work of ``/predict`` and ``/explain``, run on worker threads (``WorkQueue``).
+per-image work of ``/predict`` and ``/explain``, run on worker threads (``WorkQueue``)
+(``_segment`` holds the work of ``/segment`` and of ``/explain`` on a segmentation model).
 
 Decoding and inference run on a small thread pool (``WORK_THREADS``), never on the event loop,
 with at most ``WORK_QUEUE`` requests waiting or running (more get 503 with Retry-After rather
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import numpy as np
 
 from fracturekit._files import atomic_write_bytes
 from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
+from fracturekit.masks import crack_fraction, mask_polygons, segment_image_score, width_summary
 from fracturekit.predict import Prediction, Predictor
 from fracturekit.serve._upload import UploadError, busy
 
@@ -43,6 +46,8 @@ DECODES_AT_ONCE = 1  # images being decoded at once (see _Engine.decode_gate)
 # Score-CAM runs one forward pass per channel of the explained layer (hundreds): offered only
 # when the server lists it (fracturekit serve --explain-methods).
 COSTLY_METHODS = COSTLY_CAM_METHODS
+# What /explain shows for a segmentation model: its pixel probability map (no CAM).
+SEGMENT_EXPLAIN_METHOD = "probability"
 T = TypeVar("T")
 
 
@@ -132,6 +137,32 @@ class _Engine:
         with self.lock:
             return self.predictor.predict_images([image], [name])[0]
 
+    def segment(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """A segmentation model's pixel probabilities and mask, both at the image's size."""
+        with self.lock:
+            prob = self.predictor.probability_maps([image])[0]
+        return prob, self.predictor.masks_from_maps([prob])[0]
+
+
+def segment_prediction(
+    predictor: Predictor, name: str, prob: np.ndarray, mask: np.ndarray
+) -> Prediction:
+    """A segmentation model's image-level answer, shaped as a classifier's: positive when the
+    mask keeps a piece, with ``masks.segment_image_score`` as the positive class's probability
+    (so existing ``/predict`` clients read a segmenter as they read a classifier)."""
+    classes, positive = predictor.classes, predictor.positive_index
+    threshold = predictor.threshold if predictor.threshold is not None else 0.5
+    score = segment_image_score(prob, mask, threshold)
+    probabilities = {classes[positive]: score, classes[1 - positive]: 1.0 - score}
+    label = classes[positive] if mask.any() else classes[1 - positive]
+    return Prediction(
+        path=name,
+        label=label,
+        confidence=probabilities[label],
+        probabilities={c: probabilities[c] for c in classes},
+        threshold=threshold,
+    )
+
 
 def _display_name(filename: str | None) -> str:
     """The upload's base name (no folders, no control characters), for messages and logs."""
@@ -190,10 +221,18 @@ def _predict_sync(
     image = engine.decode(data, name)
     engine.save(data, name)
     t1 = time.perf_counter()
-    pred = engine.classify(image, name)
+    fraction = None
+    if engine.predictor.task == "segment":
+        prob, mask = engine.segment(image)
+        pred = segment_prediction(engine.predictor, name, prob, mask)
+        fraction = crack_fraction(mask)
+        del prob, mask
+    else:
+        pred = engine.classify(image, name)
     t2 = time.perf_counter()
     timing = {"decode_ms": t1 - t0, "inference_ms": t2 - t1, "total_ms": t2 - start}
     out = _result(pred, engine.predictor, image, timing)
+    out["crack_fraction"] = fraction
     if preview:
         out["preview_png"] = _png_b64(image)
     return out
@@ -208,7 +247,10 @@ def explain_methods(
 ) -> list[str]:
     """The CAM methods ``/explain`` offers: ``allowed`` (default: every method but the costly
     ones, ``COSTLY_METHODS``); empty when ``fracturekit.explain`` is absent or the model runs on
-    ONNX Runtime (CAMs need PyTorch's gradients)."""
+    ONNX Runtime (CAMs need PyTorch's gradients). A segmentation model offers its probability
+    map only (``SEGMENT_EXPLAIN_METHOD``)."""
+    if predictor is not None and predictor.task == "segment":
+        return [SEGMENT_EXPLAIN_METHOD]
     if predictor is None or predictor.backend != "torch" or not _explain_available():
         return []
     return check_methods(allowed)
@@ -340,4 +382,13 @@ def _warm_up(predictor: Predictor) -> None:
     from PIL import Image as PILImage
 
     size = predictor.img_size
-    predictor.predict_images([PILImage.new("RGB", (size, size))], ["warm-up"])
+    blank = PILImage.new("RGB", (size, size))
+    if predictor.task == "segment":
+        predictor.masks_from_maps(predictor.probability_maps([blank]))
+        # /segment's outlines and widths import scipy and scikit-image on first use.
+        line = np.zeros((16, 16), bool)
+        line[8, 2:14] = True
+        mask_polygons(line)
+        width_summary(line)
+    else:
+        predictor.predict_images([blank], ["warm-up"])

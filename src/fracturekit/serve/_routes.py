@@ -19,12 +19,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fracturekit import __version__
 from fracturekit.contracts import EXPLAIN_METHOD
 from fracturekit.serve._engine import (
+    SEGMENT_EXPLAIN_METHOD,
     _display_name,
     _Engine,
     _explain_sync,
     _predict_sync,
 )
-from fracturekit.serve._schemas import FIELD, ExplainResponse
+from fracturekit.serve._schemas import FIELD, ExplainResponse, SegmentResponse
+from fracturekit.serve._segment import _explain_segment_sync, _segment_sync
 from fracturekit.serve._upload import UploadError, read_file_part
 
 log = logging.getLogger("fracturekit.serve")
@@ -117,6 +119,8 @@ async def model(request: Request) -> dict[str, Any]:
         "max_upload_mb": request.app.state.max_upload_mb,
         "max_pixels": engine.max_pixels or 0,
         "explain_methods": request.app.state.methods,
+        "task": engine.predictor.task,
+        "min_area": engine.predictor.min_area if engine.predictor.task == "segment" else None,
     }
 
 
@@ -124,25 +128,18 @@ async def predict(
     request: Request,
     preview: bool = Query(False, description="also return the decoded image as base64 PNG"),
 ) -> dict[str, Any]:
-    """Classify one image sent as multipart field ``file``."""
+    """Classify one image sent as multipart field ``file`` (a segmentation model: the image-level
+    answer of its mask, with ``crack_fraction``)."""
     return await run_upload(
         request, lambda e, data, name, start: _predict_sync(e, data, name, preview, start)
     )
 
 
-async def explain(
-    request: Request,
-    format: Literal["png", "json"] = Query("png", description="png: the overlay image"),
-    method: str = Query(EXPLAIN_METHOD, description="CAM method (see GET /model)"),
-    target: str | None = Query(None, description="class to explain (default: predicted)"),
-    width: bool = Query(True, description="measure the crack in the heat-map region"),
-    px_per_mm: float | None = Query(
-        None, gt=0, le=1e6, allow_inf_nan=False, description="scale, for widths in mm"
-    ),
-) -> Response:
-    """Where the model looks: the class-activation heat map over the image."""
-    engine = engine_of(request)
+def _explain_method(request: Request, engine: _Engine, method: str | None) -> str:
+    """The method ``/explain`` runs (default: ``EXPLAIN_METHOD``; a segmenter's probability
+    map), or a 501/422 saying why it cannot."""
     methods = request.app.state.methods
+    segmenter = engine.predictor.task == "segment"
     if not methods:
         reason = (
             "the model runs on ONNX Runtime; serve the PyTorch checkpoint for heat maps"
@@ -150,23 +147,61 @@ async def explain(
             else "heat maps need fracturekit.explain, which this installation lacks"
         )
         raise UploadError(501, f"/explain is not available: {reason}")
+    method = method or (SEGMENT_EXPLAIN_METHOD if segmenter else EXPLAIN_METHOD)
     if method not in methods:
-        raise UploadError(
-            422,
-            f"method {method!r} is not one of {', '.join(methods)} "
-            "(the server's --explain-methods)",
+        why = (
+            "a segmentation model shows its pixel probability map; POST /segment for its mask"
+            if segmenter
+            else "the server's --explain-methods"
         )
-    if target is not None and target not in engine.predictor.classes:
+        raise UploadError(422, f"method {method!r} is not one of {', '.join(methods)} ({why})")
+    return method
+
+
+def _check_target(engine: _Engine, target: str | None) -> None:
+    predictor = engine.predictor
+    if target is None:
+        return
+    if predictor.task == "segment" and target != predictor.positive:
         raise UploadError(
             422,
-            f"target {target!r} is not a class of this model "
-            f"({', '.join(engine.predictor.classes)})",
+            f"target {target!r}: a segmentation model's map is of its positive class "
+            f"{predictor.positive!r}",
+        )
+    if target not in predictor.classes:
+        raise UploadError(
+            422,
+            f"target {target!r} is not a class of this model ({', '.join(predictor.classes)})",
+        )
+
+
+async def explain(
+    request: Request,
+    format: Literal["png", "json"] = Query("png", description="png: the overlay image"),
+    method: str | None = Query(
+        None,
+        description=f"CAM method (see GET /model; default {EXPLAIN_METHOD}); a segmentation "
+        f"model: {SEGMENT_EXPLAIN_METHOD}",
+    ),
+    target: str | None = Query(None, description="class to explain (default: predicted)"),
+    width: bool = Query(True, description="measure the crack in the heat-map region"),
+    px_per_mm: float | None = Query(
+        None, gt=0, le=1e6, allow_inf_nan=False, description="scale, for widths in mm"
+    ),
+) -> Response:
+    """Where the model looks: the class-activation heat map over the image (a segmentation
+    model: its pixel probability map)."""
+    engine = engine_of(request)
+    method = _explain_method(request, engine, method)
+    _check_target(engine, target)
+    if engine.predictor.task == "segment":
+        work = partial(_explain_segment_sync, width=width, px_per_mm=px_per_mm)
+    else:
+        work = partial(
+            _explain_sync, method=method, target=target, width=width, px_per_mm=px_per_mm
         )
     out, png = await run_upload(
-        request,
-        lambda e, data, name, start: _explain_sync(
-            e, data, name, method, target, width, px_per_mm, start
-        ),
+        request, lambda e, data, name, start: work(e, data, name, start=start)
     )
     if format == "png":
         return Response(
@@ -181,3 +216,50 @@ async def explain(
     return JSONResponse(
         ExplainResponse(**out, overlay_png=base64.b64encode(png).decode("ascii")).model_dump()
     )
+
+
+def _wants_png(request: Request, format: str | None) -> bool:
+    """``?format=png``, or no ``format`` and an ``Accept`` header asking for PNG (not JSON)."""
+    if format is not None:
+        return format == "png"
+    accept = request.headers.get("accept", "").lower()
+    return "image/png" in accept and "application/json" not in accept
+
+
+async def segment(
+    request: Request,
+    format: Literal["json", "png"] | None = Query(
+        None,
+        description="png: the mask (0/255, the image's size); json (default). Without it, "
+        "`Accept: image/png` asks for the PNG",
+    ),
+    px_per_mm: float | None = Query(
+        None, gt=0, le=1e6, allow_inf_nan=False, description="scale, for widths in mm"
+    ),
+    overlay: bool = Query(False, description="JSON: also the mask over the image (PNG data URL)"),
+) -> Response:
+    """A segmentation model's crack mask of one image sent as multipart field ``file``."""
+    engine = engine_of(request)
+    if engine.predictor.task != "segment":
+        raise UploadError(
+            409,
+            f"this model is a classifier ({', '.join(engine.predictor.classes)}), not a "
+            "segmentation model; use POST /predict (and POST /explain for its heat map)",
+        )
+    png = _wants_png(request, format)
+    result = await run_upload(
+        request,
+        lambda e, data, name, start: _segment_sync(e, data, name, png, px_per_mm, overlay, start),
+    )
+    if png:
+        mask, head = result
+        return Response(
+            mask,
+            media_type="image/png",
+            headers={
+                "X-Fracturekit-Label": quote(head["label"]),
+                "X-Fracturekit-Score": f"{head['score']:.6f}",
+                "X-Fracturekit-Crack-Fraction": f"{head['crack_fraction']:.6f}",
+            },
+        )
+    return JSONResponse(SegmentResponse(**result).model_dump())

@@ -44,7 +44,16 @@ class ModelResponse(BaseModel):
     metrics: dict[str, float]
     max_upload_mb: float
     max_pixels: int = Field(description="largest image accepted, in pixels")
-    explain_methods: list[str] = Field(description="CAM methods of /explain; empty when off")
+    explain_methods: list[str] = Field(
+        description="CAM methods of /explain (a segmenter: 'probability'); empty when off"
+    )
+    task: Literal["classify", "segment"] = Field(
+        "classify", description="classify: POST /predict; segment: POST /segment (a mask)"
+    )
+    min_area: int | None = Field(
+        None,
+        description="segmenters: pixels (at img_size x img_size) a predicted piece needs",
+    )
 
 
 class ImageSize(BaseModel):
@@ -75,6 +84,9 @@ class PredictionResponse(BaseModel):
     preview_png: str | None = Field(
         None, description="base64 PNG of the image as decoded (with ?preview=true)"
     )
+    crack_fraction: float | None = Field(
+        None, description="segmenters: the share of the image's pixels in the predicted mask"
+    )
 
 
 class WidthSummary(BaseModel):
@@ -98,6 +110,53 @@ class ExplainResponse(PredictionResponse):
     target: str = Field(description="the class the heat map explains")
     overlay_png: str = Field(description="base64 PNG: the image with the heat map over it")
     width: WidthSummary | None = Field(None, description="set when a crack was measured")
+
+
+class MaskWidth(BaseModel):
+    """Widths and lengths of every crack of a predicted mask (``masks.width_summary``), in
+    pixels of the uploaded image; millimetres with ``?px_per_mm=``."""
+
+    cracks: int = Field(description="cracks measured (pieces of at least 10 px)")
+    length_px: float = Field(description="total skeleton length of the cracks")
+    mean_width_px: float | None = Field(description="mean over every point of every crack")
+    max_width_px: float | None
+    px_per_mm: float | None = None
+    length_mm: float | None = None
+    mean_width_mm: float | None = None
+    max_width_mm: float | None = None
+    rows: list[dict[str, Any]] = Field(description="each crack's widths.csv row")
+
+
+class MaskPolygon(BaseModel):
+    """One piece of the mask, outlined in pixels of the uploaded image."""
+
+    id: int
+    polygon: list[list[float]] = Field(description="[[x, y], ...] along the outer boundary")
+    bbox: list[int] = Field(description="[x0, y0, x1, y1]")
+    area_px: int
+
+
+class SegmentResponse(BaseModel):
+    """A segmentation model's answer for one image (``POST /segment``, JSON)."""
+
+    path: str = Field(description="the uploaded file's name")
+    label: str = Field(description="the positive class when the mask holds a piece, else the other")
+    score: float = Field(
+        description="max pixel probability; below the threshold when no piece of min_area"
+    )
+    positive: str | None
+    crack_fraction: float = Field(description="the share of the image's pixels in the mask")
+    threshold: float = Field(description="pixel probability at which a pixel is crack")
+    min_area: int = Field(description="pixels (at img_size x img_size) a piece needs")
+    width_px: int = Field(description="the uploaded image's width")
+    height_px: int = Field(description="the uploaded image's height")
+    width: MaskWidth
+    polygons: list[MaskPolygon] = Field(description="the mask's pieces, largest first")
+    polygons_truncated: bool = Field(description="more pieces than the polygons listed")
+    overlay: str | None = Field(
+        None, description="data:image/png;base64 URL: the mask over the image (?overlay=true)"
+    )
+    timing_ms: Timing
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

@@ -8,14 +8,19 @@ Routes (``_routes``):
 * ``POST /predict`` — one image as multipart field ``file``: label, confidence, probabilities,
   threshold, timings (and ``?preview=true``: the image as the model read it, as a base64 PNG).
 * ``POST /explain`` — the class-activation overlay as PNG, or ``?format=json`` with the
-  prediction, a base64 PNG and, when a crack is found, its width summary.
+  prediction, a base64 PNG and, when a crack is found, its width summary (a segmentation model:
+  its pixel probability map over the image).
+* ``POST /segment`` — a segmentation model's mask: JSON (label, score, crack fraction, widths,
+  outlines, ``?overlay=true`` the mask over the image) or, with ``?format=png``, the mask PNG.
+  A classifier answers 409. ``/predict`` on a segmentation model answers the image-level
+  decision of its mask, so classifier clients keep working.
 * ``GET /openapi.json`` — the OpenAPI description; ``GET /docs`` (Swagger UI, loaded from a CDN)
   only with ``docs=True``.
 
 The parts: ``_security`` (Host, Origin and API key checks in front of every route), ``_upload``
 (the body, read in memory with limits on size, transfer rate and the bytes held at once),
 ``_engine`` (decoding with ``fracturekit.io.read_image_bytes`` under a pixel limit, the model
-behind a lock, a bounded work queue), ``_schemas`` (the JSON answers). Every refusal is a JSON
+behind a lock, a bounded work queue), ``_segment`` (a segmentation model's work), ``_schemas`` (the JSON answers). Every refusal is a JSON
 ``{"detail": "<message>"}`` with a 4xx status (503 with Retry-After when busy). Nothing
 uploaded touches the disk unless ``save_uploads`` names a folder.
 """
@@ -75,8 +80,11 @@ from fracturekit.serve._schemas import (
     ExplainResponse,
     HealthResponse,
     ImageSize,
+    MaskPolygon,
+    MaskWidth,
     ModelResponse,
     PredictionResponse,
+    SegmentResponse,
     Timing,
     WidthSummary,
 )
@@ -104,8 +112,11 @@ __all__ = [
     "ExplainResponse",
     "HealthResponse",
     "ImageSize",
+    "MaskPolygon",
+    "MaskWidth",
     "ModelResponse",
     "PredictionResponse",
+    "SegmentResponse",
     "Timing",
     "WidthSummary",
     "create_app",
@@ -126,6 +137,15 @@ _EXPLAIN_RESPONSES = {
     },
     **_ERRORS,
     501: {"model": ErrorResponse, "description": "heat maps are not available"},
+}
+_SEGMENT_RESPONSES = {
+    200: {
+        "model": SegmentResponse,
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "JSON, or the mask (0/255 PNG, the image's size) with ?format=png",
+    },
+    **_ERRORS,
+    409: {"model": ErrorResponse, "description": "the model is a classifier: use /predict"},
 }
 
 
@@ -161,8 +181,9 @@ def _lifespan(
         app.state.engine = engine(predictor)
         app.state.methods = engine_module.explain_methods(predictor, methods)
         log.info(
-            "fracturekit serve: %s (%s, %s backend), classes %s",
+            "fracturekit serve: %s (%s %s, %s backend), classes %s",
             predictor.source or "model",
+            predictor.task,
             predictor.meta.get("backbone"),
             predictor.backend,
             ", ".join(predictor.classes),
@@ -229,7 +250,8 @@ def create_app(
         title="fracturekit",
         version=__version__,
         description="Find fractures and cracks in images: classify an upload (POST /predict), "
-        "see where the model looks (POST /explain). Send images as multipart field "
+        "see where the model looks (POST /explain), a segmentation model's crack mask "
+        "(POST /segment). Send images as multipart field "
         f"'{FIELD}'; uploads up to {max_upload_mb:g} MB.",
         lifespan=_lifespan(
             checkpoint_or_predictor,
@@ -269,6 +291,14 @@ def create_app(
         methods=["POST"],
         response_model=None,
         responses=_EXPLAIN_RESPONSES,
+        openapi_extra=_UPLOAD_BODY,
+    )
+    route(
+        "/segment",
+        _routes.segment,
+        methods=["POST"],
+        response_model=None,
+        responses=_SEGMENT_RESPONSES,
         openapi_extra=_UPLOAD_BODY,
     )
     app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts)
