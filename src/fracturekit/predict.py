@@ -496,35 +496,51 @@ class Predictor:
         sizes: Sequence[tuple[int, int]],
         keep_masks: bool,
     ) -> list[Prediction]:
-        """Records of a segmenter: the image is positive when its mask keeps a piece.
+        """Records of a preprocessed batch of a segmenter (:meth:`segment_record`); maps are
+        brought to full size one image at a time."""
+        return [
+            self.segment_record(path, resize_probability(small, size), keep_mask=keep_masks)
+            for path, small, size in zip(paths, self.predict_proba_maps(batch), sizes, strict=True)
+        ]
 
-        The positive class's probability is the image score
-        (``masks.segment_image_score``: the most probable pixel, below the threshold when no
-        piece passes ``min_area``), so ``p >= threshold`` is the decision; ``crack_fraction`` is
-        the mask's share of the image. Maps are brought to full size one image at a time.
+    def segment_record(
+        self,
+        path: str,
+        prob: np.ndarray,
+        mask: np.ndarray | None = None,
+        *,
+        keep_mask: bool = False,
+    ) -> Prediction:
+        """A segmenter's image-level record: positive when its mask keeps a piece.
+
+        The positive class's probability is the image score (``masks.segment_image_score``:
+        the most probable pixel, below the threshold when no piece passes ``min_area``), so
+        ``p >= threshold`` is the decision, as a classifier's; ``crack_fraction`` is the mask's
+        share of the image.
+
+        Args:
+            path: the name the record carries.
+            prob: the probability map at the image's size.
+            mask: its mask when already computed (else :meth:`masks_from_maps`).
+            keep_mask: keep the mask in the record (``Prediction.mask``).
         """
         classes = self.classes
         pos = self.positive_index if self.positive_index is not None else len(classes) - 1
         threshold = self.threshold if self.threshold is not None else 0.5
-        out = []
-        for path, small, size in zip(paths, self.predict_proba_maps(batch), sizes, strict=True):
-            prob = resize_probability(small, size)
+        if mask is None:
             mask = self.masks_from_maps([prob])[0]
-            score = segment_image_score(prob, mask, threshold)
-            proba = {c: (score if i == pos else 1.0 - score) for i, c in enumerate(classes)}
-            label = classes[pos] if mask.any() else classes[1 - pos]
-            out.append(
-                Prediction(
-                    path=str(path),
-                    label=label,
-                    confidence=proba[label],
-                    probabilities=proba,
-                    threshold=threshold,
-                    crack_fraction=crack_fraction(mask),
-                    mask=mask if keep_masks else None,
-                )
-            )
-        return out
+        score = segment_image_score(prob, mask, threshold)
+        proba = {c: (score if i == pos else 1.0 - score) for i, c in enumerate(classes)}
+        label = classes[pos] if mask.any() else classes[1 - pos]
+        return Prediction(
+            path=str(path),
+            label=label,
+            confidence=proba[label],
+            probabilities=proba,
+            threshold=threshold,
+            crack_fraction=crack_fraction(mask),
+            mask=mask if keep_mask else None,
+        )
 
     def describe(self) -> dict[str, Any]:
         """What the service's ``GET /model`` returns: a JSON-safe summary of the model."""

@@ -30,7 +30,7 @@ import numpy as np
 from fracturekit._files import atomic_write_bytes
 from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
-from fracturekit.masks import crack_fraction, mask_polygons, segment_image_score, width_summary
+from fracturekit.masks import crack_fraction, mask_polygons, width_summary
 from fracturekit.predict import Prediction, Predictor
 from fracturekit.serve._upload import UploadError, busy
 
@@ -144,26 +144,6 @@ class _Engine:
         return prob, self.predictor.masks_from_maps([prob])[0]
 
 
-def segment_prediction(
-    predictor: Predictor, name: str, prob: np.ndarray, mask: np.ndarray
-) -> Prediction:
-    """A segmentation model's image-level answer, shaped as a classifier's: positive when the
-    mask keeps a piece, with ``masks.segment_image_score`` as the positive class's probability
-    (so existing ``/predict`` clients read a segmenter as they read a classifier)."""
-    classes, positive = predictor.classes, predictor.positive_index
-    threshold = predictor.threshold if predictor.threshold is not None else 0.5
-    score = segment_image_score(prob, mask, threshold)
-    probabilities = {classes[positive]: score, classes[1 - positive]: 1.0 - score}
-    label = classes[positive] if mask.any() else classes[1 - positive]
-    return Prediction(
-        path=name,
-        label=label,
-        confidence=probabilities[label],
-        probabilities={c: probabilities[c] for c in classes},
-        threshold=threshold,
-    )
-
-
 def _display_name(filename: str | None) -> str:
     """The upload's base name (no folders, no control characters), for messages and logs."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
@@ -224,7 +204,7 @@ def _predict_sync(
     fraction = None
     if engine.predictor.task == "segment":
         prob, mask = engine.segment(image)
-        pred = segment_prediction(engine.predictor, name, prob, mask)
+        pred = engine.predictor.segment_record(name, prob, mask)
         fraction = crack_fraction(mask)
         del prob, mask
     else:

@@ -37,7 +37,6 @@ from fracturekit.serve._engine import (
     _png_bytes,
     _result,
     _width_summary,
-    segment_prediction,
 )
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ def segment_answer(
 ) -> dict[str, Any]:
     """The JSON fields of ``/segment`` but the overlay and timings (``SegmentResponse``)."""
     threshold = predictor.threshold if predictor.threshold is not None else 0.5
-    pred = segment_prediction(predictor, name, prob, mask)
+    pred = predictor.segment_record(name, prob, mask)
     grid, scale = measured_mask(predictor, prob, mask)
     widths = width_summary(grid, px_per_mm=None if px_per_mm is None else px_per_mm / scale)
     widths = {**_scaled_widths(widths, scale), "px_per_mm": px_per_mm}
@@ -148,7 +147,7 @@ def _segment_sync(
     if want_png:
         threshold = predictor.threshold if predictor.threshold is not None else 0.5
         return mask_png(mask), {
-            "label": segment_prediction(predictor, name, prob, mask).label,
+            "label": predictor.segment_record(name, prob, mask).label,
             "score": segment_image_score(prob, mask, threshold),
             "crack_fraction": crack_fraction(mask),
         }
@@ -173,7 +172,7 @@ def _explain_segment_sync(
 
     predictor = engine.predictor
     image, prob, mask, timing = _decode_and_segment(engine, data, name)
-    pred = segment_prediction(predictor, name, prob, mask)
+    pred = predictor.segment_record(name, prob, mask)
     shown = _downsized(image)
     png = _png_bytes(
         overlay(shown, resize_map(prob, shown.size), alpha=0.5, colormap=PROBABILITY_COLORMAP)
