@@ -109,6 +109,8 @@ def test_every_packaged_config_validates() -> None:
         "seed3_fracture_types",
         "seed4_mura_densenet",
         "seed5_concrete_lenet",
+        "fracatlas",
+        "default_segment",
     } <= set(configs)
     for name, path in configs.items():
         cfg = resolve_config({}, name)  # by name, as --config NAME finds it
@@ -123,6 +125,9 @@ def test_every_packaged_config_validates() -> None:
     assert "GPU" in (configs["seed1_vgg19"]).read_text()
     assert resolve_config({}, "seed2_bone_xray").channels == 1
     assert len(resolve_config({}, "seed4_mura_densenet").hidden) == 3
+    # The X-ray set-up is benchmarks/fracatlas.py's (it has no settings of its own on top).
+    atlas = resolve_config({}, "fracatlas")
+    assert (atlas.img_size, atlas.cache_views, atlas.early_stop) == (448, 2, 4)
 
 
 def test_unknown_config_name_is_a_clear_error() -> None:
