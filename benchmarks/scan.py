@@ -54,8 +54,9 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "vmhwm_kib": hwm, "tiles"
 """
 
 
-def write_big_tiff(path: Path, side: int, seed: int = 0) -> float:
-    """A ``side`` x ``side`` RGB concrete-like texture with dark cracks, written tile by tile."""
+def write_big_tiff(path: Path, side: int, seed: int = 0, height: int | None = None) -> float:
+    """A ``side`` x ``side`` (or ``height``) RGB concrete-like texture with dark cracks, written
+    tile by tile."""
     import numpy as np
     import tifffile
 
@@ -68,10 +69,12 @@ def write_big_tiff(path: Path, side: int, seed: int = 0) -> float:
         for _ in range(12)
     ]  # fmt: skip
 
+    rows = side if height is None else height
+
     def tiles():
-        for ty in range(0, side, tile):
+        for ty in range(0, rows, tile):
             for tx in range(0, side, tile):
-                h, w = min(tile, side - ty), min(tile, side - tx)
+                h, w = min(tile, rows - ty), min(tile, side - tx)
                 local = np.random.default_rng([seed, ty, tx])
                 base = 150 + local.normal(0, 12, (tile, tile)).astype(np.float32)
                 yy, xx = np.mgrid[ty : ty + tile, tx : tx + tile].astype(np.float32)
@@ -88,7 +91,7 @@ def write_big_tiff(path: Path, side: int, seed: int = 0) -> float:
     tifffile.imwrite(
         path,
         tiles(),
-        shape=(side, side, 3),
+        shape=(rows, side, 3),
         dtype=np.uint8,
         tile=(tile, tile),
         photometric="rgb",

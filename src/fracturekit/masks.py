@@ -3,22 +3,28 @@
 ``predict``, ``scan``, ``serve`` and ``width`` all turn a segmenter's binary mask into the same
 three things: the share of the image it covers (``crack_fraction``), its pieces outlined as
 polygons in image pixels (``mask_polygons``) and the widths and lengths of its cracks
-(``width_summary``, over ``fracturekit.width.measure_mask``). Also the piece filter every
-segmenter decision uses (``drop_small_pieces``) and the mask file format (``mask_png``: 0/255,
-8-bit, the image's size). numpy, scipy and scikit-image only.
+(``width_summary``, over ``fracturekit.width.measure_mask``; ``crack_totals`` of cracks
+measured one at a time). Also the piece filter every segmenter decision uses
+(``drop_small_pieces``) and the mask file format (``mask_png``: 0/255, 8-bit, the image's size;
+``MaskPngWriter`` writes the same file row by row, for masks too large to hold). numpy, scipy
+and scikit-image only.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
+import struct
+import zlib
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from fracturekit.width import measure_mask
+from fracturekit.width import CrackMeasurement, measure_mask
 
 __all__ = [
+    "MaskPngWriter",
     "crack_fraction",
+    "crack_totals",
     "drop_small_pieces",
     "mask_png",
     "mask_polygons",
@@ -55,6 +61,69 @@ def mask_png(mask: np.ndarray) -> bytes:
         buf, format="PNG", optimize=False, compress_level=6
     )
     return buf.getvalue()
+
+
+class MaskPngWriter:
+    """``mask_png``'s format written row by row: memory holds one band, never the whole mask.
+
+    PIL encodes a PNG from a whole image only; a 20,000 x 20,000 mask is 400 MB as bytes. This
+    writes the PNG chunks itself (8-bit grey, no interlace, filter type 0 on every row) and
+    feeds the rows through one ``zlib`` stream, so the file decodes exactly as ``mask_png`` of
+    the whole mask would.
+
+    Example::
+
+        with open(path, "wb") as fh:
+            png = MaskPngWriter(fh, width, height)
+            for band in bands:  # (rows, width) bool, top to bottom
+                png.write(band)
+            png.close()
+    """
+
+    CHUNK_BYTES = 1 << 16  # compressed bytes gathered into one IDAT chunk
+
+    def __init__(self, stream: BinaryIO, width: int, height: int, level: int = 6) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"a PNG needs at least one pixel, got {width} x {height}")
+        self.stream, self.width, self.height = stream, int(width), int(height)
+        self.rows = 0
+        self._z = zlib.compressobj(level)
+        self._pending = bytearray()
+        stream.write(b"\x89PNG\r\n\x1a\n")
+        # IHDR: size, bit depth 8, colour type 0 (grey), deflate, adaptive filters, no interlace.
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 0, 0, 0, 0))
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        self.stream.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc))
+
+    def _compressed(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) >= self.CHUNK_BYTES:
+            self._chunk(b"IDAT", bytes(self._pending))
+            self._pending.clear()
+
+    def write(self, mask: np.ndarray) -> None:
+        """The next rows: a ``(rows, width)`` array, true (or non-zero) for crack."""
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or mask.shape[1] != self.width:
+            raise ValueError(f"rows of width {self.width} expected, got shape {mask.shape}")
+        if self.rows + len(mask) > self.height:
+            raise ValueError(f"more than the {self.height} rows the PNG was opened for")
+        raw = np.zeros((len(mask), self.width + 1), np.uint8)  # column 0: filter type 0
+        raw[:, 1:][mask.astype(bool)] = 255
+        self._compressed(self._z.compress(raw.tobytes()))
+        self.rows += len(mask)
+
+    def close(self) -> None:
+        """Finish the file; every row must have been written."""
+        if self.rows != self.height:
+            raise ValueError(f"{self.rows} of {self.height} rows written")
+        self._compressed(self._z.flush())
+        if self._pending:
+            self._chunk(b"IDAT", bytes(self._pending))
+            self._pending.clear()
+        self._chunk(b"IEND", b"")
 
 
 def mask_polygons(
@@ -135,6 +204,14 @@ def width_summary(
         Widths are None when no crack is found.
     """
     cracks = measure_mask(np.asarray(mask, bool), px_per_mm=px_per_mm, min_area=min_area)
+    return crack_totals(cracks, px_per_mm=px_per_mm)
+
+
+def crack_totals(
+    cracks: list[CrackMeasurement], *, px_per_mm: float | None = None
+) -> dict[str, Any]:
+    """``width_summary`` of cracks already measured (``fracturekit.width.measure_mask``), e.g.
+    the pieces of a mask measured one at a time."""
     widths = [c.widths_px[np.isfinite(c.widths_px)] for c in cracks]
     finite = np.concatenate(widths) if widths else np.zeros(0)
     out: dict[str, Any] = {

@@ -6,6 +6,14 @@ tiles in batches through ``Predictor.predict_proba`` (the one inference path: th
 own preprocessing, temperature and threshold), and averages the positive-class probabilities of
 overlapping tiles into a map.
 
+**Segmenters.** A segmentation checkpoint (``predictor.task == "segment"``) gives a probability
+per pixel, so ``scan_image`` hands it to ``fracturekit.scan_segment.scan_segment_image``: the
+window maps are blended with a tapered weight into a full-resolution mask written band by band
+(``mask.png``, exactly the image's size), its pieces outlined (``regions.json``) and measured
+(``widths.csv``), in memory bounded by about ``tile`` rows of the image's width; see that
+module. The rest of this docstring describes the classifier scan; the streaming readers are the
+same for both.
+
 **The map** lives on a grid of ``stride``-px cells, not at full resolution (a 20,000 px image
 scanned with stride 112 gives a 179 x 179 map): a cell holds the mean probability of every tile
 that covers the cell's centre. Regions are the connected groups of cells at or above the
@@ -56,102 +64,29 @@ from fracturekit._files import atomic_write, atomic_write_text
 from fracturekit.io import (  # the readers; the limits are re-exported for callers of scan
     DECODE_MAX_PIXELS,  # noqa: F401
     SCAN_MAX_PIXELS,  # noqa: F401
-    ImageReadError,
-    RowSource,
+    ImageReadError,  # noqa: F401
+    RowSource,  # noqa: F401
     open_rows,
 )
 from fracturekit.render import colorize
+from fracturekit.scan_segment import SegmentScanResult, scan_segment_image
+from fracturekit.tiling import (  # tile_positions and the sizes stay importable from here
+    MAP_PNG_PX,  # noqa: F401
+    THUMBNAIL_PX,  # noqa: F401
+    RowWindow,
+    Thumbnail,
+    check_scan_args,
+    output_files,
+    tile_image,
+    tile_positions,
+    write_map,
+)
 
-THUMBNAIL_PX = 2048  # long side of the overlay at most
-MAP_PNG_PX = 4096  # probability.png is downsampled beyond this
 OUTPUT_FILES = ("overlay.png", "probability.png", "probability.npy", "regions.json", "tiles.csv")
 
 
 # --------------------------------------------------------------------------------------------
-# rows in a window
-
-
-class _RowWindow:
-    """Rows ``[y0, y1)`` of a band stream, asked for with non-decreasing ``y0``.
-
-    Keeps only the rows still needed; each new band also goes to ``on_band`` (the thumbnail).
-    """
-
-    def __init__(self, source: RowSource, on_band: Callable[[np.ndarray], None]) -> None:
-        self.bands = source.bands()
-        self.on_band = on_band
-        self.buf = np.zeros((0, source.width, source.channels), dtype=np.uint8)
-        self.top = 0  # image row of buf[0]
-        self.height = source.height
-        self.path = source.path
-
-    def rows(self, y0: int, y1: int) -> np.ndarray:
-        if y0 < self.top:
-            raise ValueError("rows must be asked for top to bottom")
-        while self.top + len(self.buf) < y1:
-            band = next(self.bands, None)
-            if band is None:
-                raise ImageReadError(
-                    self.path, f"ended after {self.top + len(self.buf)} of {self.height} rows"
-                )
-            self.on_band(band)
-            drop = min(max(0, y0 - self.top), len(self.buf))  # rows no tile needs any more
-            self.buf = np.concatenate([self.buf[drop:], band])
-            self.top += drop
-        return self.buf[y0 - self.top : y1 - self.top]
-
-    def drain(self) -> None:
-        for band in self.bands:
-            self.on_band(band)
-
-
-class _Thumbnail:
-    """A box-filtered thumbnail built from bands as they stream past (at most ``size`` px)."""
-
-    def __init__(self, width: int, height: int, channels: int, size: int = THUMBNAIL_PX):
-        self.f = max(1, math.ceil(max(width, height) / size))
-        self.width = width
-        self.out_w = math.ceil(width / self.f)
-        self.pending = np.zeros((0, width, channels), dtype=np.float32)
-        self.rows: list[np.ndarray] = []
-
-    def _reduce(self, block: np.ndarray) -> np.ndarray:
-        rows = block.mean(axis=0)  # (width, channels)
-        pad = self.out_w * self.f - self.width
-        if pad:
-            rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
-        return rows.reshape(self.out_w, self.f, -1).mean(axis=1)
-
-    def add(self, band: np.ndarray) -> None:
-        # In slices of whole row groups, so a tall band is never converted to float at once.
-        step = self.f * max(1, 64 // self.f)
-        for start in range(0, len(band), step):
-            data = np.concatenate([self.pending, band[start : start + step].astype(np.float32)])
-            full = len(data) // self.f
-            for i in range(full):
-                self.rows.append(self._reduce(data[i * self.f : (i + 1) * self.f]))
-            self.pending = data[full * self.f :]
-
-    def image(self) -> np.ndarray:
-        if len(self.pending):
-            self.rows.append(self._reduce(self.pending))
-            self.pending = self.pending[:0]
-        out = np.stack(self.rows) if self.rows else np.zeros((1, self.out_w, 1), np.float32)
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------------------------
 # the grid
-
-
-def tile_positions(length: int, tile: int, stride: int) -> list[int]:
-    """Tile starts along one axis: every ``stride`` px, plus one flush with the far edge."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
 
 
 def _cell_spans(length: int, tile: int, stride: int, starts: list[int]) -> list[tuple[int, int]]:
@@ -166,17 +101,6 @@ def _cell_spans(length: int, tile: int, stride: int, starts: list[int]) -> list[
         b = int(np.searchsorted(centres, end, side="left"))
         spans.append((a, max(b, a + 1)))
     return spans
-
-
-def _tile_image(rows: np.ndarray, x: int, tile: int) -> Any:
-    from PIL import Image
-
-    crop = rows[:, x : x + tile]
-    h, w = crop.shape[:2]
-    if h < tile or w < tile:  # an image smaller than the tile: mirror it out to full size
-        crop = np.pad(crop, ((0, tile - h), (0, tile - w), (0, 0)), mode="symmetric")
-    crop = np.ascontiguousarray(crop)
-    return Image.fromarray(crop[..., 0] if crop.shape[2] == 1 else crop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,8 +290,14 @@ def scan_image(
     max_pixels: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> ScanResult:
+    px_per_mm: float | None = None,
+) -> ScanResult | SegmentScanResult:
     """Scan a large image with overlapping tiles into a crack-probability map and regions.
+
+    A segmentation checkpoint (``predictor.task == "segment"``) is scanned by
+    ``fracturekit.scan_segment.scan_segment_image`` instead, with the same arguments: a
+    full-resolution ``mask.png``, its pieces and their widths, returned as a
+    ``SegmentScanResult``.
 
     Args:
         predictor: a ``fracturekit.predict.Predictor`` (either backend).
@@ -380,35 +310,61 @@ def scan_image(
         max_pixels: the largest image accepted (see ``open_rows``).
         overwrite: replace existing output files; otherwise an existing one is an error.
         progress: called with ``(tiles done, tiles in all)`` after each batch.
+        px_per_mm: segmenters only: the image scale, for widths in mm.
 
     Returns:
         A ``ScanResult``; the files are listed in the module docstring.
 
     Raises:
         ImageReadError: the image cannot be read or is over the pixel limit.
-        ValueError: bad tile/stride/batch size, or a multi-class checkpoint without a positive
-            class.
+        ValueError: bad tile/stride/batch size, a multi-class checkpoint without a positive
+            class, or ``px_per_mm`` for a classifier.
         FileExistsError: an output file exists and ``overwrite`` is false.
     """
+    options = {"tile": tile, "stride": stride, "batch_size": batch_size, "out": out}
+    options.update(max_pixels=max_pixels, overwrite=overwrite, progress=progress)
+    if getattr(predictor, "task", "classify") == "segment":
+        return scan_segment_image(predictor, path, px_per_mm=px_per_mm, **options)
+    if px_per_mm is not None:
+        raise ValueError(
+            "px_per_mm (--px-per-mm) scales the widths of a segmenter's mask; a classifier "
+            "scan measures no widths"
+        )
+    return _scan_tiles(predictor, path, **options)
+
+
+def _scan_tiles(
+    predictor: Any,
+    path: str | Path,
+    *,
+    tile: int | None,
+    stride: int | None,
+    batch_size: int,
+    out: str | Path,
+    max_pixels: int | None,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+) -> ScanResult:
+    """``scan_image`` of a classifier: a probability per tile, averaged onto stride cells."""
     started = time.perf_counter()
     tile = int(predictor.img_size if tile is None else tile)
     stride = int(max(1, tile // 2) if stride is None else stride)
-    _check_scan_args(tile, stride, batch_size)
+    check_scan_args(tile, stride, batch_size)
     column, positive = _positive_column(predictor)
     threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
     out = Path(out)
-    files = _output_files(out, overwrite)
+    files = output_files(out, OUTPUT_FILES, overwrite)
 
     source = open_rows(path, channels=predictor.in_chans, max_pixels=max_pixels)
     grid = _TileGrid(source.width, source.height, tile, stride)
-    thumb = _Thumbnail(source.width, source.height, source.channels)
-    _classify_tiles(predictor, _RowWindow(source, thumb.add), grid, column, batch_size, progress)
+    thumb = Thumbnail(source.width, source.height, source.channels)
+    _classify_tiles(predictor, RowWindow(source, thumb.add), grid, column, batch_size, progress)
     prob = grid.probability()
     regions = find_regions(prob, threshold, stride, source.width, source.height)
 
     out.mkdir(parents=True, exist_ok=True)
     _overlay_png(thumb.image(), prob, stride, thumb.f, regions, files["overlay.png"])
-    _write_map(prob, files["probability.png"], files["probability.npy"])
+    write_map(prob, files["probability.png"], files["probability.npy"])
     result = ScanResult(
         path=Path(path),
         width=source.width,
@@ -429,28 +385,6 @@ def scan_image(
     )
     _write_summary(result)
     return result
-
-
-def _check_scan_args(tile: int, stride: int, batch_size: int) -> None:
-    if tile < 8:
-        raise ValueError(f"tile={tile}: must be at least 8 px")
-    if not 1 <= stride <= tile:
-        raise ValueError(f"stride={stride}: must lie in 1..tile ({tile}) so tiles cover the image")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
-
-
-def _output_files(out: Path, overwrite: bool) -> dict[str, Path]:
-    """The output paths; existing ones are an error unless ``overwrite``."""
-    files = {name: out / name for name in OUTPUT_FILES}
-    if not overwrite:
-        existing = [str(p) for p in files.values() if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist(s): pass overwrite=True (--overwrite) to "
-                "replace, or choose another output folder"
-            )
-    return files
 
 
 class _TileGrid:
@@ -482,7 +416,7 @@ class _TileGrid:
 
 def _classify_tiles(
     predictor: Any,
-    window: _RowWindow,
+    window: RowWindow,
     grid: _TileGrid,
     column: int,
     batch_size: int,
@@ -511,7 +445,7 @@ def _classify_tiles(
         rows = window.rows(y, min(y + tile, height))
         for i, x in enumerate(grid.xs):
             grid.tiles[k, :4] = (x, y, min(tile, width - x), min(tile, height - y))
-            pending.append((predictor.preprocess(_tile_image(rows, x, tile)), k, i, j))
+            pending.append((predictor.preprocess(tile_image(rows, x, tile)), k, i, j))
             k += 1
             if len(pending) >= batch_size:
                 flush()
@@ -541,18 +475,6 @@ def _write_summary(result: ScanResult) -> None:
     }
     atomic_write_text(result.files["regions.json"], json.dumps(summary, indent=2) + "\n")
     atomic_write_text(result.files["tiles.csv"], _tiles_csv(result.tiles))
-
-
-def _write_map(prob: np.ndarray, png: Path, npy: Path) -> None:
-    from PIL import Image
-
-    buf = _stdio.BytesIO()
-    np.save(buf, prob.astype(np.float32))
-    atomic_write(npy, lambda tmp: tmp.write_bytes(buf.getvalue()))
-    image = Image.fromarray(np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if max(image.size) > MAP_PNG_PX:
-        image.thumbnail((MAP_PNG_PX, MAP_PNG_PX), Image.Resampling.BOX)
-    atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _tiles_csv(tiles: np.ndarray) -> str:
