@@ -117,14 +117,14 @@ def test_refuses_a_model_that_fails_parity(tmp_path: Path, monkeypatch) -> None:
     ckpt = make_checkpoint(tmp_path / "m.pt")
     real = export_mod._torch_export
 
-    def perturbed(model, example, path, opset):
+    def perturbed(model, example, path, opset, **kw):
         # Export a copy whose head is off by a little: the check must notice and refuse it.
         import copy
 
         other = copy.deepcopy(model)
         with torch.no_grad():
             other.head[-1].bias[0] += 0.05  # one logit: softmax ignores a common shift
-        real(other, example, path, opset)
+        real(other, example, path, opset, **kw)
 
     monkeypatch.setattr(export_mod, "_torch_export", perturbed)
     out = tmp_path / "m.onnx"
@@ -291,3 +291,145 @@ def test_int8_needs_images_when_the_training_data_is_gone(tmp_path, capsys) -> N
     assert main([*args, "--max-f1-drop", "1"]) == 0
     assert (tmp_path / "m.int8.onnx").is_file()
     assert "calibrated on 8 image(s) of given images" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Segmenters (`meta["task"] == "segment"`): pixel logits, dynamic height and width
+
+
+@pytest.fixture(scope="module")
+def seg_exported(make_seg_checkpoint, tmp_path_factory):
+    """A random-init 64-px U-Net checkpoint (its own copy) and its ONNX export."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("seg_export")
+    ckpt = root / "model.pt"
+    shutil.copyfile(make_seg_checkpoint(threshold=0.6, min_area=3), ckpt)
+    report = export_onnx(ckpt, root / "model.onnx")
+    return ckpt, root / "model.onnx", report
+
+
+def test_segmenter_export_parity_at_two_sizes(seg_exported) -> None:
+    from fracturekit.models import load_checkpoint
+
+    ckpt, onnx_path, report = seg_exported
+    assert report.task == "segment" and report.passed and report.max_abs_diff <= 1e-4
+    assert report.batch_sizes == [export_mod.N_SYNTHETIC, 1]
+    assert report.dynamic_spatial and report.spatial_sizes == [(64, 64), (96, 128)]
+    assert report.mask_disagreement is not None and report.mask_disagreement <= 1e-3
+    graph = onnx.load(str(onnx_path)).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True] and dims[1].dim_value == 3
+    out_dims = graph.output[0].type.tensor_type.shape.dim
+    assert out_dims[1].dim_value == 1 and all(out_dims[i].dim_param for i in (0, 2, 3))
+    # The graph takes another multiple of 32 directly, non-square, and agrees with PyTorch.
+    model, _ = load_checkpoint(ckpt)
+    x = torch.randn(2, 3, 32, 160)
+    with torch.inference_mode():
+        ref = torch.sigmoid(model.eval()(x)).numpy()
+    got = export_mod._session(onnx_path).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (2, 1, 32, 160)
+    assert np.abs(torch.sigmoid(torch.from_numpy(got)).numpy() - ref).max() <= 1e-4
+
+
+def test_segmenter_metadata_round_trips(seg_exported) -> None:
+    _, onnx_path, report = seg_exported
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    meta = json.loads(props[ONNX_META_KEY])
+    assert meta["task"] == "segment" and meta["decoder"] == "unet"
+    assert meta["threshold"] == pytest.approx(0.6) and meta["min_area"] == 3
+    assert props["task"] == "segment" and props["min_area"] == "3" and props["decoder"] == "unet"
+    assert report.metadata["threshold"] == "0.6"
+    predictor = Predictor.from_checkpoint(onnx_path)
+    assert (predictor.task, predictor.threshold, predictor.min_area) == ("segment", 0.6, 3)
+
+
+def test_onnx_segmenter_maps_and_masks_match_torch(seg_exported) -> None:
+    ckpt, onnx_path, _ = seg_exported
+    torch_p = Predictor.from_checkpoint(ckpt)
+    onnx_p = Predictor.from_checkpoint(onnx_path)
+    beside = Predictor.from_checkpoint(ckpt, backend="onnx")  # finds model.onnx beside it
+    assert onnx_p.backend == beside.backend == "onnx" and beside.task == "segment"
+    # Sizes other than img_size (64): the maps are resized back to each image's own size.
+    images = [noise_image(i, size) for i, size in enumerate([(80, 48), (48, 80), (64, 64)])]
+    a, b = torch_p.probability_maps(images), onnx_p.probability_maps(images)
+    assert [m.shape for m in b] == [(48, 80), (80, 48), (64, 64)]
+    assert all(m.dtype == np.float32 for m in b)
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x - y).max() <= 1e-4
+    masks_a, masks_b = torch_p.masks_from_maps(a), onnx_p.masks_from_maps(b)
+    assert any(m.any() for m in masks_a) and not all(m.all() for m in masks_a)
+    for x, y in zip(masks_a, masks_b, strict=True):
+        assert np.array_equal(x, y)
+    # A preprocessed batch, as a tensor or numpy, without sizes: img_size maps.
+    batch = torch.stack([onnx_p.preprocess(im) for im in images])
+    plain = onnx_p.predict_proba_maps(batch.numpy())
+    assert [m.shape for m in plain] == [(64, 64)] * 3
+    assert np.abs(plain[0] - torch_p.predict_proba_maps(batch)[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "src, size", [((64, 64), (80, 48)), ((32, 48), (7, 130)), ((5, 3), (5, 3))]
+)
+def test_numpy_resize_is_torch_bilinear(src: tuple[int, int], size: tuple[int, int]) -> None:
+    import torch.nn.functional as F
+
+    from fracturekit.predict import resize_probability
+
+    prob = np.random.default_rng(0).random(src, dtype=np.float32)
+    w, h = size
+    ref = F.interpolate(torch.from_numpy(prob)[None, None], size=(h, w), mode="bilinear")[0, 0]
+    assert np.abs(resize_probability(prob, size) - ref.numpy()).max() <= 1e-6
+
+
+def test_cli_summary_of_a_segmenter(seg_exported) -> None:
+    from fracturekit.cli.export import _summary
+
+    line = _summary(seg_exported[2])
+    assert "[N, 3, H, W] with H, W any multiple of 32 -> pixel logits [N, 1, H, W]" in line
+    assert "sizes 64x64, 96x128" in line and "masks at the stored threshold differ at" in line
+
+
+def test_int8_refuses_a_segmenter_clearly(seg_exported, tmp_path: Path, capsys) -> None:
+    from fracturekit.quantize import Int8Error, export_int8
+
+    ckpt = seg_exported[0]
+    with pytest.raises(Int8Error, match="INT8 export covers classifiers only"):
+        export_int8(ckpt, tmp_path / "s.int8.onnx")
+    assert main(["export", str(ckpt), "--int8", "--out", str(tmp_path / "s.int8.onnx")]) == 2
+    assert "INT8 export covers classifiers only" in capsys.readouterr().err
+    assert not (tmp_path / "s.int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_segmenter_falls_back_to_a_fixed_size(make_seg_checkpoint, tmp_path, monkeypatch) -> None:
+    """A graph that does not hold at the second size is exported again at img_size."""
+    real = export_mod._torch_export
+    monkeypatch.setattr(
+        export_mod,
+        "_torch_export",
+        lambda model, example, path, opset, **kw: real(model, example, path, opset),
+    )
+    report = export_onnx(make_seg_checkpoint(), tmp_path / "s.onnx")
+    assert report.passed and not report.dynamic_spatial and report.spatial_sizes == [(64, 64)]
+    dims = onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 64, 64]
+
+
+@pytest.mark.slow
+def test_refuses_a_segmenter_that_fails_parity(make_seg_checkpoint, tmp_path, monkeypatch) -> None:
+    real = export_mod._torch_export
+
+    def perturbed(model, example, path, opset, **kw):
+        import copy
+
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.net.segmentation_head[0].bias += 0.05
+        real(other, example, path, opset, **kw)
+
+    monkeypatch.setattr(export_mod, "_torch_export", perturbed)
+    out = tmp_path / "s.onnx"
+    with pytest.raises(ExportError, match="pixel probabilities differ.*was not written"):
+        export_onnx(make_seg_checkpoint(), out)
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))

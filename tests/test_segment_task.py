@@ -152,8 +152,9 @@ def test_predictor_maps_and_masks_at_the_image_size(seg_ckpt: Path) -> None:
     assert predictor.predict_proba_maps(batch)[0].shape == (64, 64)
 
 
-def test_onnx_backend_refuses_a_segmenter_clearly(seg_ckpt: Path) -> None:
-    with pytest.raises(ValueError, match="segmentation checkpoint has no ONNX"):
+def test_onnx_backend_of_a_segmenter_asks_for_the_export(seg_ckpt: Path) -> None:
+    # Segmenters have an ONNX backend (tests/test_export.py); without the file, say how to make it.
+    with pytest.raises(FileNotFoundError, match="fracturekit export"):
         Predictor.from_checkpoint(seg_ckpt, backend="onnx")
 
 

@@ -1,8 +1,11 @@
 """ONNX export with a parity check: ``export_onnx(ckpt, out)``.
 
 The exported graph maps a preprocessed batch ``[N, C, H, W]`` (float32, the checkpoint's own
-size and normalisation) to logits ``[N, num_classes]``; the batch axis is dynamic. Temperature,
-threshold and the class names stay outside the graph, in the file's metadata, so
+size and normalisation) to logits: ``[N, num_classes]`` for a classifier, pixel logits
+``[N, 1, H, W]`` for a segmenter (``meta["task"] == "segment"``). The batch axis is dynamic; a
+segmenter's height and width are dynamic too (any multiple of its stride, 32) when the traced
+graph holds at a second size, else fixed at ``img_size``. Temperature, threshold, ``min_area``
+and the class names stay outside the graph, in the file's metadata, so
 ``Predictor.from_checkpoint("model.onnx")`` applies them exactly as the PyTorch backend does.
 
 Metadata (``metadata_props``):
@@ -11,10 +14,12 @@ Metadata (``metadata_props``):
   std, interpolation, in_chans, threshold, temperature, positive, config, metrics, versions);
   non-finite numbers become ``null`` so any JSON reader accepts it.
 * readable twins for other tools: ``classes``, ``img_size``, ``mean``, ``std``, ``in_chans``,
-  ``interpolation``, ``threshold``, ``temperature``, ``positive``, ``backbone``.
+  ``interpolation``, ``threshold``, ``temperature``, ``positive``, ``backbone``, and where the
+  meta has them ``task``, ``decoder``, ``min_area``.
 
 Before the file appears at ``out``, onnxruntime runs it on real inputs (the images given, or
-synthetic crack and no-crack images) at batch size N and 1 and its class probabilities are
+synthetic crack and no-crack images) at batch size N and 1 and its class probabilities (a
+segmenter: pixel probabilities, and for a dynamic size one image again at another size) are
 compared with PyTorch's; a model off by more than ``atol`` is refused and nothing is written.
 """
 
@@ -50,7 +55,11 @@ READABLE_KEYS = (
     "threshold",
     "temperature",
     "positive",
+    "task",
+    "decoder",
+    "min_area",
 )
+SPATIAL_AXES = {2: "height", 3: "width"}  # a segmenter's dynamic axes besides the batch
 N_SYNTHETIC = 8  # check images rendered when none are given (half with a crack)
 
 
@@ -66,17 +75,25 @@ class ExportReport:
         path: the ONNX file.
         opset: ONNX opset version of the graph.
         input_name: name of the graph input (``[N, C, H, W]`` float32).
-        output_name: name of the graph output (logits ``[N, num_classes]``).
+        output_name: name of the graph output (logits ``[N, num_classes]``; a segmenter's
+            pixel logits ``[N, 1, H, W]``).
         input_shape: ``(C, H, W)`` of one preprocessed image.
         batch_sizes: the batch sizes the parity check ran at.
         n_images: how many check images were used.
         check_source: ``"images"`` (given files) or ``"synthetic"``.
-        max_abs_diff: largest absolute difference of class probabilities, ONNX vs PyTorch.
+        max_abs_diff: largest absolute difference of class probabilities (a segmenter: pixel
+            probabilities), ONNX vs PyTorch.
         max_abs_diff_logits: the same for raw logits (for information).
         atol: the tolerance the check applied to probabilities.
         size_bytes: size of the written file.
         seconds: wall time of export plus check.
         metadata: the readable metadata keys written (``fracturekit_meta`` excluded).
+        task: ``"classify"`` or ``"segment"``.
+        spatial_sizes: the ``(H, W)`` input sizes the parity check ran at.
+        dynamic_spatial: whether height and width are dynamic axes of the graph (segmenters
+            whose graph held at a second size); otherwise they are fixed at ``img_size``.
+        mask_disagreement: segmenters: the share of checked pixels whose mask at the stored
+            threshold (before ``min_area``) differs between ONNX and PyTorch; None otherwise.
     """
 
     path: Path
@@ -93,6 +110,10 @@ class ExportReport:
     size_bytes: int = 0
     seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
+    task: str = "classify"
+    spatial_sizes: list[tuple[int, int]] = field(default_factory=list)
+    dynamic_spatial: bool = False
+    mask_disagreement: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -164,8 +185,16 @@ def _check_batch(
     return torch.stack([transform(im, None)[0] for im in images]), source
 
 
-def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    """Write the graph with the TorchScript exporter (dynamic batch axis).
+def _torch_export(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    *,
+    dynamic_spatial: bool = False,
+) -> None:
+    """Write the graph with the TorchScript exporter (dynamic batch axis; with
+    ``dynamic_spatial`` dynamic height and width too).
 
     torch 2.9+ defaults to the torch.export-based exporter, which needs the ``onnxscript``
     package; the TorchScript exporter needs nothing more and handles every backbone of the table
@@ -174,6 +203,7 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, ops
     """
     import torch
 
+    axes = {0: "batch", **(SPATIAL_AXES if dynamic_spatial else {})}
     kwargs: dict[str, Any] = {
         "input_names": [INPUT_NAME],
         "output_names": [OUTPUT_NAME],
@@ -182,24 +212,25 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, ops
     }
     with warnings.catch_warnings():
         # The TorchScript exporter announces its deprecation and traces shape arithmetic (TF
-        # "same" padding) as constants; the input size is fixed, so both are expected.
+        # "same" padding, the segmenter's stride check) as constants; a fixed input size makes
+        # that exact, and a dynamic one is checked at a second size by the caller.
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 model,
                 (example,),
                 str(path),
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
                 dynamo=False,
                 **kwargs,
             )
         except TypeError:  # pragma: no cover - a torch without the TorchScript exporter
-            batch = torch.export.Dim("batch", min=1, max=4096)
+            shapes = {i: torch.export.Dim(name, min=1, max=4096) for i, name in axes.items()}
             torch.onnx.export(
                 model,
                 (example,),
                 str(path),
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=(shapes,),
                 dynamo=True,
                 **kwargs,
             )
@@ -213,6 +244,148 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def _write_graph(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    props: dict[str, str],
+    *,
+    dynamic_spatial: bool,
+    ckpt: str | Path,
+):
+    """Export, attach the metadata, check the graph; return an ONNX Runtime session on it."""
+    import onnx
+
+    try:
+        _torch_export(model, example, path, opset, dynamic_spatial=dynamic_spatial)
+        graph = onnx.load(str(path))
+        del graph.metadata_props[:]
+        for key, value in props.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(path))
+        return _session(path)
+    except Exception as exc:  # exporters and onnx raise many types; report them as one
+        raise ExportError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
+
+
+def _run(session: Any, x: torch.Tensor) -> np.ndarray:
+    feed = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    return session.run([OUTPUT_NAME], {INPUT_NAME: feed})[0]
+
+
+def _classifier_parity(
+    session: Any,
+    batch: torch.Tensor,
+    ref_logits: torch.Tensor,
+    temperature: float,
+    report: ExportReport,
+) -> None:
+    """Class probabilities of the ONNX graph vs PyTorch's, at each of the report's batch sizes."""
+    import torch
+
+    from fracturekit.models import logits_to_proba
+
+    ref_proba = logits_to_proba(ref_logits, temperature).numpy()
+    diffs, logit_diffs = [], []
+    # The full batch, then one image alone: proves the batch axis really is dynamic.
+    for n in report.batch_sizes:
+        logits = torch.from_numpy(_run(session, batch[:n]))
+        proba = logits_to_proba(logits, temperature).numpy()
+        diffs.append(float(np.abs(proba - ref_proba[:n]).max()))
+        logit_diffs.append(float((logits - ref_logits[:n]).abs().max()))
+    report.max_abs_diff = max(diffs)
+    report.max_abs_diff_logits = max(logit_diffs)
+
+
+def _segment_cases(
+    model: torch.nn.Module, batch: torch.Tensor, ref_logits: torch.Tensor, report: ExportReport
+) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """Inputs and PyTorch's pixel logits for the parity check: the batch at each batch size,
+    and (for a dynamic graph) its first image resized to another multiple of the stride."""
+    import torch
+    import torch.nn.functional as F
+
+    cases = [(batch[:n], ref_logits[:n].numpy()) for n in report.batch_sizes]
+    if report.dynamic_spatial:
+        stride = int(getattr(model, "stride", 32))
+        h, w = batch.shape[-2:]
+        other = F.interpolate(
+            batch[:1], size=(h + stride, w + 2 * stride), mode="bilinear", align_corners=False
+        )
+        with torch.inference_mode():
+            cases.append((other, model(other).float().numpy()))
+    report.spatial_sizes = sorted({tuple(int(v) for v in x.shape[-2:]) for x, _ in cases})
+    return cases
+
+
+def _segment_parity(session: Any, cases: list, threshold: float, report: ExportReport) -> None:
+    """Pixel probabilities and masks at ``threshold`` of the ONNX graph vs PyTorch's.
+
+    A case the graph cannot run (a size it does not take) counts as an infinite difference.
+    """
+    import torch
+
+    diffs, logit_diffs, differ, pixels = [], [], 0, 0
+    for x, ref in cases:
+        try:
+            logits = _run(session, x)
+        except Exception:  # onnxruntime raises its own types for a shape the graph refuses
+            logits = None
+        if logits is None or logits.shape != ref.shape:
+            diffs.append(float("inf"))
+            logit_diffs.append(float("inf"))
+            continue
+        proba, ref_proba = (torch.sigmoid(torch.from_numpy(v)).numpy() for v in (logits, ref))
+        diffs.append(float(np.abs(proba - ref_proba).max()))
+        logit_diffs.append(float(np.abs(logits - ref).max()))
+        differ += int(np.count_nonzero((proba >= threshold) != (ref_proba >= threshold)))
+        pixels += ref.size
+    report.max_abs_diff = max(diffs)
+    report.max_abs_diff_logits = max(logit_diffs)
+    report.mask_disagreement = differ / pixels if pixels else None
+
+
+def _export_segmenter(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    tmp: Path,
+    meta: dict,
+    props: dict,
+    report: ExportReport,
+    ckpt: str | Path,
+) -> None:
+    """Export a segmenter with dynamic height and width and check it at two sizes; when the
+    traced graph does not hold at the second size, export it again at the fixed ``img_size``."""
+    import torch
+
+    with torch.inference_mode():
+        ref_logits = model(batch).float()
+    threshold = float(meta.get("threshold") if meta.get("threshold") is not None else 0.5)
+    for dynamic in (True, False):
+        report.dynamic_spatial = dynamic
+        try:
+            session = _write_graph(
+                model,
+                batch[:1].clone(),
+                tmp,
+                report.opset,
+                props,
+                dynamic_spatial=dynamic,
+                ckpt=ckpt,
+            )
+        except ExportError:
+            if not dynamic:
+                raise
+            continue  # the exporter cannot make these axes dynamic: the fixed size follows
+        cases = _segment_cases(model, batch, ref_logits, report)
+        _segment_parity(session, cases, threshold, report)
+        if report.passed:
+            return
+
+
 def export_onnx(
     ckpt: str | Path,
     out: str | Path,
@@ -224,6 +397,10 @@ def export_onnx(
 ) -> ExportReport:
     """Export a checkpoint to ONNX and prove the file computes the same probabilities.
 
+    A classifier's graph gives logits ``[N, num_classes]``; a segmenter's (``meta["task"] ==
+    "segment"``) pixel logits ``[N, 1, H, W]``, with dynamic height and width when the graph
+    computes the same at a second size (``report.dynamic_spatial``).
+
     Args:
         ckpt: a fracturekit checkpoint (``model.pt``).
         out: where to write the ``.onnx`` file. It appears only after the parity check passed
@@ -232,7 +409,8 @@ def export_onnx(
         check_images: image files for the parity check; default: synthetic crack and no-crack
             images rendered at the model's input size.
         atol: largest allowed absolute difference of class probabilities (after the
-            checkpoint's temperature), ONNX Runtime vs PyTorch, at batch size N and 1.
+            checkpoint's temperature; a segmenter: of pixel probabilities), ONNX Runtime vs
+            PyTorch, at batch size N and 1.
         overwrite: replace an existing ``out``; otherwise an existing file is an error.
 
     Returns:
@@ -243,10 +421,9 @@ def export_onnx(
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         ExportError: the exporter failed, or the parity check failed (nothing is written).
     """
-    import onnx
     import torch
 
-    from fracturekit.models import load_checkpoint, logits_to_proba
+    from fracturekit.models import load_checkpoint
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -258,11 +435,7 @@ def export_onnx(
     start = time.perf_counter()
     model, meta = load_checkpoint(ckpt, map_location="cpu")
     model = model.float().eval()
-    temperature = float(meta.get("temperature") or 1.0)
     batch, source = _check_batch(meta, check_images)
-    with torch.inference_mode():
-        ref_logits = model(batch).float()
-    ref_proba = logits_to_proba(ref_logits, temperature).numpy()
     props = onnx_metadata(meta)
     report = ExportReport(
         path=out,
@@ -277,34 +450,25 @@ def export_onnx(
         max_abs_diff_logits=float("inf"),
         atol=atol,
         metadata={k: v for k, v in props.items() if k != ONNX_META_KEY},
+        task=str(meta.get("task") or "classify"),
+        spatial_sizes=[tuple(int(v) for v in batch.shape[-2:])],
     )
 
     def write(tmp: Path) -> None:
-        try:
-            _torch_export(model, batch[:1].clone(), tmp, opset)
-            graph = onnx.load(str(tmp))
-            del graph.metadata_props[:]
-            for key, value in props.items():
-                entry = graph.metadata_props.add()
-                entry.key, entry.value = key, value
-            onnx.checker.check_model(graph)
-            onnx.save(graph, str(tmp))
-            session = _session(tmp)
-        except Exception as exc:  # exporters and onnx raise many types; report them as one
-            raise ExportError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
-        diffs, logit_diffs = [], []
-        # The full batch, then one image alone: proves the batch axis really is dynamic.
-        for n in report.batch_sizes:
-            x = batch[:n].numpy().astype(np.float32)
-            logits = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
-            proba = logits_to_proba(logits, temperature).numpy()
-            diffs.append(float(np.abs(proba - ref_proba[:n]).max()))
-            logit_diffs.append(float((logits - ref_logits[:n]).abs().max()))
-        report.max_abs_diff = max(diffs)
-        report.max_abs_diff_logits = max(logit_diffs)
+        if report.task == "segment":
+            _export_segmenter(model, batch, tmp, meta, props, report, ckpt)
+        else:
+            with torch.inference_mode():
+                ref_logits = model(batch).float()
+            session = _write_graph(
+                model, batch[:1].clone(), tmp, opset, props, dynamic_spatial=False, ckpt=ckpt
+            )
+            temperature = float(meta.get("temperature") or 1.0)
+            _classifier_parity(session, batch, ref_logits, temperature, report)
         if not report.passed:
+            what = "pixel probabilities" if report.task == "segment" else "probabilities"
             raise ExportError(
-                f"{ckpt}: the ONNX model's probabilities differ from PyTorch's by up to "
+                f"{ckpt}: the ONNX model's {what} differ from PyTorch's by up to "
                 f"{report.max_abs_diff:.3g} (allowed {atol:g}) on {report.n_images} "
                 f"{'given' if source == 'images' else source} image(s); {out} was not written"
             )

@@ -154,7 +154,6 @@ class Predictor:
         if path.suffix.lower() == ".onnx":
             backend = "onnx"
         if backend == "onnx":
-            _refuse_onnx_segmenter(path)
             onnx_path = path if path.suffix.lower() == ".onnx" else path.with_suffix(".onnx")
             if not onnx_path.exists():
                 raise FileNotFoundError(
@@ -449,13 +448,20 @@ class Predictor:
         """Pixel probabilities of a preprocessed batch: ``(H, W)`` float32 maps, one an image.
 
         Args:
-            batch: ``[N, C, img_size, img_size]`` from :meth:`preprocess`.
+            batch: ``[N, C, img_size, img_size]`` from :meth:`preprocess` (the ONNX backend
+                also takes a numpy array).
             sizes: ``(width, height)`` per image to resize the maps to (bilinear); None keeps
                 ``img_size`` x ``img_size``.
         """
+        self._require_segmenter()
+        if self.backend == "onnx":
+            # numpy only from here: the sigmoid and torch's bilinear resize, recomputed
+            prob = self._onnx_proba_maps(batch)
+            if sizes is None:
+                return list(prob)
+            return [resize_probability(p, size) for p, size in zip(prob, sizes, strict=True)]
         import torch
 
-        self._require_segmenter()
         x = batch.to(self.device)
         if x.shape[-1] > 1:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -465,6 +471,14 @@ class Predictor:
         if sizes is None:
             return maps
         return [resize_probability(m, size) for m, size in zip(maps, sizes, strict=True)]
+
+    def _onnx_proba_maps(self, batch: Any) -> np.ndarray:
+        """Pixel probabilities ``(N, H, W)`` of the ONNX graph for a preprocessed batch."""
+        if hasattr(batch, "detach"):  # a torch tensor
+            batch = batch.detach().cpu().numpy()
+        feed = np.ascontiguousarray(batch, dtype=np.float32)
+        logits = self.session.run(None, {self.session.get_inputs()[0].name: feed})[0]
+        return _sigmoid(logits[:, 0])
 
     def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Pixel probabilities of decoded images, each at the image's own size."""
@@ -564,43 +578,38 @@ class Predictor:
         }
 
 
-def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of a half-pixel-centred linear resize of one axis."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)
-    lo = np.floor(src).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (src - lo).astype(np.float32)
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """``1 / (1 + e^-x)`` in float32; the tanh form never overflows for large ``|x|``."""
+    x = np.asarray(logits, dtype=np.float32)
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
 def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A probability map brought to ``size`` = ``(width, height)`` by bilinear interpolation.
-
-    Pixel centres are aligned as in ``torch.nn.functional.interpolate(..., mode="bilinear",
-    align_corners=False)`` (no antialiasing), in numpy so no backend needs torch for it;
-    float32 in [0, 1].
-    """
-    prob = np.asarray(prob, dtype=np.float32)
+    """A probability map ``(H, W)`` resized to ``size = (width, height)`` as torch's
+    ``F.interpolate(..., mode="bilinear", align_corners=False)`` does it (half-pixel centres,
+    no antialiasing), in numpy, so no backend needs torch for it; float32 in [0, 1]."""
     w, h = size
-    if prob.shape == (h, w):
-        return prob
-    r0, r1, fr = _bilinear_axis(prob.shape[0], h)
-    c0, c1, fc = _bilinear_axis(prob.shape[1], w)
-    cols = prob[:, c0] * (1 - fc) + prob[:, c1] * fc  # (rows_in, w)
-    out = cols[r0] * (1 - fr)[:, None] + cols[r1] * fr[:, None]
+    if np.shape(prob) == (h, w):
+        return np.asarray(prob, dtype=np.float32)
+
+    def taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # torch's CPU kernel: a float32 scale and one fused multiply-add into a float32
+        # source coordinate; the exact float64 result rounded once is that value
+        scale = np.float64(np.float32(n_in) / np.float32(n_out))
+        src = np.maximum(((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32), 0)
+        lo = np.minimum(src.astype(np.int64), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo.astype(np.float32)
+
+    prob = np.asarray(prob, dtype=np.float32)
+    y0, y1, fy = taps(h, prob.shape[0])
+    x0, x1, fx = taps(w, prob.shape[1])
+    rows = prob[y0] * (1 - fy)[:, None] + prob[y1] * fy[:, None]  # (h, W_in): small
+    out = rows[:, x0]
+    out *= 1 - fx
+    right = rows[:, x1]
+    right *= fx
+    out += right
     return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _refuse_onnx_segmenter(path: Path) -> None:
-    """ONNX export covers classifiers only: say so for a segmenter's checkpoint."""
-    if path.suffix.lower() == ".onnx" or not path.is_file():
-        return
-    from fracturekit.models import read_checkpoint
-
-    if read_checkpoint(path)["meta"].get("task") == "segment":
-        raise ValueError(
-            f"{path}: a segmentation checkpoint has no ONNX backend yet; use backend='torch'"
-        )
 
 
 def _is_number(value: Any) -> bool:

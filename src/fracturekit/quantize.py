@@ -12,6 +12,9 @@ The training and validation images come from the checkpoint's stored config (``c
 split with the stored ``SPLIT_FIELDS``, so the validation split is the one training carved).
 Where that data is not reachable, ``calibration_images`` (any images) and ``validation_data``
 (labelled data, every image of it used) must be given.
+
+Classifiers only: a segmentation checkpoint is refused (an ``Int8Error`` saying so), since its
+check would have to score pixels (pixel F1 against FP32), which this module does not do.
 """
 
 from __future__ import annotations
@@ -308,20 +311,29 @@ def export_int8(
 
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
-        Int8Error: no calibration or validation images, quantisation failed, or the INT8 model
-            lost more accuracy than allowed (nothing is written; the message gives both drops).
+        Int8Error: a segmentation checkpoint (INT8 export covers classifiers only), no
+            calibration or validation images, quantisation failed, or the INT8 model lost more
+            accuracy than allowed (nothing is written; the message gives both drops).
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     if max_auc_drop < 0 or max_f1_drop < 0 or n_calibration < 1:
         raise ValueError("max_auc_drop and max_f1_drop must be >= 0, n_calibration >= 1")
+    from fracturekit.models import read_checkpoint
+
     start = time.perf_counter()
+    meta = read_checkpoint(ckpt)["meta"]
+    if meta.get("task") == "segment":
+        # The accuracy check scores image labels (ROC AUC, F1); a pixel-F1 check for
+        # segmenters does not exist yet, so an unchecked INT8 segmenter is never written.
+        raise Int8Error(
+            f"{ckpt}: a segmentation checkpoint; INT8 export covers classifiers only "
+            "(export it without --int8 for an FP32 ONNX model)"
+        )
     splits = None
     if not (calibration_images and validation_data is not None):
-        from fracturekit.models import read_checkpoint
-
-        splits = checkpoint_splits(read_checkpoint(ckpt)["meta"], ckpt)
+        splits = checkpoint_splits(meta, ckpt)
     calibration, calibration_source = _calibration(calibration_images, splits, n_calibration, seed)
     samples, validation_source = _validation(validation_data, splits, ckpt)
     with tempfile.TemporaryDirectory(prefix="fracturekit-int8-") as tmp:

@@ -6,11 +6,17 @@ the full batch and at batch size 1. Its metadata carries the class names, input 
 normalisation, threshold and temperature, so `fracturekit predict model.onnx ...` and
 `fracturekit predict model.pt --backend onnx` use it with the same preprocessing.
 
+A segmentation checkpoint is exported as its pixel logits [N, 1, H, W] (height and width
+dynamic, any multiple of 32, when the graph holds at a second size; else fixed at the
+checkpoint's size), checked on its pixel probabilities, and the share of pixels whose mask at
+the stored threshold differs is printed; its metadata adds the task, min_area and decoder.
+
 With --int8 the FP32 graph is quantised (ONNX Runtime static quantisation, QDQ, int8 weights
 per channel), calibrated on a sample of the checkpoint's training images; the parity check is
 replaced by an accuracy check on its validation images: the file is refused when ROC AUC drops
 by more than --max-auc-drop (0.005) or F1 by more than --max-f1-drop (0.01). Where the training
-data is not reachable, give --calibration-images and --validation-images.
+data is not reachable, give --calibration-images and --validation-images. INT8 export covers
+classifiers only; a segmentation checkpoint is refused.
 
 Examples:
   fracturekit export runs/demo/model.pt --out runs/demo/model.onnx
@@ -21,8 +27,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fracturekit.cli._options import add_overwrite
+
+if TYPE_CHECKING:
+    from fracturekit.export import ExportReport
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -101,14 +111,32 @@ def run(args: argparse.Namespace) -> int:
         atol=args.atol,
         overwrite=args.overwrite,
     )
-    Console(stderr=True).print(
-        f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input "
-        f"[N, {', '.join(map(str, report.input_shape))}]); parity on {report.n_images} "
-        f"{'given' if report.check_source == 'images' else 'synthetic'} image(s) at batch sizes "
-        f"{', '.join(map(str, report.batch_sizes))}: max |p_onnx - p_torch| = "
-        f"{report.max_abs_diff:.2e} (allowed {report.atol:g})"
-    )
+    Console(stderr=True).print(_summary(report))
     return 0
+
+
+def _summary(report: ExportReport) -> str:
+    """One line: the file, its input and output, and how closely it matched PyTorch."""
+    c, h, w = report.input_shape
+    images = f"{report.n_images} {'given' if report.check_source == 'images' else 'synthetic'}"
+    batches = ", ".join(map(str, report.batch_sizes))
+    head = f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input "
+    if report.task != "segment":
+        return (
+            f"{head}[N, {c}, {h}, {w}]); parity on {images} image(s) at batch sizes {batches}: "
+            f"max |p_onnx - p_torch| = {report.max_abs_diff:.2e} (allowed {report.atol:g})"
+        )
+    if report.dynamic_spatial:
+        shapes = f"[N, {c}, H, W] with H, W any multiple of 32 -> pixel logits [N, 1, H, W]"
+    else:
+        shapes = f"[N, {c}, {h}, {w}] (size fixed) -> pixel logits [N, 1, {h}, {w}]"
+    sizes = ", ".join(f"{a}x{b}" for a, b in report.spatial_sizes)
+    return (
+        f"{head}{shapes}); parity on {images} image(s) at batch sizes {batches} and sizes "
+        f"{sizes}: max |p_onnx - p_torch| = {report.max_abs_diff:.2e} (allowed "
+        f"{report.atol:g}); masks at the stored threshold differ at "
+        f"{100 * report.mask_disagreement:.4f}% of the pixels"
+    )
 
 
 def _run_int8(args: argparse.Namespace) -> int:
