@@ -41,6 +41,9 @@ class BrightnessPredictor:
         arr = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
         return torch.tensor([arr.mean()])
 
+    def stack(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(inputs)
+
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
         self.batches.append(len(batch))
         p = batch[:, 0].numpy()

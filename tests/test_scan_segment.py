@@ -54,6 +54,9 @@ class PixelSegmenter:
         arr = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
         return torch.from_numpy(arr)[None]
 
+    def stack(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(inputs)
+
     def predict_proba_maps(self, batch: torch.Tensor, sizes=None) -> list[np.ndarray]:
         assert sizes is None and batch.shape[-1] == self.img_size
         out = []

@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from fracturekit.width import CrackMeasurement, measure_mask
+if TYPE_CHECKING:  # the width code (scipy, scikit-image) loads on first use
+    from fracturekit.width import CrackMeasurement
 
 __all__ = [
     "MaskPngWriter",
@@ -203,6 +204,8 @@ def width_summary(
         crack]}``, plus ``length_mm``, ``mean_width_mm``, ``max_width_mm`` with ``px_per_mm``.
         Widths are None when no crack is found.
     """
+    from fracturekit.width import measure_mask
+
     cracks = measure_mask(np.asarray(mask, bool), px_per_mm=px_per_mm, min_area=min_area)
     return crack_totals(cracks, px_per_mm=px_per_mm)
 

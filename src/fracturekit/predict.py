@@ -292,8 +292,17 @@ class Predictor:
         return int(self.meta.get("tta") or 1)
 
     # -- preprocessing ------------------------------------------------------------------------
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """A PIL image -> normalised CxHxW float tensor, exactly as at evaluation time."""
+    def preprocess(self, image: Image.Image) -> torch.Tensor | np.ndarray:
+        """A PIL image -> normalised CxHxW float32 input, as at evaluation time.
+
+        A torch tensor (torchvision's transform, the one training used) on the PyTorch backend;
+        a numpy array on the ONNX backend, which never imports torch: Pillow's resize (the same
+        antialiased filters when shrinking, within one grey level of torchvision's; Pillow's
+        bicubic is softer when enlarging an image smaller than the input size), then the same
+        scaling and normalisation. An image already at the input size goes in unchanged.
+        """
+        if self.backend == "onnx":
+            return self._preprocess_numpy(image)
         if self._transform is None:
             self._transform = build_transforms(
                 self.img_size,
@@ -305,6 +314,38 @@ class Predictor:
             )
         x, _ = self._transform(image, None)
         return x
+
+    def _preprocess_numpy(self, image: Image.Image) -> np.ndarray:
+        from PIL import Image as PILImage
+
+        from fracturekit.data._transforms import _per_channel as per_channel
+
+        want = "L" if self.in_chans == 1 else "RGB"
+        if image.mode != want:
+            image = image.convert(want)
+        size = (self.img_size, self.img_size)
+        interpolation = self.meta.get("interpolation", "bilinear")
+        if interpolation == "nearest":
+            x = _nearest_resize(np.asarray(image), size)
+        else:
+            if image.size != size:
+                resample = {"bilinear": PILImage.BILINEAR, "bicubic": PILImage.BICUBIC}
+                image = image.resize(size, resample[interpolation])
+            x = np.asarray(image)
+        x = x.astype(np.float32) / np.float32(255.0)
+        if x.ndim == 2:
+            x = x[..., None]
+        mean = np.asarray(per_channel(self.meta["mean"], self.in_chans, "mean"), np.float32)
+        std = np.asarray(per_channel(self.meta["std"], self.in_chans, "std"), np.float32)
+        return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+    def stack(self, inputs: Sequence[Any]) -> torch.Tensor | np.ndarray:
+        """Preprocessed images (:meth:`preprocess`) as one batch for this backend."""
+        if self.backend == "onnx":
+            return np.stack(inputs)
+        import torch
+
+        return torch.stack(list(inputs))
 
     # -- inference ----------------------------------------------------------------------------
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -339,23 +380,41 @@ class Predictor:
 
         Multi-class tasks with a prior (:meth:`with_prior`) get them moved to those priors.
         """
-        from fracturekit.models import logits_to_proba
+        if self.backend == "onnx":
+            proba = _logits_to_proba(self._onnx_logits(batch), self.temperature)
+        else:
+            from fracturekit.models import logits_to_proba
 
-        proba = logits_to_proba(self.logits(batch), self.temperature).numpy()
+            proba = logits_to_proba(self.logits(batch), self.temperature).numpy()
         if self._prior_shift is not None:
             proba = adjust_to_priors(proba, *self._prior_shift).astype(proba.dtype)
         return proba
+
+    def _onnx_logits(self, batch: Any) -> np.ndarray:
+        """Logits (N, K) of the ONNX graph, averaged over ``tta`` views as on PyTorch."""
+        if hasattr(batch, "detach"):  # a torch tensor from a caller that has one
+            batch = batch.detach().cpu().numpy()
+        name = self.session.get_inputs()[0].name
+        views = self.tta
+        if views > 4 and batch.shape[-1] != batch.shape[-2]:
+            raise ValueError(
+                f"{views} views turn the image by 90 degrees: the input must be square"
+            )
+        total = None
+        for op in NUMPY_VIEWS[:views]:
+            feed = np.ascontiguousarray(op(batch), dtype=np.float32)
+            out = self.session.run(None, {name: feed})[0].astype(np.float32)
+            total = out if total is None else total + out
+        return total / np.float32(views)
 
     def predict_images(
         self, images: Sequence[Image.Image], paths: Sequence[str] | None = None
     ) -> list[Prediction]:
         """Classify already-decoded images (one forward pass)."""
-        import torch
-
         if not images:
             return []
         names = list(paths) if paths is not None else [f"image{i}" for i in range(len(images))]
-        batch = torch.stack([self.preprocess(im) for im in images])
+        batch = self.stack([self.preprocess(im) for im in images])
         return self._records(names, self.predict_proba(batch))
 
     def predict_paths(
@@ -374,12 +433,10 @@ class Predictor:
         record the image-level decision from the mask (:meth:`_segment_records`) and, with
         ``keep_masks``, the mask itself at the image's size.
         """
-        import torch
-
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
 
-        def load(p: str) -> tuple[str, torch.Tensor | None, tuple[int, int], str | None]:
+        def load(p: str) -> tuple[str, Any, tuple[int, int], str | None]:
             try:
                 image = read_image(p, channels=self.in_chans, strict=strict)
                 return p, self.preprocess(image), image.size, None
@@ -396,7 +453,7 @@ class Predictor:
                 good = [(p, x, size) for p, x, size, err in loaded if err is None]
                 results: dict[str, Prediction] = {}
                 if good:
-                    batch = torch.stack([x for _, x, _ in good])
+                    batch = self.stack([x for _, x, _ in good])
                     names = [p for p, _, _ in good]
                     if self.task == "segment":
                         sizes = [size for _, _, size in good]
@@ -482,11 +539,9 @@ class Predictor:
 
     def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Pixel probabilities of decoded images, each at the image's own size."""
-        import torch
-
         if not images:
             return []
-        batch = torch.stack([self.preprocess(im) for im in images])
+        batch = self.stack([self.preprocess(im) for im in images])
         return self.predict_proba_maps(batch, [im.size for im in images])
 
     def masks_from_maps(self, maps: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -576,6 +631,39 @@ class Predictor:
             "backend": self.backend,
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
         }
+
+
+# The views of ``models.VIEW_OPS`` on numpy batches (N, C, H, W), in the same order.
+NUMPY_VIEWS: tuple[Callable[[np.ndarray], np.ndarray], ...] = (
+    lambda x: x,
+    lambda x: x[..., ::-1],
+    lambda x: x[..., ::-1, :],
+    lambda x: x[..., ::-1, ::-1],
+    lambda x: x.swapaxes(-2, -1),
+    lambda x: x.swapaxes(-2, -1)[..., ::-1],
+    lambda x: x.swapaxes(-2, -1)[..., ::-1, :],
+    lambda x: x.swapaxes(-2, -1)[..., ::-1, ::-1],
+)
+
+
+def _logits_to_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``models.logits_to_proba`` in numpy: sigmoid of a single logit as ``[1 - p, p]``,
+    else a softmax, after temperature scaling."""
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    if z.shape[1] == 1:
+        p = _sigmoid(z)
+        return np.concatenate([1 - p, p], axis=1)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nearest_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torchvision's nearest-neighbour resize (source index ``floor(i * in / out)``)."""
+    w, h = size
+    rows = np.minimum((np.arange(h) * (array.shape[0] / h)).astype(np.int64), array.shape[0] - 1)
+    cols = np.minimum((np.arange(w) * (array.shape[1] / w)).astype(np.int64), array.shape[1] - 1)
+    return array[rows][:, cols]
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

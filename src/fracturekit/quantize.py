@@ -170,7 +170,7 @@ class _Reader:
                     image = read_image(p, channels=self.predictor.in_chans)
                 except (ValueError, OSError):
                     continue  # an unreadable calibration image is just left out
-                xs.append(self.predictor.preprocess(image).numpy())
+                xs.append(np.asarray(self.predictor.preprocess(image)))
             if xs:
                 self.n += len(xs)
                 yield {self.input_name: np.stack(xs).astype(np.float32)}

@@ -423,7 +423,6 @@ def _classify_tiles(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     """Cut every tile from the rows as they stream past and classify them in batches."""
-    import torch
 
     pending: list[tuple[Any, int, int, int]] = []  # (tensor, tile index, x index, y index)
     done = 0
@@ -431,7 +430,7 @@ def _classify_tiles(
     def flush() -> None:
         nonlocal done
         if pending:
-            proba = predictor.predict_proba(torch.stack([t for t, _, _, _ in pending]))
+            proba = predictor.predict_proba(predictor.stack([t for t, _, _, _ in pending]))
             for (_, k, i, j), p in zip(pending, proba[:, column], strict=True):
                 grid.add(k, i, j, float(p))
             done += len(pending)

@@ -159,7 +159,6 @@ def stitched_rows(
     Windows of one row go through the model in batches of ``batch_size``; after each row of
     windows the rows above the next one are final and given out.
     """
-    import torch
 
     xs, ys = tile_positions(width, tile, stride), tile_positions(height, tile, stride)
     weight = window_weight(tile)
@@ -170,7 +169,7 @@ def stitched_rows(
         h = len(rows)
         for start in range(0, len(xs), batch_size):
             part = xs[start : start + batch_size]
-            batch = torch.stack([predictor.preprocess(tile_image(rows, x, tile)) for x in part])
+            batch = predictor.stack([predictor.preprocess(tile_image(rows, x, tile)) for x in part])
             maps = predictor.predict_proba_maps(
                 batch, None if native else [(tile, tile)] * len(part)
             )

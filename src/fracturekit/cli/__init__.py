@@ -34,7 +34,10 @@ class CLIError(Exception):
     """A user-facing error: printed as ``fracturekit: error: <message>``, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only`` (a command's name) just that command's module is
+    imported and its arguments added, the others stay names with their one-line help, so a
+    command starts without loading what the others need."""
     parser = argparse.ArgumentParser(
         prog="fracturekit",
         description="Find fractures and cracks in images: bone X-rays, concrete, pavement, "
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fracturekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(f"fracturekit.cli.{module_name}")
         cmd = sub.add_parser(
             name,
@@ -58,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
