@@ -24,6 +24,7 @@ from fracturekit.io import (
     DECODED_BYTES_PER_PIXEL,
     IMAGE_EXTENSIONS,
     MAX_PIXELS_ENV,
+    READ_ERROR_KINDS,
     CheckReport,
     ImageReadError,
     check_images,
@@ -302,6 +303,44 @@ def test_error_pickles() -> None:
 
     err = pickle.loads(pickle.dumps(ImageReadError("a.png", "broken")))
     assert (err.path, err.reason, str(err)) == ("a.png", "broken", "a.png: broken")
+    assert err.kind == "unreadable"
+    err = pickle.loads(pickle.dumps(ImageReadError("b.png", "big", kind="too_large")))
+    assert (err.kind, err.truncated) == ("too_large", False)
+
+
+def _kind_cases(tmp_path: Path) -> dict[str, tuple[Path, dict]]:
+    """A file (and read_image options) for each kind of read error."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, I am text")
+    Image.new("L", (2000, 1000)).save(tmp_path / "big.png")
+    (tmp_path / "folder.png").mkdir()
+    return {
+        "missing": (tmp_path / "missing.png", {}),
+        "empty": (tmp_path / "empty.png", {}),
+        "unreadable": (tmp_path / "text.png", {}),
+        "too_large": (tmp_path / "big.png", {"max_pixels": 1_000_000}),
+        "truncated": (write_truncated_jpeg(tmp_path / "t.jpg"), {"strict": True}),
+        "folder": (tmp_path / "folder.png", {}),
+    }
+
+
+def test_errors_say_their_kind(tmp_path: Path) -> None:
+    """``kind`` tells a program what went wrong without reading the message."""
+    cases = _kind_cases(tmp_path)
+    assert set(READ_ERROR_KINDS) <= set(cases)
+    expected = {name: name for name in READ_ERROR_KINDS} | {"folder": "missing"}
+    for name, (path, options) in cases.items():
+        with pytest.raises(ImageReadError) as info:
+            read_image(path, **options)
+        assert info.value.kind == expected[name], (name, info.value)
+    with pytest.raises(ImageReadError) as info:  # the decoded-bytes budget too
+        read_image_bytes(dicom_bytes(_stored()), name="a.dcm", max_pixels=100)
+    assert info.value.kind == "too_large"
+    with pytest.raises(ImageReadError) as info:
+        read_image_bytes(b"")
+    assert info.value.kind == "empty"
+    with pytest.raises(ValueError, match="kind='huge'"):
+        ImageReadError("a.png", "broken", kind="huge")
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,8 +124,8 @@ class _Engine:
                     data, name=name, channels=3, strict=True, max_pixels=self.max_pixels
                 )
         except ImageReadError as exc:
-            # io's pixel-limit refusal reports the size in megapixels: 413, as for the body.
-            status = 413 if "megapixels" in exc.reason else 422
+            # Over the pixel limit or the decoded-size budget: 413, as for the body.
+            status = 413 if exc.kind == "too_large" else 422
             raise UploadError(status, str(exc)) from None
         except Exception as exc:  # a decoder bug must still be the client's 422, not a 500
             log.warning("decoding %s failed unexpectedly", name, exc_info=True)
