@@ -12,6 +12,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from fixture_images import (
     blob_image,
+    deflated_dicom,
     dicom_bytes,
     jpeg_bytes,
     noise_image,
@@ -670,28 +671,13 @@ def test_is_dicom_by_bytes_first(head: bytes, name: str, dicom: bool) -> None:
     assert is_dicom(head, name) is dicom
 
 
-def _deflated_dicom(side: int, frames: int) -> bytes:
-    """``_multiframe_dicom`` of zeros, saved with the Deflated transfer syntax."""
-    import io as stdio
-
-    from pydicom import dcmread
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    native = _multiframe_dicom(np.zeros((frames, side, side), np.uint16))
-    ds = dcmread(stdio.BytesIO(native))
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    buf = stdio.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_deflated_dicom_is_refused_before_it_is_inflated_whole(monkeypatch):
     """pydicom inflates a deflated data set whole (every frame): its inflated size counts."""
     import pydicom
 
     from fracturekit.io import ImageReadError, read_image_bytes
 
-    bomb = _deflated_dicom(256, 40)  # 40 frames of 64 kP, 16 bit: 5.2 MB inflated, few kB here
+    bomb = deflated_dicom(256, 40)  # 40 frames of 64 kP, 16 bit: 5.2 MB inflated, few kB here
     assert len(bomb) < 100_000
 
     def never(*args, **kwargs):
@@ -701,5 +687,5 @@ def test_deflated_dicom_is_refused_before_it_is_inflated_whole(monkeypatch):
     with pytest.raises(ImageReadError, match="inflates to over"):
         read_image_bytes(bomb, name="bomb.dcm", max_pixels=1_000_000)  # 4 MB budget
     monkeypatch.undo()
-    small = read_image_bytes(_deflated_dicom(64, 2), name="ok.dcm", max_pixels=1_000_000)
+    small = read_image_bytes(deflated_dicom(64, 2), name="ok.dcm", max_pixels=1_000_000)
     assert small.size == (64, 64)
