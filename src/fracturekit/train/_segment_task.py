@@ -110,16 +110,14 @@ class SegmentTask:
         from fracturekit.train._loop import built_with_notes
 
         cfg = run.cfg
-        torch.manual_seed(cfg.seed)
         run.model = built_with_notes(
             run,
-            lambda: build_segmenter(
-                cfg.backbone,
-                decoder=cfg.decoder,
-                pretrained=cfg.pretrained,
-                weights=cfg.weights,
-                in_chans=cfg.channels,
-            ),
+            build_segmenter,
+            cfg.backbone,
+            decoder=cfg.decoder,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            in_chans=cfg.channels,
         )
         n_stages = len(run.model.encoder_stages())
         frozen = {"none": 0, "all-but-head": n_stages}.get(
