@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,18 +161,36 @@ def _one_vs_rest(y: np.ndarray, p: np.ndarray, classes: list[str], positive: str
             yield name, truth, p[:, k]
 
 
-def _curve_figure(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any]) -> Any:
-    """The one-vs-rest curves to draw and a figure for them (None when a class is absent)."""
+def _plot_curves(
+    y: np.ndarray,
+    p: np.ndarray,
+    metrics: dict[str, Any],
+    path: str | Path,
+    draw: Callable[[Any, str, np.ndarray, np.ndarray], None],
+    point: Callable[[], tuple[float, float]],
+    *,
+    title: str,
+    legend: str,
+    diagonal: bool = False,
+    **labels: str,
+) -> Path | None:
+    """One-vs-rest curves (``draw(ax, name, truth, score)`` each), the operating point at the
+    threshold (binary), the chance diagonal when asked; None when a class has no sample."""
     curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
     if not curves or any(t.all() or not t.any() for _, t, _ in curves):
         return None
     fig = _figure(5.2, 4.8)
-    return curves, fig, fig.subplots()
-
-
-def _operating_point(ax: Any, x: float, y: float, metrics: dict[str, Any]) -> None:
-    """The decision threshold's point on a curve."""
-    ax.plot(x, y, "o", color="black", label=f"threshold {metrics['threshold']:.3f}")
+    ax = fig.subplots()
+    for name, truth, score in curves:
+        draw(ax, name, truth, score)
+    if metrics["positive"] is not None:
+        ax.plot(*point(), "o", color="black", label=f"threshold {metrics['threshold']:.3f}")
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set(**labels, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc=legend, fontsize=8)
+    return _save(fig, Path(path))
 
 
 def plot_roc(
@@ -181,54 +199,43 @@ def plot_roc(
     """ROC curve of the positive class (binary, with the operating point) or one per class."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    drawn = _curve_figure(y, p, metrics)
-    if drawn is None:
-        return None
-    curves, fig, ax = drawn
-    for name, truth, score in curves:
+    def draw(ax: Any, name: str, truth: np.ndarray, score: np.ndarray) -> None:
         fpr, tpr, _ = roc_curve(truth, score)
         ax.plot(fpr, tpr, lw=1.6, label=f"{name} (AUC {roc_auc_score(truth, score):.3f})")
-    if metrics["positive"] is not None:
+
+    def point() -> tuple[float, float]:
         k = metrics["classes"].index(metrics["positive"])
         decided = p[:, k] >= metrics["threshold"]
         truth = y == k
-        _operating_point(ax, decided[~truth].mean(), decided[truth].mean(), metrics)
-    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-    ax.set(
+        return decided[~truth].mean(), decided[truth].mean()
+
+    return _plot_curves(
+        y, p, metrics, path, draw, point,
+        title="ROC" + (" (one vs rest)" if metrics["positive"] is None else ""),
+        legend="lower right",
+        diagonal=True,
         xlabel="false positive rate",
         ylabel="true positive rate (recall)",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-    )
-    ax.set_title("ROC" + (" (one vs rest)" if metrics["positive"] is None else ""), fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, Path(path))
+    )  # fmt: skip
 
 
 def plot_pr(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any], path: str | Path) -> Path | None:
     """Precision-recall curve(s) with the chance level (the prevalence) and the operating point."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    drawn = _curve_figure(y, p, metrics)
-    if drawn is None:
-        return None
-    curves, fig, ax = drawn
-    for name, truth, score in curves:
+    def draw(ax: Any, name: str, truth: np.ndarray, score: np.ndarray) -> None:
         prec, rec, _ = precision_recall_curve(truth, score)
-        line = ax.step(
-            rec,
-            prec,
-            where="post",
-            lw=1.6,
-            label=f"{name} (AP {average_precision_score(truth, score):.3f})",
-        )
+        ap = average_precision_score(truth, score)
+        line = ax.step(rec, prec, where="post", lw=1.6, label=f"{name} (AP {ap:.3f})")
         ax.axhline(truth.mean(), ls=":", lw=0.8, color=line[0].get_color())
-    if metrics["positive"] is not None:
-        _operating_point(ax, metrics["recall"], metrics["precision"], metrics)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title("precision-recall (dotted: prevalence)", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, Path(path))
+
+    return _plot_curves(
+        y, p, metrics, path, draw, lambda: (metrics["recall"], metrics["precision"]),
+        title="precision-recall (dotted: prevalence)",
+        legend="lower left",
+        xlabel="recall",
+        ylabel="precision",
+    )  # fmt: skip
 
 
 def plot_reliability(
