@@ -1,6 +1,7 @@
-"""What the data-set benchmarks (``crack500.py``, ``fracatlas.py``) share.
+"""What the benchmarks share: the data folder, the run clock and machine line, the target line;
+and the data-set benchmarks (``crack500.py``, ``fracatlas.py``) as a whole.
 
-Each benchmark is a :class:`Benchmark`: where its data live, how its train/test manifest is
+Each data-set benchmark is a :class:`Benchmark`: where its data live, how its train/test manifest is
 written, its set-up on top of ``--config``, its rows of the results table and its target.
 :func:`main` does the rest: flags, the output folder, training, one evaluation of the test
 split (``fracturekit.evaluate.evaluate_run``), the table and the machine line.
@@ -21,6 +22,43 @@ from typing import Any
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 Row = tuple[str, str, str]  # measure, value, 95% CI
+
+
+def target_line(target: str, met: bool) -> str:
+    """``target <target>: met`` (or ``NOT met``): the last line of a benchmark."""
+    return f"target {target}: {'met' if met else 'NOT met'}"
+
+
+@dataclass
+class Clock:
+    """The load average and the time when a benchmark started (:func:`start_clock`)."""
+
+    load: float
+    start: float
+
+    def line(self) -> str:
+        """The machine, its load average before and now, and the seconds since the start."""
+        return (
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+            f"load average before {self.load:.2f}, after {os.getloadavg()[0]:.2f}; "
+            f"total {time.perf_counter() - self.start:.0f} s"
+        )
+
+
+def start_clock() -> Clock:
+    return Clock(os.getloadavg()[0], time.perf_counter())
+
+
+def bench_parser(
+    doc: str, out: Path | None, data: Path | None = SHARED_DATA, out_help: str | None = None
+) -> argparse.ArgumentParser:
+    """An ``argparse`` parser described by the module's first line, with ``--data`` (when
+    ``data`` is given) and ``--out`` (default ``out``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if data is not None:
+        parser.add_argument("--data", type=Path, default=data)
+    parser.add_argument("--out", type=Path, default=out, help=out_help)
+    return parser
 
 
 @dataclass
@@ -59,9 +97,9 @@ class Benchmark:
 
 
 def parse_args(bench: Benchmark, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=bench.description)
-    parser.add_argument("--data", type=Path, default=bench.default_data)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
+    parser = bench_parser(
+        bench.description, None, bench.default_data, out_help="run folder (default: a temp dir)"
+    )
     parser.add_argument("--config", default="default", help="config file or packaged name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
@@ -110,14 +148,12 @@ def _run(bench: Benchmark, args: argparse.Namespace, out: Path) -> None:
     cfg = resolve_config(
         {"data": str(manifest), "seed": args.seed, "val_fraction": 0.2, **overrides}, args.config
     )
-    load = os.getloadavg()
-    t0 = time.perf_counter()
+    clock = start_clock()
     result = train(cfg, out / "run", progress=not args.no_progress, overwrite=True)
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - clock.start
     metrics = evaluate_run(
         result.run_dir, manifest, out / "eval", split="test", layout="csv", seed=args.seed
     )
-    load_after = os.getloadavg()
     caches = result.metrics.get("cache_seconds") or {}
     rows = [
         *bench.rows(metrics, result, n_train),
@@ -129,9 +165,8 @@ def _run(bench: Benchmark, args: argparse.Namespace, out: Path) -> None:
     _print(bench.title.format(seed=args.seed), rows)
     _print_lines(
         bench.config_line(args, cfg, overrides),
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average before {load[0]:.2f}, after {load_after[0]:.2f}",
-        f"target {bench.target}: {'met' if bench.met(metrics, train_s) else 'NOT met'}",
+        clock.line(),
+        target_line(bench.target, bench.met(metrics, train_s)),
     )
 
 
