@@ -357,12 +357,21 @@ def _set_device_and_precision(run: _Run) -> None:
 
 
 def built_with_notes(run: _Run, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``build(*args, **kwargs)`` after seeding torch with the run's seed (the initial weights),
-    its warnings (no pretrained weights...) turned into the run's notes."""
-    torch.manual_seed(run.cfg.seed)
+    """``build(backbone, *args, pretrained=, weights=, in_chans=, **kwargs)`` with the run's
+    backbone, weights and channels, after seeding torch with the run's seed (the initial
+    weights); its warnings (no pretrained weights...) become the run's notes."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = build(*args, **kwargs)
+        model = build(
+            cfg.backbone,
+            *args,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            in_chans=cfg.channels,
+            **kwargs,
+        )
     for w in caught:
         if run.dist.main:
             run.note(str(w.message))
@@ -375,15 +384,7 @@ def build_classifier(run: _Run) -> None:
 
     cfg = run.cfg
     run.model = built_with_notes(
-        run,
-        build_model,
-        cfg.backbone,
-        len(run.classes),
-        in_chans=cfg.channels,
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
-        hidden=cfg.hidden,
-        dropout=cfg.dropout,
+        run, build_model, len(run.classes), hidden=cfg.hidden, dropout=cfg.dropout
     )
     run.n_trainable = apply_freeze(run.model, cfg.freeze, cfg.train_last)
     run.start, run.pooled = trainable_start(run.model)
