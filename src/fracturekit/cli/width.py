@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 
 from fracturekit.cli import CLIError
+from fracturekit.cli._options import passed
 
 METHOD_NAMES = ("edt", "orthogonal")
 
@@ -85,10 +86,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         masks=args.mask,
         predictor=predictor,
-        method=args.method,
-        px_per_mm=args.px_per_mm,
-        min_area=args.min_area,
         plot=not args.no_plot,
+        **passed(args, "method", "px_per_mm", "min_area"),
     )
     report = written.report
     for name, cracks in report.measurements.items():
