@@ -571,6 +571,10 @@ def test_cli_serve_checks_before_starting(tmp_path: Path, ckpt: Path, capsys) ->
     assert "junk.pt" in capsys.readouterr().err
     assert main(["serve", str(ckpt), "--workers", "0"]) == 2
     assert main(["serve", str(ckpt), "--port", "70000"]) == 2
+    assert main(["serve", str(ckpt), "--max-upload-mb", "0"]) == 2
+    assert main(["serve", str(ckpt), "--max-pixels", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-upload-mb 0.0: must be positive" in err and "--max-pixels -5: must be" in err
     (tmp_path / "file").write_text("x")
     assert main(["serve", str(ckpt), "--save-uploads", str(tmp_path / "file")]) == 2
     assert "not a folder" in capsys.readouterr().err
