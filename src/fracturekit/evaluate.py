@@ -495,28 +495,34 @@ def training_split_options(config: dict[str, Any] | None, data: str | Path) -> d
 
 def _decision_rule(
     predictor: Any, positive: str | None, threshold: float | None, prior: Any
-) -> tuple[str | None, float | None, Any, str]:
-    """Positive class, threshold and prior of an evaluation, and where the threshold came from.
+) -> tuple[dict[str, Any], str]:
+    """How an evaluation decides (``positive``, ``threshold`` and ``prior``: the keywords of
+    ``evaluate_predictions``), and where the threshold came from.
 
     ``predictor`` was loaded with ``prior`` unless ``threshold`` is given: then the threshold is
     the user's and the prior only re-weights precision and F1 (``at_prior``).
     """
+
+    def rule(threshold: float | None, prior: Any, how: str) -> tuple[dict[str, Any], str]:
+        positive_class = None if how == "arg-max" else positive or predictor.positive
+        return {"positive": positive_class, "threshold": threshold, "prior": prior}, how
+
     classes = predictor.classes
     if len(classes) != 2:
-        return None, None, predictor.prior, "arg-max"
+        return rule(None, predictor.prior, "arg-max")
     stored = predictor.positive or default_positive(classes)
     if threshold is not None:
         if isinstance(prior, dict):  # CLASS=P on a binary task: the positive class's share
             base = np.full(2, 0.5)
             prior = float(class_priors(prior, classes, base, stored)[classes.index(stored)])
-        return positive or predictor.positive, float(threshold), prior, "given"
+        return rule(float(threshold), prior, "given")
     if predictor.prior is not None and positive not in (None, stored):
         raise ValueError(
             f"positive={positive!r}: a prior decides for the checkpoint's positive class "
             f"{stored!r}; pass a threshold to decide for another"
         )
     how = "prior" if predictor.prior is not None else "checkpoint"
-    return positive or predictor.positive, predictor.threshold, predictor.prior, how
+    return rule(predictor.threshold, predictor.prior, how)
 
 
 def evaluate_checkpoint(
@@ -581,7 +587,7 @@ def evaluate_checkpoint(
             predictor, samples, out, source=source, batch_size=batch_size, n_boot=n_boot, seed=seed
         )
     scored = _score_samples(predictor, samples, data, ckpt, batch_size)
-    positive, threshold, prior, decided_by = _decision_rule(predictor, positive, threshold, prior)
+    rule, decided_by = _decision_rule(predictor, positive, threshold, prior)
     source = {
         "checkpoint": str(ckpt),
         "data": str(data),
@@ -596,7 +602,7 @@ def evaluate_checkpoint(
     if predictor.model is not None:  # heat maps need the PyTorch model
         extra.update(
             _heat_map_outputs(
-                predictor, samples, scored, out, threshold, batch_size, cams, localisation
+                predictor, samples, scored, out, rule["threshold"], batch_size, cams, localisation
             )
         )
     return evaluate_predictions(
@@ -605,9 +611,7 @@ def evaluate_checkpoint(
         scored.classes,
         out,
         paths=scored.paths,
-        positive=positive,
-        threshold=threshold,
-        prior=prior,
+        **rule,
         n_boot=n_boot,
         seed=seed,
         mistakes=mistakes,
