@@ -1,6 +1,7 @@
-"""What the data-set benchmarks (``crack500.py``, ``fracatlas.py``) share.
+"""What the benchmarks share: the data folder, the run clock and machine line, the target line;
+and the data-set benchmarks (``crack500.py``, ``fracatlas.py``) as a whole.
 
-Each benchmark is a :class:`Benchmark`: where its data live, how its train/test manifest is
+Each data-set benchmark is a :class:`Benchmark`: where its data live, how its train/test manifest is
 written, its set-up on top of ``--config``, its rows of the results table and its target.
 :func:`main` does the rest: flags, the output folder, training, one evaluation of the test
 split (``fracturekit.evaluate.evaluate_run``), the table and the machine line.
@@ -23,6 +24,43 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Row = tuple[str, str, str]  # measure, value, 95% CI
 
 
+def target_line(target: str, met: bool) -> str:
+    """``target <target>: met`` (or ``NOT met``): the last line of a benchmark."""
+    return f"target {target}: {'met' if met else 'NOT met'}"
+
+
+@dataclass
+class Clock:
+    """The load average and the time when a benchmark started (:func:`start_clock`)."""
+
+    load: float
+    start: float
+
+    def line(self) -> str:
+        """The machine, its load average before and now, and the seconds since the start."""
+        return (
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+            f"load average before {self.load:.2f}, after {os.getloadavg()[0]:.2f}; "
+            f"total {time.perf_counter() - self.start:.0f} s"
+        )
+
+
+def start_clock() -> Clock:
+    return Clock(os.getloadavg()[0], time.perf_counter())
+
+
+def bench_parser(
+    doc: str, out: Path | None, data: Path | None = SHARED_DATA, out_help: str | None = None
+) -> argparse.ArgumentParser:
+    """An ``argparse`` parser described by the module's first line, with ``--data`` (when
+    ``data`` is given) and ``--out`` (default ``out``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if data is not None:
+        parser.add_argument("--data", type=Path, default=data)
+    parser.add_argument("--out", type=Path, default=out, help=out_help)
+    return parser
+
+
 @dataclass
 class Benchmark:
     """One data-set benchmark.
@@ -30,34 +68,38 @@ class Benchmark:
     Attributes:
         description: the first line of ``--help``.
         title: the table's title (``{seed}`` is filled in).
+        name: the data set's name in messages.
         default_data: the data folder when ``--data`` is not given.
-        missing: the message when ``--data`` does not hold the data set (None: it does).
+        marker: a file or folder inside the data folder that shows the data set is there.
         write_manifest: ``(root, out, seed=, test_fraction=, limit=) -> (path, n_train,
             n_test)``: a CSV manifest with a train/test split.
         limit_flag, limit_help: the flag that keeps a part of the data (a reduced check).
         rows: the benchmark's own rows ``(metrics, result, n_train) -> [(measure, value, ci)]``.
         config_line: ``(args, cfg, overrides) -> str`` describing the set-up.
-        verdict: ``(metrics, train_seconds) -> str``: the target line.
+        target: the target in words (``F1 >= 0.97``).
+        met: ``(metrics, train_seconds) -> bool``: whether the target is met.
         setup: config values on top of ``--config`` (``--set`` overrides them).
     """
 
     description: str
     title: str
+    name: str
     default_data: Path
-    missing: Callable[[Path], str | None]
+    marker: str
     write_manifest: Callable[..., tuple[Path, int, int]]
     limit_flag: str
     limit_help: str
     rows: Callable[[dict, Any, int], list[Row]]
     config_line: Callable[[argparse.Namespace, Any, dict], str]
-    verdict: Callable[[dict, float], str]
+    target: str
+    met: Callable[[dict, float], bool]
     setup: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_args(bench: Benchmark, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=bench.description)
-    parser.add_argument("--data", type=Path, default=bench.default_data)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
+    parser = bench_parser(
+        bench.description, None, bench.default_data, out_help="run folder (default: a temp dir)"
+    )
     parser.add_argument("--config", default="default", help="config file or packaged name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
@@ -74,12 +116,20 @@ def ci_text(metrics: dict, key: str) -> str:
     return "{:.4f}-{:.4f}".format(*metrics["ci95"][key])
 
 
+def metric_rows(metrics: dict, table: list[tuple[str, str]]) -> list[Row]:
+    """One row a ``(measure, metrics key)``: the value to 4 decimals, and its 95% CI where the
+    evaluation gives one (F1, ROC AUC)."""
+    return [
+        (measure, f"{metrics[key]:.4f}", ci_text(metrics, key) if key in metrics["ci95"] else "")
+        for measure, key in table
+    ]
+
+
 def main(bench: Benchmark, argv: list[str] | None = None) -> None:
     """Run the benchmark: manifest, train, evaluate the test split once, print the table."""
     args = parse_args(bench, argv)
-    problem = bench.missing(args.data)
-    if problem:
-        raise SystemExit(problem)
+    if not (args.data / bench.marker).exists():
+        raise SystemExit(f"{args.data}: {bench.name} not found (pass --data)")
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         out = args.out if args.out is not None else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
@@ -98,14 +148,12 @@ def _run(bench: Benchmark, args: argparse.Namespace, out: Path) -> None:
     cfg = resolve_config(
         {"data": str(manifest), "seed": args.seed, "val_fraction": 0.2, **overrides}, args.config
     )
-    load = os.getloadavg()
-    t0 = time.perf_counter()
+    clock = start_clock()
     result = train(cfg, out / "run", progress=not args.no_progress, overwrite=True)
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - clock.start
     metrics = evaluate_run(
         result.run_dir, manifest, out / "eval", split="test", layout="csv", seed=args.seed
     )
-    load_after = os.getloadavg()
     caches = result.metrics.get("cache_seconds") or {}
     rows = [
         *bench.rows(metrics, result, n_train),
@@ -117,9 +165,8 @@ def _run(bench: Benchmark, args: argparse.Namespace, out: Path) -> None:
     _print(bench.title.format(seed=args.seed), rows)
     _print_lines(
         bench.config_line(args, cfg, overrides),
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average before {load[0]:.2f}, after {load_after[0]:.2f}",
-        bench.verdict(metrics, train_s),
+        clock.line(),
+        target_line(bench.target, bench.met(metrics, train_s)),
     )
 
 

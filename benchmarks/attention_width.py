@@ -20,18 +20,17 @@ Reduced check:
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import bench_parser, start_clock  # noqa: E402 - after the path it is found on
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_attention"))
+    parser = bench_parser(__doc__, Path("runs/bench_attention"), data=None)
     parser.add_argument("--checkpoint", type=Path, help="skip training: use this checkpoint")
     parser.add_argument("--kind", default="mixed", help="synthetic surface kind")
     parser.add_argument("--size", type=int, default=224)
@@ -75,8 +74,7 @@ def main() -> None:
     from fracturekit.train import train
     from fracturekit.width import measure_mask
 
-    t_start = time.perf_counter()
-    load0 = os.getloadavg()
+    clock = start_clock()
     ckpt = args.checkpoint
     if ckpt is None:
         ckpt = args.out / "run" / "model.pt"
@@ -166,11 +164,7 @@ def main() -> None:
                 figure_done = True
     con = Console(width=170)
     con.print(table)
-    load1 = os.getloadavg()
-    con.print(
-        f"checkpoint {ckpt}; load average before {load0[0]:.2f}, after {load1[0]:.2f}; "
-        f"total {time.perf_counter() - t_start:.0f} s"
-    )
+    con.print(f"checkpoint {ckpt}; {clock.line()}")
 
 
 if __name__ == "__main__":

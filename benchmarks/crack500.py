@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from _common import SHARED_DATA, Benchmark, Row, ci_text, main
+from _common import SHARED_DATA, Benchmark, Row, main, metric_rows
 
 
 def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, limit: int | None):
@@ -54,18 +54,17 @@ def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, li
     return path, len(rows) - len(test), len(test)
 
 
-def _missing(root: Path) -> str | None:
-    if not (root / "patches.csv").is_file():
-        return f"{root}: CRACK500 patches not found (pass --data)"
-    return None
-
-
 def _rows(metrics: dict, result, n_train: int) -> list[Row]:
     return [
         ("train / test tiles", f"{n_train} / {metrics['n']}", ""),
-        ("F1 (crack), test", f"{metrics['f1']:.4f}", ci_text(metrics, "f1")),
-        ("ROC AUC, test", f"{metrics['roc_auc']:.4f}", ci_text(metrics, "roc_auc")),
-        ("accuracy, test", f"{metrics['accuracy']:.4f}", ""),
+        *metric_rows(
+            metrics,
+            [
+                ("F1 (crack), test", "f1"),
+                ("ROC AUC, test", "roc_auc"),
+                ("accuracy, test", "accuracy"),
+            ],
+        ),
         ("threshold (from validation)", f"{metrics['threshold']:.3f}", ""),
     ]
 
@@ -78,22 +77,19 @@ def _config_line(args, cfg, overrides: dict) -> str:
     )
 
 
-def _verdict(metrics: dict, train_s: float) -> str:
-    verdict = "met" if metrics["f1"] >= 0.97 and train_s < 180 else "NOT met"
-    return f"target F1 >= 0.97 and training < 180 s: {verdict}"
-
-
 CRACK500 = Benchmark(
     description=__doc__.splitlines()[0],
     title="CRACK500 patches, split by source photo (seed {seed})",
+    name="CRACK500 patches",
     default_data=SHARED_DATA / "crack500_patches",
-    missing=_missing,
+    marker="patches.csv",
     write_manifest=write_manifest,
     limit_flag="--limit-photos",
     limit_help="keep that many source photos (reduced run)",
     rows=_rows,
     config_line=_config_line,
-    verdict=_verdict,
+    target="F1 >= 0.97 and training < 180 s",
+    met=lambda metrics, train_s: metrics["f1"] >= 0.97 and train_s < 180,
 )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from _common import SHARED_DATA, Benchmark, Row, ci_text, main
+from _common import SHARED_DATA, Benchmark, Row, main, metric_rows
 
 SETUP = {
     "img_size": 448,
@@ -63,20 +63,19 @@ def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, li
     return path, len(train), len(test)
 
 
-def _missing(root: Path) -> str | None:
-    if not (root / "fractured").is_dir():
-        return f"{root}: FracAtlas not found (pass --data)"
-    return None
-
-
 def _rows(metrics: dict, result, n_train: int) -> list[Row]:
     val_auc = result.metrics.get("roc_auc") or float("nan")
     return [
         ("train+val / test images", f"{n_train} / {metrics['n']}", ""),
-        ("ROC AUC, test", f"{metrics['roc_auc']:.4f}", ci_text(metrics, "roc_auc")),
-        ("F1 (fractured), test", f"{metrics['f1']:.4f}", ci_text(metrics, "f1")),
-        ("average precision, test", f"{metrics['average_precision']:.4f}", ""),
-        ("balanced accuracy, test", f"{metrics['balanced_accuracy']:.4f}", ""),
+        *metric_rows(
+            metrics,
+            [
+                ("ROC AUC, test", "roc_auc"),
+                ("F1 (fractured), test", "f1"),
+                ("average precision, test", "average_precision"),
+                ("balanced accuracy, test", "balanced_accuracy"),
+            ],
+        ),
         ("validation ROC AUC", f"{val_auc:.4f}", ""),
     ]
 
@@ -88,22 +87,19 @@ def _config_line(args, cfg, overrides: dict) -> str:
     )
 
 
-def _verdict(metrics: dict, train_s: float) -> str:
-    verdict = "met" if metrics["roc_auc"] >= 0.90 else "NOT met"
-    return f"target ROC AUC >= 0.90: {verdict}"
-
-
 FRACATLAS = Benchmark(
     description=__doc__.splitlines()[0],
     title="FracAtlas, stratified 80/20 (seed {seed})",
+    name="FracAtlas",
     default_data=SHARED_DATA / "fracatlas",
-    missing=_missing,
+    marker="fractured",
     write_manifest=write_manifest,
     limit_flag="--limit",
     limit_help="keep N images (reduced run)",
     rows=_rows,
     config_line=_config_line,
-    verdict=_verdict,
+    target="ROC AUC >= 0.90",
+    met=lambda metrics, train_s: metrics["roc_auc"] >= 0.90,
     setup=SETUP,
 )
 

@@ -38,15 +38,14 @@ Score-CAM is left out of the default methods: one forward pass per channel of th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import platform
 import re
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _common import bench_parser, start_clock, target_line
+
 # Config overrides of the models trained here (and by benchmarks/attention_width.py): the last
 # four trunk blocks fine-tuned on cached activations of four flipped views.
 FINE_TUNE_RECIPE = ("freeze=train-last", "train_last=4", "cache_views=4")
@@ -139,9 +138,7 @@ def _layer_arg(name: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_localisation"))
+    parser = bench_parser(__doc__, Path("runs/bench_localisation"))
     parser.add_argument("--pavement-ckpt", type=Path, help="skip training: use this checkpoint")
     parser.add_argument("--bone-ckpt", type=Path, help="skip training: use this checkpoint")
     parser.add_argument("--pavement-config", default="default")
@@ -172,8 +169,7 @@ def main() -> None:
     sets = [s for s in args.sets.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     layers = [layer for layer in args.layers.split(",") if layer]
-    load0 = os.getloadavg()
-    t_start = time.perf_counter()
+    clock = start_clock()
 
     todo: dict[str, tuple[Path, list]] = {}
     pave_sets = {"crack500_patches", "crack500", "masonry_dais"} & set(sets)
@@ -257,22 +253,16 @@ def main() -> None:
                 print(" | ".join(row), flush=True)
     con = Console(width=160)
     con.print(table)
-    load1 = os.getloadavg()
-    con.print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores; load average before "
-        f"{load0[0]:.2f}, after {load1[0]:.2f}; total {time.perf_counter() - t_start:.0f} s"
-    )
+    con.print(clock.line())
     target = [
         s["pointing_game"]
         for n, m, layer, s in results
         if n.startswith("crack500_patches") and m == EXPLAIN_METHOD and layer == EXPLAIN_LAYER
     ]
     if target and target[0] is not None:
-        verdict = "met" if target[0] >= 0.90 else "NOT met"
-        con.print(
-            f"target pointing game >= 0.90 on CRACK500 tiles with the defaults ({EXPLAIN_METHOD} "
-            f"at {EXPLAIN_LAYER}): {target[0]:.3f}, {verdict}"
-        )
+        defaults = f"({EXPLAIN_METHOD} at {EXPLAIN_LAYER}, {target[0]:.3f})"
+        goal = f"pointing game >= 0.90 on CRACK500 tiles with the defaults {defaults}"
+        con.print(target_line(goal, target[0] >= 0.90))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "crack500_patches"
+from _common import SHARED_DATA, target_line
+
+DEFAULT_DATA = SHARED_DATA / "crack500_patches"
 
 
 def _crack500_split():
@@ -211,8 +213,7 @@ def main() -> None:
     con.print(
         f"command: fracturekit evaluate {ckpt} {view} --out {out / 'prior'} --prior {args.prior:g}"
     )
-    verdict = "met" if at_prior["f1"] >= 0.75 else "NOT met"
-    con.print(f"target F1 >= 0.75 with --prior {args.prior:g}: {verdict}")
+    con.print(target_line(f"F1 >= 0.75 with --prior {args.prior:g}", at_prior["f1"] >= 0.75))
     if tmp is not None:
         tmp.cleanup()
 

@@ -25,17 +25,16 @@ Reduced check (a 4,000 px image, 10 photos):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import bench_parser, start_clock, target_line  # noqa: E402 - found on the path
 
 CHILD = r"""
 import json, sys, time
@@ -238,14 +237,11 @@ def memory_part(args, con) -> None:
         f"{stats['vmhwm_kib'] / 2**20:.2f} GiB",
     )
     con.print(table)
-    verdict = "met" if stats["vmhwm_kib"] < 2 * 2**20 else "NOT met"
-    con.print(f"target peak RSS < 2 GiB: {verdict}")
+    con.print(target_line("peak RSS < 2 GiB", stats["vmhwm_kib"] < 2 * 2**20))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_scan"))
+    parser = bench_parser(__doc__, Path("runs/bench_scan"))
     parser.add_argument("--checkpoint", type=Path, help="pavement model (default: train one)")
     parser.add_argument("--manifest", type=Path, help="its manifest.csv (held-out photos)")
     parser.add_argument("--photos", type=int, help="at most N photos")
@@ -263,18 +259,13 @@ def main() -> None:
 
     con = Console(width=150)
     args.out.mkdir(parents=True, exist_ok=True)
-    load0 = os.getloadavg()
-    t0 = time.perf_counter()
+    clock = start_clock()
     parts = args.parts.split(",")
     if "photos" in parts:
         photos_part(args, con)
     if "memory" in parts:
         memory_part(args, con)
-    load1 = os.getloadavg()
-    con.print(
-        f"{os.cpu_count()} cores; load average before {load0[0]:.2f}, after {load1[0]:.2f}; "
-        f"total {time.perf_counter() - t0:.0f} s"
-    )
+    con.print(clock.line())
 
 
 if __name__ == "__main__":

@@ -108,6 +108,22 @@ def dicom_bytes(
     return data if preamble else data[132:]
 
 
+def deflated_dicom(side: int, frames: int) -> bytes:
+    """``frames`` zero frames of ``side`` x ``side`` 16-bit gray, saved with the Deflated
+    transfer syntax: a small file that inflates to ``side * side * 2 * frames`` bytes of pixels
+    (a decompression bomb when large)."""
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint16))))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.NumberOfFrames = frames
+    ds.PixelData = bytes(side * side * 2 * frames)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 @dataclass
 class Planted:
     """Paths of the planted problems in :func:`make_planted_dataset`."""

@@ -378,25 +378,16 @@ def test_json_label_key_paths(tmp_path: Path, web) -> None:
     other = [{"result": [{"value": {"choices": ["Intact"]}}]}]
     rows = [[f"{base}/a.png", json.dumps(annotation)], [f"{base}/b.png", json.dumps(other)]]
     export = _write_csv(tmp_path / "ls.csv", ["data.image", "annotations"], rows)
-    splits = load_dataset(
-        export,
-        image_column="data.image",
-        label_column="annotations",
-        label_key="0.result.0.value.choices",
-        cache_dir=tmp_path / "c",
-        allow_private_hosts=True,
-        val_fraction=0,
-    )
+    options = {
+        "image_column": "data.image",
+        "label_column": "annotations",
+        "cache_dir": tmp_path / "c",
+        "allow_private_hosts": True,
+    }
+    splits = load_dataset(export, label_key="0.result.0.value.choices", val_fraction=0, **options)
     assert splits.classes == ["Crack", "Intact"]
     with pytest.raises(DatasetError, match="(?s)no usable rows.*label key 'nope'"):
-        load_dataset(
-            export,
-            image_column="data.image",
-            label_column="annotations",
-            label_key="nope",
-            cache_dir=tmp_path / "c",
-            allow_private_hosts=True,
-        )
+        load_dataset(export, label_key="nope", **options)
 
 
 def test_download_limits_are_reported_per_url(tmp_path: Path, web) -> None:

@@ -376,6 +376,26 @@ def test_width_cli_model_path_on_a_synthetic_crack(ckpt: Path, tmp_path: Path) -
     assert (out2 / "attention_crack.png").exists()
 
 
+def test_measure_files_pairs_masks_and_names_the_problems(tmp_path: Path) -> None:
+    """``measure_files`` without a model: inputs paired with their masks, no attention."""
+    from fracturekit.explain import measure_files
+    from fracturekit.synthetic import render_sample
+
+    sample = render_sample(np.random.default_rng(8), 64, "asphalt", True)
+    image = tmp_path / "img.png"
+    Image.fromarray(sample.image).save(image)
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(sample.mask.astype(np.uint8) * 255).save(tmp_path / "masks" / "img.png")
+    out = tmp_path / "out"
+    written = measure_files([image, image], out, masks=[tmp_path / "masks"], plot=False)
+    assert list(written.report.measurements) == ["img", "img_2"] and written.attention == {}
+    assert written.report.measurements["img"] and (out / "widths.csv").is_file()
+    with pytest.raises(ValueError, match="one --mask per INPUT"):
+        measure_files([image], out, masks=[tmp_path / "a.png", tmp_path / "b.png"])
+    with pytest.raises(ValueError, match="img.png.*give --mask M"):
+        measure_files([image], out)
+
+
 @pytest.mark.slow
 def test_several_layers_back_propagate_from_the_first_one_only() -> None:
     """Fused layers: gradients start at the first target layer to run (memory), and the maps
@@ -534,10 +554,7 @@ def test_crack_mask_from_image_waits_for_the_positive_class(
 ) -> None:
     """The one crack-mask path of ``width --model`` and ``/explain``: a binary model predicting
     its negative class has no crack to measure; without a prediction a mask is always derived."""
-    import types
-
-    import fracturekit.cli.width as width_cli
-    from fracturekit.explain import crack_mask_from_image
+    from fracturekit.explain import crack_mask_from_image, measure_files
 
     predictor = Predictor.from_checkpoint(ckpt)
     image = Image.new("RGB", (SIZE, SIZE), 128)
@@ -546,11 +563,14 @@ def test_crack_mask_from_image_waits_for_the_positive_class(
     assert crack_mask_from_image(predictor, image, prediction=as_label["no_crack"]) is None
     assert crack_mask_from_image(predictor, image, prediction=as_label["crack"]) is not None
     assert crack_mask_from_image(predictor, image) is not None
-    # `width --model` on an image without a mask goes through it.
+    # `width --model` (measure_files) on an image without a mask goes through it.
     seen = []
     real = crack_mask_from_image
     monkeypatch.setattr(
-        "fracturekit.explain.crack_mask_from_image", lambda *a, **k: seen.append(a) or real(*a, **k)
+        "fracturekit.explain.measure.crack_mask_from_image",
+        lambda *a, **k: seen.append(a) or real(*a, **k),
     )
-    args = types.SimpleNamespace(inputs=[str(_images(tmp_path, 1)[0])], mask=None)
-    assert len(list(width_cli._items(args, predictor, {}))) == 1 and len(seen) == 1
+    written = measure_files(
+        [_images(tmp_path, 1)[0]], tmp_path / "widths", predictor=predictor, plot=False
+    )
+    assert len(written.report.measurements) == 1 and len(seen) == 1

@@ -12,6 +12,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from fixture_images import (
     blob_image,
+    deflated_dicom,
     dicom_bytes,
     jpeg_bytes,
     noise_image,
@@ -24,6 +25,7 @@ from fracturekit.io import (
     DECODED_BYTES_PER_PIXEL,
     IMAGE_EXTENSIONS,
     MAX_PIXELS_ENV,
+    READ_ERROR_KINDS,
     CheckReport,
     ImageReadError,
     check_images,
@@ -302,6 +304,44 @@ def test_error_pickles() -> None:
 
     err = pickle.loads(pickle.dumps(ImageReadError("a.png", "broken")))
     assert (err.path, err.reason, str(err)) == ("a.png", "broken", "a.png: broken")
+    assert err.kind == "unreadable"
+    err = pickle.loads(pickle.dumps(ImageReadError("b.png", "big", kind="too_large")))
+    assert (err.kind, err.truncated) == ("too_large", False)
+
+
+def _kind_cases(tmp_path: Path) -> dict[str, tuple[Path, dict]]:
+    """A file (and read_image options) for each kind of read error."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, I am text")
+    Image.new("L", (2000, 1000)).save(tmp_path / "big.png")
+    (tmp_path / "folder.png").mkdir()
+    return {
+        "missing": (tmp_path / "missing.png", {}),
+        "empty": (tmp_path / "empty.png", {}),
+        "unreadable": (tmp_path / "text.png", {}),
+        "too_large": (tmp_path / "big.png", {"max_pixels": 1_000_000}),
+        "truncated": (write_truncated_jpeg(tmp_path / "t.jpg"), {"strict": True}),
+        "folder": (tmp_path / "folder.png", {}),
+    }
+
+
+def test_errors_say_their_kind(tmp_path: Path) -> None:
+    """``kind`` tells a program what went wrong without reading the message."""
+    cases = _kind_cases(tmp_path)
+    assert set(READ_ERROR_KINDS) <= set(cases)
+    expected = {name: name for name in READ_ERROR_KINDS} | {"folder": "missing"}
+    for name, (path, options) in cases.items():
+        with pytest.raises(ImageReadError) as info:
+            read_image(path, **options)
+        assert info.value.kind == expected[name], (name, info.value)
+    with pytest.raises(ImageReadError) as info:  # the decoded-bytes budget too
+        read_image_bytes(dicom_bytes(_stored()), name="a.dcm", max_pixels=100)
+    assert info.value.kind == "too_large"
+    with pytest.raises(ImageReadError) as info:
+        read_image_bytes(b"")
+    assert info.value.kind == "empty"
+    with pytest.raises(ValueError, match="kind='huge'"):
+        ImageReadError("a.png", "broken", kind="huge")
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,28 +671,13 @@ def test_is_dicom_by_bytes_first(head: bytes, name: str, dicom: bool) -> None:
     assert is_dicom(head, name) is dicom
 
 
-def _deflated_dicom(side: int, frames: int) -> bytes:
-    """``_multiframe_dicom`` of zeros, saved with the Deflated transfer syntax."""
-    import io as stdio
-
-    from pydicom import dcmread
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    native = _multiframe_dicom(np.zeros((frames, side, side), np.uint16))
-    ds = dcmread(stdio.BytesIO(native))
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    buf = stdio.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_deflated_dicom_is_refused_before_it_is_inflated_whole(monkeypatch):
     """pydicom inflates a deflated data set whole (every frame): its inflated size counts."""
     import pydicom
 
     from fracturekit.io import ImageReadError, read_image_bytes
 
-    bomb = _deflated_dicom(256, 40)  # 40 frames of 64 kP, 16 bit: 5.2 MB inflated, few kB here
+    bomb = deflated_dicom(256, 40)  # 40 frames of 64 kP, 16 bit: 5.2 MB inflated, few kB here
     assert len(bomb) < 100_000
 
     def never(*args, **kwargs):
@@ -662,5 +687,5 @@ def test_deflated_dicom_is_refused_before_it_is_inflated_whole(monkeypatch):
     with pytest.raises(ImageReadError, match="inflates to over"):
         read_image_bytes(bomb, name="bomb.dcm", max_pixels=1_000_000)  # 4 MB budget
     monkeypatch.undo()
-    small = read_image_bytes(_deflated_dicom(64, 2), name="ok.dcm", max_pixels=1_000_000)
+    small = read_image_bytes(deflated_dicom(64, 2), name="ok.dcm", max_pixels=1_000_000)
     assert small.size == (64, 64)

@@ -277,6 +277,23 @@ def test_decompression_bomb(client: TestClient) -> None:
     assert_error(r, 413, "megapixels")
 
 
+def test_413_is_decided_by_the_error_kind(client: TestClient, picture: bytes, monkeypatch) -> None:
+    """The status comes from ``ImageReadError.kind``, not from the wording of the message."""
+    from fracturekit.io import ImageReadError
+    from fracturekit.serve import _engine
+
+    def refuse(kind: str, reason: str):
+        def read(data, *, name, **options):
+            raise ImageReadError(name, reason, kind=kind)
+
+        return read
+
+    monkeypatch.setattr(_engine, "read_image_bytes", refuse("too_large", "far too many pixels"))
+    assert_error(client.post("/predict", files=upload(picture, "a.png")), 413, "a.png", "pixels")
+    monkeypatch.setattr(_engine, "read_image_bytes", refuse("unreadable", "bad megapixels field"))
+    assert_error(client.post("/predict", files=upload(picture, "b.png")), 422, "megapixels")
+
+
 def test_pixel_limit_is_configurable(ckpt: Path, picture: bytes) -> None:
     with local_client(create_app(ckpt, max_pixels=1000)) as c:
         assert_error(c.post("/predict", files=upload(picture)), 413, "megapixels")
@@ -554,6 +571,10 @@ def test_cli_serve_checks_before_starting(tmp_path: Path, ckpt: Path, capsys) ->
     assert "junk.pt" in capsys.readouterr().err
     assert main(["serve", str(ckpt), "--workers", "0"]) == 2
     assert main(["serve", str(ckpt), "--port", "70000"]) == 2
+    assert main(["serve", str(ckpt), "--max-upload-mb", "0"]) == 2
+    assert main(["serve", str(ckpt), "--max-pixels", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-upload-mb 0.0: must be positive" in err and "--max-pixels -5: must be" in err
     (tmp_path / "file").write_text("x")
     assert main(["serve", str(ckpt), "--save-uploads", str(tmp_path / "file")]) == 2
     assert "not a folder" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +161,36 @@ def _one_vs_rest(y: np.ndarray, p: np.ndarray, classes: list[str], positive: str
             yield name, truth, p[:, k]
 
 
-def _curve_figure(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any]) -> Any:
-    """The one-vs-rest curves to draw and a figure for them (None when a class is absent)."""
+def _plot_curves(
+    y: np.ndarray,
+    p: np.ndarray,
+    metrics: dict[str, Any],
+    path: str | Path,
+    draw: Callable[[Any, str, np.ndarray, np.ndarray], None],
+    point: Callable[[], tuple[float, float]],
+    *,
+    title: str,
+    legend: str,
+    diagonal: bool = False,
+    **labels: str,
+) -> Path | None:
+    """One-vs-rest curves (``draw(ax, name, truth, score)`` each), the operating point at the
+    threshold (binary), the chance diagonal when asked; None when a class has no sample."""
     curves = list(_one_vs_rest(y, p, metrics["classes"], metrics["positive"]))
     if not curves or any(t.all() or not t.any() for _, t, _ in curves):
         return None
     fig = _figure(5.2, 4.8)
-    return curves, fig, fig.subplots()
+    ax = fig.subplots()
+    for name, truth, score in curves:
+        draw(ax, name, truth, score)
+    if metrics["positive"] is not None:
+        ax.plot(*point(), "o", color="black", label=f"threshold {metrics['threshold']:.3f}")
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set(**labels, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc=legend, fontsize=8)
+    return _save(fig, Path(path))
 
 
 def plot_roc(
@@ -175,66 +199,43 @@ def plot_roc(
     """ROC curve of the positive class (binary, with the operating point) or one per class."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    drawn = _curve_figure(y, p, metrics)
-    if drawn is None:
-        return None
-    curves, fig, ax = drawn
-    for name, truth, score in curves:
+    def draw(ax: Any, name: str, truth: np.ndarray, score: np.ndarray) -> None:
         fpr, tpr, _ = roc_curve(truth, score)
         ax.plot(fpr, tpr, lw=1.6, label=f"{name} (AUC {roc_auc_score(truth, score):.3f})")
-    if metrics["positive"] is not None:
+
+    def point() -> tuple[float, float]:
         k = metrics["classes"].index(metrics["positive"])
         decided = p[:, k] >= metrics["threshold"]
         truth = y == k
-        ax.plot(
-            decided[~truth].mean(),
-            decided[truth].mean(),
-            "o",
-            color="black",
-            label=f"threshold {metrics['threshold']:.3f}",
-        )
-    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-    ax.set(
+        return decided[~truth].mean(), decided[truth].mean()
+
+    return _plot_curves(
+        y, p, metrics, path, draw, point,
+        title="ROC" + (" (one vs rest)" if metrics["positive"] is None else ""),
+        legend="lower right",
+        diagonal=True,
         xlabel="false positive rate",
         ylabel="true positive rate (recall)",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-    )
-    ax.set_title("ROC" + (" (one vs rest)" if metrics["positive"] is None else ""), fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, Path(path))
+    )  # fmt: skip
 
 
 def plot_pr(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any], path: str | Path) -> Path | None:
     """Precision-recall curve(s) with the chance level (the prevalence) and the operating point."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    drawn = _curve_figure(y, p, metrics)
-    if drawn is None:
-        return None
-    curves, fig, ax = drawn
-    for name, truth, score in curves:
+    def draw(ax: Any, name: str, truth: np.ndarray, score: np.ndarray) -> None:
         prec, rec, _ = precision_recall_curve(truth, score)
-        line = ax.step(
-            rec,
-            prec,
-            where="post",
-            lw=1.6,
-            label=f"{name} (AP {average_precision_score(truth, score):.3f})",
-        )
+        ap = average_precision_score(truth, score)
+        line = ax.step(rec, prec, where="post", lw=1.6, label=f"{name} (AP {ap:.3f})")
         ax.axhline(truth.mean(), ls=":", lw=0.8, color=line[0].get_color())
-    if metrics["positive"] is not None:
-        ax.plot(
-            metrics["recall"],
-            metrics["precision"],
-            "o",
-            color="black",
-            label=f"threshold {metrics['threshold']:.3f}",
-        )
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title("precision-recall (dotted: prevalence)", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, Path(path))
+
+    return _plot_curves(
+        y, p, metrics, path, draw, lambda: (metrics["recall"], metrics["precision"]),
+        title="precision-recall (dotted: prevalence)",
+        legend="lower left",
+        xlabel="recall",
+        ylabel="precision",
+    )  # fmt: skip
 
 
 def plot_reliability(
@@ -494,28 +495,34 @@ def training_split_options(config: dict[str, Any] | None, data: str | Path) -> d
 
 def _decision_rule(
     predictor: Any, positive: str | None, threshold: float | None, prior: Any
-) -> tuple[str | None, float | None, Any, str]:
-    """Positive class, threshold and prior of an evaluation, and where the threshold came from.
+) -> tuple[dict[str, Any], str]:
+    """How an evaluation decides (``positive``, ``threshold`` and ``prior``: the keywords of
+    ``evaluate_predictions``), and where the threshold came from.
 
     ``predictor`` was loaded with ``prior`` unless ``threshold`` is given: then the threshold is
     the user's and the prior only re-weights precision and F1 (``at_prior``).
     """
+
+    def rule(threshold: float | None, prior: Any, how: str) -> tuple[dict[str, Any], str]:
+        positive_class = None if how == "arg-max" else positive or predictor.positive
+        return {"positive": positive_class, "threshold": threshold, "prior": prior}, how
+
     classes = predictor.classes
     if len(classes) != 2:
-        return None, None, predictor.prior, "arg-max"
+        return rule(None, predictor.prior, "arg-max")
     stored = predictor.positive or default_positive(classes)
     if threshold is not None:
         if isinstance(prior, dict):  # CLASS=P on a binary task: the positive class's share
             base = np.full(2, 0.5)
             prior = float(class_priors(prior, classes, base, stored)[classes.index(stored)])
-        return positive or predictor.positive, float(threshold), prior, "given"
+        return rule(float(threshold), prior, "given")
     if predictor.prior is not None and positive not in (None, stored):
         raise ValueError(
             f"positive={positive!r}: a prior decides for the checkpoint's positive class "
             f"{stored!r}; pass a threshold to decide for another"
         )
     how = "prior" if predictor.prior is not None else "checkpoint"
-    return positive or predictor.positive, predictor.threshold, predictor.prior, how
+    return rule(predictor.threshold, predictor.prior, how)
 
 
 def evaluate_checkpoint(
@@ -570,11 +577,56 @@ def evaluate_checkpoint(
         ValueError: when the data hold a class the checkpoint does not know, or no image can be
             read.
     """
-    from fracturekit.data import load_dataset
     from fracturekit.predict import Predictor
 
     predictor = Predictor.from_checkpoint(ckpt, prior=prior if threshold is None else None)
-    classes = [str(c) for c in predictor.classes]
+    splits, samples, used = _load_samples(predictor, data, split, layout, load_options)
+    if getattr(predictor, "task", "classify") == "segment":
+        source = {"checkpoint": str(ckpt), "data": str(data), "split": used}
+        return evaluate_segmenter(
+            predictor, samples, out, source=source, batch_size=batch_size, n_boot=n_boot, seed=seed
+        )
+    scored = _score_samples(predictor, samples, data, ckpt, batch_size)
+    rule, decided_by = _decision_rule(predictor, positive, threshold, prior)
+    source = {
+        "checkpoint": str(ckpt),
+        "data": str(data),
+        "split": used,
+        "images": len(samples),
+        "threshold_from": decided_by,  # checkpoint, prior, given or arg-max (multi-class)
+        "unreadable": scored.unreadable,
+        # Files the loader itself left out (unreadable image or mask, row without a label).
+        "dropped": [{"path": str(issue[0]), "error": str(issue[1])} for issue in splits.dropped],
+    }
+    extra: dict[str, Any] = {"source": source}
+    if predictor.model is not None:  # heat maps need the PyTorch model
+        extra.update(
+            _heat_map_outputs(
+                predictor, samples, scored, out, rule["threshold"], batch_size, cams, localisation
+            )
+        )
+    return evaluate_predictions(
+        np.array(scored.y),
+        scored.probabilities,
+        scored.classes,
+        out,
+        paths=scored.paths,
+        **rule,
+        n_boot=n_boot,
+        seed=seed,
+        mistakes=mistakes,
+        extra=extra,
+        notes=_source_notes(source, data),
+    )
+
+
+def _load_samples(
+    predictor: Any, data: str | Path, split: str, layout: str, load_options: dict[str, Any]
+) -> tuple[Any, list[Any], str]:
+    """The data set, the samples of the split to evaluate and that split's name; the
+    checkpoint's own split settings when ``data`` is its training data."""
+    from fracturekit.data import load_dataset
+
     trained = training_split_options(predictor.meta.get("config"), data)
     stored_layout = trained.pop("layout", None)
     if layout == "auto" and stored_layout:
@@ -583,82 +635,90 @@ def evaluate_checkpoint(
     samples, used = _select_split(splits, split, data)
     if not samples:
         raise ValueError(f"{data}: no labelled image found")
-    if getattr(predictor, "task", "classify") == "segment":
-        source = {"checkpoint": str(ckpt), "data": str(data), "split": used}
-        return evaluate_segmenter(
-            predictor, samples, out, source=source, batch_size=batch_size, n_boot=n_boot, seed=seed
-        )
-    index = {c: i for i, c in enumerate(classes)}
+    return splits, samples, used
+
+
+@dataclass
+class _Scored:
+    """The classifier's probabilities for the samples it could read, in sample order."""
+
+    classes: list[str]
+    y: list[int] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return np.stack(self.rows)
+
+
+def _score_samples(
+    predictor: Any, samples: list[Any], data: str | Path, ckpt: str | Path, batch_size: int
+) -> _Scored:
+    """Every sample through ``predictor.predict_paths``; unreadable images are set aside."""
+    scored = _Scored([str(c) for c in predictor.classes])
+    index = {c: i for i, c in enumerate(scored.classes)}
     unknown = sorted({s.class_name for s in samples} - set(index))
     if unknown:
         raise ValueError(
-            f"{data}: class(es) {unknown} are not among the checkpoint's classes {classes} ({ckpt})"
+            f"{data}: class(es) {unknown} are not among the checkpoint's classes "
+            f"{scored.classes} ({ckpt})"
         )
-
-    y: list[int] = []
-    rows: list[np.ndarray] = []
-    paths: list[str] = []
-    unreadable: list[dict[str, str]] = []
     predictions = predictor.predict_paths([s.path for s in samples], batch_size)
     # One Prediction per path, in order (an unreadable image gives one with ``error`` set).
     for sample, prediction in zip(samples, predictions, strict=True):
         if prediction.error is not None:
-            unreadable.append({"path": str(sample.path), "error": str(prediction.error)})
+            scored.unreadable.append({"path": str(sample.path), "error": str(prediction.error)})
             continue
-        paths.append(str(sample.path))
-        y.append(index[sample.class_name])
-        rows.append(_probability_row(prediction.probabilities, classes))
-    if not rows:
+        scored.paths.append(str(sample.path))
+        scored.y.append(index[sample.class_name])
+        scored.rows.append(_probability_row(prediction.probabilities, scored.classes))
+    if not scored.rows:
         raise ValueError(f"{data}: none of the {len(samples)} images could be read")
+    return scored
 
-    positive, threshold, prior, decided_by = _decision_rule(predictor, positive, threshold, prior)
-    source = {
-        "checkpoint": str(ckpt),
-        "data": str(data),
-        "split": used,
-        "images": len(samples),
-        "threshold_from": decided_by,  # checkpoint, prior, given or arg-max (multi-class)
-        "unreadable": unreadable,
-        # Files the loader itself left out (unreadable image or mask, row without a label).
-        "dropped": [{"path": str(issue[0]), "error": str(issue[1])} for issue in splits.dropped],
-    }
+
+def _source_notes(source: dict[str, Any], data: str | Path) -> list[str]:
+    """The notes of ``metrics.json`` on images left out of the metrics."""
     notes = []
-    if unreadable:
+    if source["unreadable"]:
         notes.append(
-            f"{len(unreadable)} unreadable image(s) left out of the metrics (see source.unreadable)"
+            f"{len(source['unreadable'])} unreadable image(s) left out of the metrics "
+            "(see source.unreadable)"
         )
     if source["dropped"]:
         notes.append(
             f"{len(source['dropped'])} file(s) of {data} left out by the data loader "
             "(see source.dropped)"
         )
-    extra: dict[str, Any] = {"source": source}
-    if predictor.model is not None:  # heat maps need the PyTorch model
-        from fracturekit.explain import evaluate_localisation, write_cam_gallery
+    return notes
 
-        if localisation and any(getattr(s, "mask", None) is not None for s in samples):
-            extra["localisation"] = evaluate_localisation(predictor, samples, batch_size=batch_size)
-        if cams:
-            labels = [classes[i] for i in y]
-            write_cam_gallery(
-                predictor, paths, labels, Path(out) / "cams", n_per_group=cams,
-                probabilities=np.stack(rows), threshold=threshold,
-            )  # fmt: skip
-    return evaluate_predictions(
-        np.array(y),
-        np.stack(rows),
-        classes,
-        out,
-        paths=paths,
-        positive=positive,
-        threshold=threshold,
-        prior=prior,
-        n_boot=n_boot,
-        seed=seed,
-        mistakes=mistakes,
-        extra=extra,
-        notes=notes,
-    )
+
+def _heat_map_outputs(
+    predictor: Any,
+    samples: list[Any],
+    scored: _Scored,
+    out: str | Path,
+    threshold: float | None,
+    batch_size: int,
+    cams: int,
+    localisation: bool,
+) -> dict[str, Any]:
+    """Localisation scores (when samples have masks) for ``metrics.json``; the CAM gallery in
+    ``out/cams``."""
+    from fracturekit.explain import evaluate_localisation, write_cam_gallery
+
+    extra = {}
+    if localisation and any(getattr(s, "mask", None) is not None for s in samples):
+        extra["localisation"] = evaluate_localisation(predictor, samples, batch_size=batch_size)
+    if cams:
+        labels = [scored.classes[i] for i in scored.y]
+        write_cam_gallery(
+            predictor, scored.paths, labels, Path(out) / "cams", n_per_group=cams,
+            probabilities=scored.probabilities, threshold=threshold,
+        )  # fmt: skip
+    return extra
 
 
 def evaluate_run(

@@ -85,6 +85,24 @@ class DuplicateGroup:
         }
 
 
+# The summary lines of a report: (attribute, what its entries are), in the order printed.
+_ERROR_LINES = (
+    ("unreadable", "unreadable file(s)"),
+    ("cross_split_duplicates", "identical image(s) shared across splits (leakage)"),
+    ("group_leaks", "group(s) in more than one split (leakage)"),
+)
+_WARNING_LINES = (
+    ("truncated", "truncated file(s) loaded"),
+    ("within_split_duplicates", "group(s) of exact duplicates within a split"),
+    ("label_conflicts", "identical image(s) under different classes"),
+    ("mask_mismatches", "mask(s) of a different size than the image"),
+)
+
+
+def _issue_dicts(issues: list[ImageIssue]) -> list[dict[str, str]]:
+    return [{"path": str(i.path), "reason": i.reason} for i in issues]
+
+
 @dataclass
 class InspectionReport:
     """What :func:`inspect_dataset` found. ``errors`` decide the exit code."""
@@ -114,19 +132,18 @@ class InspectionReport:
         return sum(sum(per_class.values()) for per_class in self.counts.values())
 
     @property
+    def within_split_duplicates(self) -> list[DuplicateGroup]:
+        """Duplicate groups inside one split and one class (a warning, not leakage)."""
+        return [g for g in self.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
+
+    def _count_lines(self, table: tuple[tuple[str, str], ...]) -> list[str]:
+        """``"<count> <what>"`` for each ``(attribute, what)`` whose collection is non-empty."""
+        return [f"{len(getattr(self, name))} {what}" for name, what in table if getattr(self, name)]
+
+    @property
     def errors(self) -> list[str]:
         """One line per kind of error found (empty when clean)."""
-        lines = []
-        if self.unreadable:
-            lines.append(f"{len(self.unreadable)} unreadable file(s)")
-        if self.cross_split_duplicates:
-            lines.append(
-                f"{len(self.cross_split_duplicates)} identical image(s) shared across splits "
-                "(leakage)"
-            )
-        if self.group_leaks:
-            lines.append(f"{len(self.group_leaks)} group(s) in more than one split (leakage)")
-        return lines
+        return self._count_lines(_ERROR_LINES)
 
     @property
     def one_class(self) -> bool:
@@ -138,16 +155,7 @@ class InspectionReport:
         lines = []
         if self.one_class:
             lines.append(f"only one class ({self.classes[0]}); training needs two or more")
-        if self.truncated:
-            lines.append(f"{len(self.truncated)} truncated file(s) loaded")
-        within = [g for g in self.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
-        if within:
-            lines.append(f"{len(within)} group(s) of exact duplicates within a split")
-        if self.label_conflicts:
-            lines.append(f"{len(self.label_conflicts)} identical image(s) under different classes")
-        if self.mask_mismatches:
-            lines.append(f"{len(self.mask_mismatches)} mask(s) of a different size than the image")
-        return lines
+        return lines + self._count_lines(_WARNING_LINES)
 
     @property
     def exit_code(self) -> int:
@@ -168,15 +176,13 @@ class InspectionReport:
             "formats": self.formats,
             "errors": self.errors,
             "warnings": self.warnings,
-            "unreadable": [{"path": str(i.path), "reason": i.reason} for i in self.unreadable],
-            "truncated": [{"path": str(i.path), "reason": i.reason} for i in self.truncated],
+            "unreadable": _issue_dicts(self.unreadable),
+            "truncated": _issue_dicts(self.truncated),
             "duplicates": [g.to_dict() for g in self.duplicates],
             "cross_split_duplicates": [g.to_dict() for g in self.cross_split_duplicates],
             "label_conflicts": [g.to_dict() for g in self.label_conflicts],
             "group_leaks": self.group_leaks,
-            "mask_mismatches": [
-                {"path": str(i.path), "reason": i.reason} for i in self.mask_mismatches
-            ],
+            "mask_mismatches": _issue_dicts(self.mask_mismatches),
             "ignored": self.ignored,
             "outputs": self.outputs,
             "exit_code": self.exit_code,
@@ -492,7 +498,7 @@ def _info_table(report: InspectionReport) -> Any:
 
 def _problem_blocks(report: InspectionReport) -> list[tuple[str, str, str, list[str]]]:
     """``(kind, style, title, lines)`` per kind of problem, errors first (empty lines: none)."""
-    within = [g for g in report.duplicates if len(g.splits) == 1 and len(g.classes) == 1]
+    within = report.within_split_duplicates
     return [
         (
             "ERROR",

@@ -497,8 +497,31 @@ def _taper_end(w: np.ndarray) -> np.ndarray:
     return np.clip(w * ramp, MIN_WIDTH, MAX_WIDTH)
 
 
+@dataclass(frozen=True)
+class CrackStyle:
+    """How a surface's cracks run (a row of ``KINDS``).
+
+    Attributes:
+        wmin, wmax: the trunk's base width in pixels, drawn log-uniformly between them.
+        wiggle: spread of the heading's jitter per step (scaled by 0.6-1.4 per crack).
+        kinks: chance of a lasting turn per step.
+        border: chance that the trunk starts at the image border (else inside).
+        branch_p: probabilities of 0, 1, 2 and 3 branches.
+    """
+
+    wmin: float
+    wmax: float
+    wiggle: float
+    kinks: float
+    border: float
+    branch_p: tuple[float, float, float, float]
+
+
 def _crack_lines(
-    rng: np.random.Generator, size: int, style: dict, existing: list[CentreLine] | None = None
+    rng: np.random.Generator,
+    size: int,
+    style: CrackStyle,
+    existing: list[CentreLine] | None = None,
 ) -> list[CentreLine]:
     """A trunk (from the border or from inside) and up to three branches.
 
@@ -506,11 +529,11 @@ def _crack_lines(
     except branches where they leave their parent.
     """
     existing = list(existing or [])
-    base = float(np.exp(rng.uniform(np.log(style["wmin"]), np.log(style["wmax"]))))
-    wiggle = style["wiggle"] * rng.uniform(0.6, 1.4)
-    kinks = style["kinks"]
+    base = float(np.exp(rng.uniform(np.log(style.wmin), np.log(style.wmax))))
+    wiggle = style.wiggle * rng.uniform(0.6, 1.4)
+    kinks = style.kinks
     length = rng.uniform(0.5, 1.4) * size
-    if rng.random() < style["border"]:
+    if rng.random() < style.border:
         start, heading = _border_start(rng, size)
         trunk = _make_line(
             rng,
@@ -543,7 +566,7 @@ def _crack_lines(
     if trunk is None or trunk.length < 0.25 * size:
         return []
     lines = [trunk]
-    for _ in range(int(rng.choice(4, p=style["branch_p"]))):
+    for _ in range(int(rng.choice(4, p=style.branch_p))):
         pi = int(rng.integers(len(lines)))
         parent = lines[pi]
         if len(parent.xy) < 20:
@@ -574,9 +597,10 @@ def _crack_lines(
     return lines
 
 
-def _surface_cracks(rng: np.random.Generator, size: int, ctx: dict) -> list[TrueCrack]:
+def _surface_cracks(
+    rng: np.random.Generator, size: int, ctx: dict, *, style: CrackStyle
+) -> list[TrueCrack]:
     """One crack system, sometimes two or three, each with at least a quarter-image trunk."""
-    style = ctx["style"]
     n = int(rng.choice([1, 2, 3], p=[0.75, 0.2, 0.05]))
     cracks: list[TrueCrack] = []
     for _ in range(12):
@@ -667,16 +691,7 @@ def _concrete(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
     rel = np.hypot(dx, dy) / radius[idx]
     pit = np.clip(1.2 - rel, 0, 1)
     img *= (1.0 - 0.55 * pit)[..., None]
-    return img, {
-        "style": dict(
-            wmin=1.6,
-            wmax=11,
-            wiggle=0.07,
-            kinks=0.012,
-            border=0.55,
-            branch_p=[0.35, 0.35, 0.2, 0.1],
-        )
-    }
+    return img, {}
 
 
 def _asphalt(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
@@ -689,11 +704,7 @@ def _asphalt(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
     # Bright chips: the white speckles of pavement photos.
     img = _stones(rng, img, 0.004 / scale**2, 0.6, 1.6 * scale, (0.65, 0.95), 0.02, 0.2)
     img *= (1.0 + 0.12 * _fbm(rng, (size, size), 0.3))[..., None]
-    return img, {
-        "style": dict(
-            wmin=1.8, wmax=13, wiggle=0.09, kinks=0.02, border=0.6, branch_p=[0.3, 0.35, 0.22, 0.13]
-        )
-    }
+    return img, {}
 
 
 _ROCK_PALETTE = (
@@ -728,16 +739,7 @@ def _rock(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
     planes = rng.random(len(edges)) < 0.3
     line = np.exp(-((dist_to_edge / 0.9) ** 2)) * planes[np.minimum(layer, len(edges) - 1)]
     img *= (1.0 - 0.25 * line)[..., None]
-    return img, {
-        "style": dict(
-            wmin=1.6,
-            wmax=12,
-            wiggle=0.05,
-            kinks=0.02,
-            border=0.7,
-            branch_p=[0.45, 0.35, 0.15, 0.05],
-        )
-    }
+    return img, {}
 
 
 _BRICK_COLOURS = (
@@ -777,11 +779,7 @@ def _masonry(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
     img = img * (1 - m[..., None]) + mortar_img * m[..., None]
     # Recessed joints cast a thin shadow under each brick's upper edge.
     img *= (1.0 - 0.2 * np.exp(-(((fy - mortar / 2.0) / 1.0) ** 2)))[..., None]
-    return img, {
-        "style": dict(
-            wmin=1.6, wmax=10, wiggle=0.06, kinks=0.03, border=0.7, branch_p=[0.5, 0.3, 0.15, 0.05]
-        )
-    }
+    return img, {}
 
 
 def _xray(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
@@ -1093,11 +1091,18 @@ class KindSpec:
     xray: bool = False
 
 
+def _surface(texture: Callable[[np.random.Generator, int], tuple[np.ndarray, dict]], *style):
+    """A surface kind: its texture, cracks of ``CrackStyle(*style)``, the surface look-alikes."""
+    cracks = functools.partial(_surface_cracks, style=CrackStyle(*style))
+    return KindSpec(texture, cracks, SURFACE_DISTRACTORS)
+
+
 KINDS: dict[str, KindSpec] = {
-    "concrete": KindSpec(_concrete, _surface_cracks, SURFACE_DISTRACTORS),
-    "asphalt": KindSpec(_asphalt, _surface_cracks, SURFACE_DISTRACTORS),
-    "rock": KindSpec(_rock, _surface_cracks, SURFACE_DISTRACTORS),
-    "masonry": KindSpec(_masonry, _surface_cracks, SURFACE_DISTRACTORS),
+    # surface: texture, then CrackStyle(wmin, wmax, wiggle, kinks, border, branch_p)
+    "concrete": _surface(_concrete, 1.6, 11, 0.07, 0.012, 0.55, (0.35, 0.35, 0.2, 0.1)),
+    "asphalt": _surface(_asphalt, 1.8, 13, 0.09, 0.02, 0.6, (0.3, 0.35, 0.22, 0.13)),
+    "rock": _surface(_rock, 1.6, 12, 0.05, 0.02, 0.7, (0.45, 0.35, 0.15, 0.05)),
+    "masonry": _surface(_masonry, 1.6, 10, 0.06, 0.03, 0.7, (0.5, 0.3, 0.15, 0.05)),
     "xray": KindSpec(_xray, _xray_cracks, XRAY_DISTRACTORS, xray=True),
 }
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
+
+
+def passed(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """``{name: args.<name>}``: the flags a command hands to its library call under their own
+    names (a flag's destination is the keyword it sets)."""
+    return {name: getattr(args, name) for name in names}
 
 
 def positive_int(text: str) -> int:

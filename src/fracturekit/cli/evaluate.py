@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fracturekit.cli._options import add_batch_size
+from fracturekit.cli._options import add_batch_size, passed
 from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
 from fracturekit.config import LAYOUTS
 
@@ -120,15 +120,9 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.data,
         args.out,
-        batch_size=args.batch_size,
-        positive=args.positive,
         prior=parse_prior_argument(args.prior),
-        threshold=args.threshold,
-        split=args.split,
-        layout=args.layout,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        mistakes=args.mistakes,
+        **passed(args, "batch_size", "positive", "threshold", "split", "layout"),
+        **passed(args, "n_boot", "seed", "mistakes"),
     )
     # The report gathers what the evaluation just wrote (and the training run's curves).
     report = write_report(args.out)

@@ -31,7 +31,7 @@ import sys
 from functools import partial
 from typing import Any
 
-from fracturekit.cli._options import add_backend, add_batch_size, add_overwrite
+from fracturekit.cli._options import add_backend, add_batch_size, add_overwrite, passed
 
 PRIOR_HELP = (
     "decide for this prevalence: P, the positive class's share of the images (binary, e.g. "
@@ -120,13 +120,8 @@ def run(args: argparse.Namespace) -> int:
         result = predict_batch(
             source,
             args.paths,
-            out=args.out,
-            backend=args.backend,
-            batch_size=args.batch_size,
-            overwrite=args.overwrite,
-            strict=args.strict,
             progress=progress,
-            masks=args.masks,
+            **passed(args, "out", "backend", "batch_size", "overwrite", "strict", "masks"),
         )
     if result.out is None:
         _print_table(result)

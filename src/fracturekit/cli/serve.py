@@ -41,6 +41,24 @@ KEEP_FREED_MEMORY = False
 # cli and serve share a level and do not import each other.
 APP_FACTORY = "fracturekit.serve.app:create_app_from_env"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+# The limits past which a request gets HTTP 413 (each must be positive): flag, type, default,
+# metavar, help.
+UPLOAD_LIMITS = (
+    (
+        "--max-upload-mb",
+        float,
+        env.DEFAULT_MAX_UPLOAD_MB,
+        "MB",
+        "largest accepted upload; bigger bodies get HTTP 413 (default 25)",
+    ),
+    (
+        "--max-pixels",
+        int,
+        env.DEFAULT_MAX_PIXELS,
+        "N",
+        "largest image in pixels; bigger images get HTTP 413 (default 40,000,000)",
+    ),
+)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -61,20 +79,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="worker processes, each with its own copy of the model (default 1)",
     )
     add_prior_argument(parser)
-    parser.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=25.0,
-        metavar="MB",
-        help="largest accepted upload; bigger bodies get HTTP 413 (default 25)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=env.DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="largest image in pixels; bigger images get HTTP 413 (default 40,000,000)",
-    )
+    for flag, kind, default, metavar, what in UPLOAD_LIMITS:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=what)
     parser.add_argument(
         "--save-uploads",
         metavar="DIR",
@@ -161,10 +167,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers {args.workers}: must be at least 1")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
-    if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
-    if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels {args.max_pixels}: must be positive")
+    for flag, *_ in UPLOAD_LIMITS:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value <= 0:
+            raise ValueError(f"{flag} {value}: must be positive")
     if args.save_max < 0:
         raise ValueError(f"--save-max {args.save_max}: must be 0 or more")
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:

@@ -34,12 +34,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from pathlib import Path
-
-import numpy as np
 
 from fracturekit.cli import CLIError
+from fracturekit.cli._options import passed
 
 METHOD_NAMES = ("edt", "orthogonal")
 
@@ -74,123 +71,25 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
-def _read_mask_values(path: Path) -> np.ndarray:
-    """A mask file's raw pixel values (the binary check happens in the library)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("1", "L", "P", "I", "I;16", "F"):
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: cannot read the mask ({exc})") from None
-
-
-def _pairs(args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
-    """(input, mask or None) for every INPUT."""
-    inputs = [Path(p) for p in args.inputs]
-    masks = [Path(m) for m in args.mask or []]
-    if not masks:
-        return [(p, None) for p in inputs]
-    if len(masks) == 1 and masks[0].is_dir():
-        return [(p, masks[0] / f"{p.stem}.png") for p in inputs]
-    if len(masks) != len(inputs):
-        raise CLIError(
-            f"got {len(inputs)} INPUT(s) but {len(masks)} --mask: give one --mask per INPUT, "
-            "or one folder of masks named <image stem>.png"
-        )
-    return list(zip(inputs, masks, strict=True))
-
-
-def _items(
-    args: argparse.Namespace, predictor=None, cams: dict | None = None
-) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
-    """(name, mask, image) per INPUT: the masks ``measure_images`` measures.
-
-    With ``predictor`` (``--model``), an image without a mask yields the mask derived from it,
-    and every image's heat map goes into ``cams`` (for the attention-width figure).
-    """
-    from fracturekit.width import as_binary_mask
-
-    names: dict[str, int] = {}
-    for source, mask_path in _pairs(args):
-        stem = source.stem
-        names[stem] = names.get(stem, 0) + 1
-        name = stem if names[stem] == 1 else f"{stem}_{names[stem]}"
-        if mask_path is None and predictor is not None and predictor.task == "segment":
-            from fracturekit.io import read_image
-
-            # A segmenter draws the mask itself: its threshold and min_area, at the image's size.
-            image = read_image(source)
-            prob = predictor.probability_maps([image])[0]
-            cams[name] = prob
-            yield name, predictor.masks_from_maps([prob])[0], np.asarray(image)
-            continue
-        if mask_path is None and predictor is not None:
-            from fracturekit.explain import crack_mask_from_image
-            from fracturekit.io import read_image
-
-            image = read_image(source)
-            derived = crack_mask_from_image(predictor, image)
-            cams[name] = derived.cam
-            yield name, derived.mask, np.asarray(image)
-            continue
-        if mask_path is None:
-            values = _read_mask_values(source)
-            try:
-                mask = as_binary_mask(values, str(source))
-            except ValueError as exc:
-                raise CLIError(
-                    f"{exc}. To measure an image, give --mask M (its crack mask) or --model CKPT"
-                ) from None
-            yield name, mask, None
-            continue
-        if not source.is_file():
-            raise FileNotFoundError(f"{source}: no such file")
-        mask = as_binary_mask(_read_mask_values(mask_path), str(mask_path))
-        from fracturekit.io import read_image, read_mask
-
-        image = read_image(source)
-        orientation = int(image.info.get("orientation", 1))
-        if orientation != 1:
-            # Masks are stored in the image's stored pixel frame: turn them with the image.
-            mask = read_mask(mask_path, orientation=orientation)
-        if (image.height, image.width) != mask.shape:
-            raise ValueError(
-                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} px but {source} is "
-                f"{image.width}x{image.height} px"
-            )
-        if predictor is not None and predictor.task == "segment":
-            cams[name] = predictor.probability_maps([image])[0]
-        elif predictor is not None:
-            from fracturekit.explain import image_cam
-
-            cams[name] = image_cam(predictor, image)
-        yield name, mask, np.asarray(image)
-
-
 def run(args: argparse.Namespace) -> int:
-    from fracturekit.width import measure_images
+    from fracturekit.explain import measure_files
 
     if args.px_per_mm is not None and not args.px_per_mm > 0:
         raise CLIError(f"--px-per-mm must be positive, got {args.px_per_mm}")
-    predictor, cams = None, {}
+    predictor = None
     if args.model:
         from fracturekit.predict import Predictor
 
         predictor = Predictor.from_checkpoint(args.model)
-    report = measure_images(
-        _items(args, predictor, cams),
+    written = measure_files(
+        args.inputs,
         args.out,
-        method=args.method,
-        px_per_mm=args.px_per_mm,
-        min_area=args.min_area,
+        masks=args.mask,
+        predictor=predictor,
         plot=not args.no_plot,
+        **passed(args, "method", "px_per_mm", "min_area"),
     )
+    report = written.report
     for name, cracks in report.measurements.items():
         if not cracks:
             print(f"{name}: no crack")
@@ -202,10 +101,8 @@ def run(args: argparse.Namespace) -> int:
             f"max width {widest:.2f} px"
         )
     print(f"wrote {report.widths_csv} and {len(report.profiles)} profile(s) to {args.out}")
-    if cams:
-        from fracturekit.explain import write_attention_width
-
-        for name, r in write_attention_width(report.measurements, cams, args.out).items():
+    if predictor is not None:
+        for name, r in written.attention.items():
             if r["pearson"] is not None:
                 print(
                     f"{name}: heat map vs width along the cracks: Pearson {r['pearson']:.3f}, "

@@ -108,13 +108,27 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> list[floa
 
 
 class ImageTransform:
-    """The callable :func:`build_transforms` returns; picklable for DataLoader workers.
+    """The preprocessing (and augmentation) of one split (``build_transforms(...)``); a
+    callable, picklable for DataLoader workers.
 
     ``transform(image, mask=None) -> (float32 tensor C x H x W normalised, mask tensor
     1 x H x W of 0./1. or None)``. The image is a PIL image (or a C x H x W uint8 tensor);
     the mask a ``bool``/``uint8`` array or tensor of the image's height x width. Geometric
     steps move the mask exactly as the image (torchvision ``tv_tensors.Mask``, nearest
-    neighbour); brightness/contrast/blur/noise touch the image only.
+    neighbour); brightness/contrast/blur/noise touch the image only. ``augment``:
+
+    * ``none`` (evaluation): resize to ``img_size`` x ``img_size``, scale to [0, 1], normalise.
+    * ``default`` (the seeds' set): resize, horizontal and vertical flips, rotation up to 10
+      degrees, shifts up to 10%, zoom 0.9-1.1, brightness and contrast +-20%.
+    * ``strong``: random resized crop (60-100% of the area), flips, 90-degree turns, rotation up
+      to 30 degrees, shifts 15%, zoom 0.8-1.25, shear, brightness and contrast +-40%, blur,
+      autocontrast and Gaussian noise.
+    * ``flips``: resize, horizontal and vertical mirrors and 90-degree turns (the dihedral
+      group of the square; nothing is interpolated, so thin masks stay exact).
+
+    ``crop`` cuts a random ``crop`` x ``crop`` tile out of the resized (augmented) image and its
+    mask (training a segmenter on tiles at full resolution). ``mean``/``std`` with three values
+    and ``channels=1`` are averaged into one.
     """
 
     def __init__(
@@ -122,6 +136,7 @@ class ImageTransform:
         img_size: int,
         mean: Sequence[float],
         std: Sequence[float],
+        *,
         augment: str = NONE,
         channels: int = 3,
         interpolation: str = "bilinear",
@@ -194,30 +209,5 @@ class ImageTransform:
         )
 
 
-def build_transforms(
-    img_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    augment: str = NONE,
-    channels: int = 3,
-    interpolation: str = "bilinear",
-    crop: int | None = None,
-) -> ImageTransform:
-    """The preprocessing (and augmentation) of one split.
-
-    * ``none`` (evaluation): resize to ``img_size`` x ``img_size``, scale to [0, 1], normalise.
-    * ``default`` (the seeds' set): resize, horizontal and vertical flips, rotation up to 10
-      degrees, shifts up to 10%, zoom 0.9-1.1, brightness and contrast +-20%.
-    * ``strong``: random resized crop (60-100% of the area), flips, 90-degree turns, rotation up
-      to 30 degrees, shifts 15%, zoom 0.8-1.25, shear, brightness and contrast +-40%, blur,
-      autocontrast and Gaussian noise.
-
-    * ``flips``: resize, horizontal and vertical mirrors and 90-degree turns (the dihedral
-      group of the square; nothing is interpolated, so thin masks stay exact).
-
-    ``crop`` cuts a random ``crop`` x ``crop`` tile out of the resized (augmented) image and its
-    mask (training a segmenter on tiles at full resolution). ``mean``/``std`` with three values
-    and ``channels=1`` are averaged into one.
-    """
-    return ImageTransform(img_size, mean, std, augment, channels, interpolation, crop)
+# The name callers use: building the preprocessing of a split is constructing the callable.
+build_transforms = ImageTransform

@@ -9,7 +9,9 @@ One module a concern; every name is imported from ``fracturekit.explain``:
 * ``localisation``: ``evaluate_localisation`` (heat maps scored against crack masks);
 * ``crack_mask``: ``derive_crack_mask`` and ``crack_mask_from_image`` (a crack mask from an
   image alone, guided by the heat map);
-* ``attention``: the heat map along a measured crack against its width.
+* ``attention``: the heat map along a measured crack against its width;
+* ``measure``: ``measure_files`` (crack widths of image and mask files, a model supplying the
+  masks an image lacks: the library path of ``fracturekit width``).
 
 Colour maps, overlays and figures live in ``fracturekit.render`` (no torch, no ``grad-cam``), and
 are re-exported here. Everything that reads images or writes files works through a predictor
@@ -57,6 +59,7 @@ from fracturekit.explain.gallery import (
     write_cam_gallery,
 )
 from fracturekit.explain.localisation import evaluate_localisation
+from fracturekit.explain.measure import WidthFiles, measure_files
 from fracturekit.render import (
     colorize,
     overlay,
@@ -79,6 +82,7 @@ __all__ = [
     "DerivedMask",
     "ExplainResult",
     "PredictorLike",
+    "WidthFiles",
     "attention_along_crack",
     "attention_width_figure",
     "colorize",
@@ -92,6 +96,7 @@ __all__ = [
     "image_cam",
     "layer_choices",
     "layer_name",
+    "measure_files",
     "method_row",
     "overlay",
     "resize_map",

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -24,10 +25,13 @@ class PredictorLike(Protocol):
         positive_index: index of a binary model's positive class; None for other models.
         threshold: a binary model's decision threshold on the positive class (may be None).
         in_chans: image channels the model reads (1 or 3).
+        task: ``classify``, or ``segment`` for a segmentation model (whose probability maps
+            stand in for heat maps: ``probability_maps``, ``masks_from_maps``).
     """
 
     model: Any
     source: str
+    task: str
 
     @property
     def classes(self) -> list[str]: ...
@@ -51,6 +55,10 @@ class PredictorLike(Protocol):
     ) -> list[Any]: ...
 
     def predict_paths(self, paths: Iterable[str], batch_size: int = 32) -> Iterator[Any]: ...
+
+    def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]: ...
+
+    def masks_from_maps(self, maps: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
 def torch_model(predictor: PredictorLike) -> torch.nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,28 +124,56 @@ def explain_images(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     model = torch_model(predictor)
-    classes = list(predictor.classes)
     index = resolve_target(
-        target, classes=classes, positive=predictor.positive, n_out=_num_outputs(model)
+        target,
+        classes=list(predictor.classes),
+        positive=predictor.positive,
+        n_out=_num_outputs(model),
     )
     cam_layers, cam_names = resolve_layers(model, cam_layer)
     grid_layers = [str(n) for n in (feature_grids or [])]
     for name in grid_layers:
         _find_layer(model, name)  # fail before any work when a name is wrong
-    out = Path(out)
     paths = [Path(p) for p in paths]
-    stems = _unique_stems(paths)
-    planned = {
-        stem: {
+    planned = _planned_files(paths, Path(out), grid_layers, overwrite)
+    explain = partial(
+        _explain_batch,
+        predictor,
+        model,
+        row=row,
+        index=index,
+        cam_layers=cam_layers,
+        cam_name="+".join(cam_names),
+        grid_layers=grid_layers,
+    )
+    results: list[ExplainResult] = []
+    total = len(paths)
+    for start in range(0, total, batch_size):
+        chunk = range(start, min(start + batch_size, total))
+        results.extend(_explain_chunk(predictor, paths, planned, chunk, row.name, explain))
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    order = {str(p): k for k, p in enumerate(paths)}
+    results.sort(key=lambda r: order.get(r.path, 0))
+    return results
+
+
+def _planned_files(
+    paths: list[Path], out: Path, grid_layers: list[str], overwrite: bool
+) -> list[dict[str, Path]]:
+    """The files each image will get (unique stems), checked against existing ones; ``out`` is
+    created."""
+    planned = [
+        {
             "figure": out / f"{stem}_cam.png",
             "overlay": out / f"{stem}_overlay.png",
             "heatmap": out / f"{stem}_cam.npy",
             **{f"layer:{n}": out / f"{stem}_layer_{_safe(n)}.png" for n in grid_layers},
         }
-        for stem in stems
-    }
+        for stem in _unique_stems(paths)
+    ]
     if not overwrite:
-        existing = [str(p) for files in planned.values() for p in files.values() if p.exists()]
+        existing = [str(p) for files in planned for p in files.values() if p.exists()]
         if existing:
             more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
             raise FileExistsError(
@@ -152,37 +181,31 @@ def explain_images(
                 "(--overwrite) to replace, or choose another output folder"
             )
     out.mkdir(parents=True, exist_ok=True)
+    return planned
 
+
+def _explain_chunk(
+    predictor: PredictorLike,
+    paths: list[Path],
+    planned: list[dict[str, Path]],
+    chunk: range,
+    method: str,
+    explain: Callable[..., list[ExplainResult]],
+) -> list[ExplainResult]:
+    """Read the images of ``chunk`` (an unreadable one gives an error result) and explain the
+    rest in one batch."""
     results: list[ExplainResult] = []
-    total = len(paths)
-    for start in range(0, total, batch_size):
-        chunk = list(range(start, min(start + batch_size, total)))
-        images: dict[int, Any] = {}
-        for i in chunk:
-            try:
-                images[i] = read_image(paths[i], channels=predictor.in_chans)
-            except (ValueError, OSError) as exc:
-                results.append(ExplainResult(str(paths[i]), method=row.name, error=str(exc)))
-        good = [i for i in chunk if i in images]
-        if good:
-            results.extend(
-                _explain_batch(
-                    predictor,
-                    model,
-                    [paths[i] for i in good],
-                    [images[i] for i in good],
-                    [planned[stems[i]] for i in good],
-                    row=row,
-                    index=index,
-                    cam_layers=cam_layers,
-                    cam_name="+".join(cam_names),
-                    grid_layers=grid_layers,
-                )
-            )
-        if progress is not None:
-            progress(min(start + batch_size, total), total)
-    order = {str(p): k for k, p in enumerate(paths)}
-    results.sort(key=lambda r: order.get(r.path, 0))
+    images: dict[int, Any] = {}
+    for i in chunk:
+        try:
+            images[i] = read_image(paths[i], channels=predictor.in_chans)
+        except (ValueError, OSError) as exc:
+            results.append(ExplainResult(str(paths[i]), method=method, error=str(exc)))
+    good = [i for i in chunk if i in images]
+    if good:
+        results.extend(
+            explain([paths[i] for i in good], [images[i] for i in good], [planned[i] for i in good])
+        )
     return results
 
 

@@ -54,7 +54,10 @@ Every pixel fracturekit reads goes through this module, so one set of rules hold
   whole-image float64 stretch took 1.9 GB). PIL's own ``MAX_IMAGE_PIXELS`` check is switched
   off for fracturekit's header reads, so it neither warns below nor refuses above our limit.
 * **Errors.** A missing, empty, corrupt, truncated (strict) or non-image file raises
-  :class:`ImageReadError` (a ``ValueError``) whose text is ``"<path>: <reason>"``.
+  :class:`ImageReadError` (a ``ValueError``) whose text is ``"<path>: <reason>"``; its
+  ``kind`` (one of :data:`READ_ERROR_KINDS`: ``too_large``, ``truncated``, ``missing``,
+  ``empty``, ``unreadable``) says what went wrong to a program (``serve`` answers 413 for
+  ``too_large``).
   :func:`check_images` checks many files on a thread pool and collects every problem instead.
 * **Streaming.** :func:`open_rows` reads large TIFF, BMP and PGM/PPM files in bands of rows
   (what ``fracturekit.scan`` tiles), others through :func:`read_image`.
@@ -73,6 +76,7 @@ from fracturekit.io._header import (
     DICOM_EXTENSIONS,
     IMAGE_EXTENSIONS,
     MAX_PIXELS_ENV,
+    READ_ERROR_KINDS,
     ImageIssue,
     ImageReadError,
     image_signature,
@@ -105,6 +109,7 @@ __all__ = [
     "DICOM_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS_ENV",
+    "READ_ERROR_KINDS",
     "SCAN_MAX_PIXELS",
     "CheckReport",
     "ImageInfo",

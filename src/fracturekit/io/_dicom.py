@@ -126,6 +126,7 @@ def decode_dicom(source: Path | bytes, name: str, limit: int | None):
                 f"deflated DICOM data set inflates to over {budget / 1e6:.0f} MB, the decoded-"
                 f"size budget ({DECODED_BYTES_PER_PIXEL} bytes a pixel of the limit of {limit / 1e6:g} "
                 "megapixels)",
+                kind="too_large",
             )
     fp = _stdio.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:

@@ -44,24 +44,52 @@ _SIGNATURES = {
 _DICOM_GROUPS = (b"\x02\x00", b"\x08\x00")
 
 
-class ImageReadError(ValueError):
-    """An image (or mask) cannot be read. ``str()`` is ``"<path>: <reason>"``."""
+#: What an :class:`ImageReadError` can say went wrong (its ``kind``), for programs to act on:
+#: ``too_large`` over the pixel limit or the decoded-size budget (or too large to stream),
+#: ``truncated`` the file ends early, ``missing`` no such file (or a folder), ``empty`` 0 bytes,
+#: ``unreadable`` anything else (corrupt, not an image, an unsupported layout).
+READ_ERROR_KINDS = ("unreadable", "missing", "empty", "too_large", "truncated")
 
-    def __init__(self, path: str | os.PathLike[str], reason: str, *, truncated: bool = False):
+
+class ImageReadError(ValueError):
+    """An image (or mask) cannot be read. ``str()`` is ``"<path>: <reason>"``.
+
+    Attributes:
+        path: the file (or upload name).
+        reason: what is wrong, for a person.
+        kind: what is wrong, for a program: one of :data:`READ_ERROR_KINDS` (default
+            ``unreadable``; ``truncated`` when ``truncated`` is set).
+        truncated: refused only because strict mode refuses truncated files.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        reason: str,
+        *,
+        kind: str | None = None,
+        truncated: bool = False,
+    ):
+        kind = kind or ("truncated" if truncated else "unreadable")
+        if kind not in READ_ERROR_KINDS:
+            raise ValueError(f"kind={kind!r}: must be one of {', '.join(READ_ERROR_KINDS)}")
         self.path = str(path)
         self.reason = reason
-        self.truncated = truncated  # refused only because strict mode refuses truncated files
+        self.kind = kind
+        self.truncated = truncated
         super().__init__(f"{self.path}: {reason}")
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
 
-    def __reduce__(self):  # keep path/reason when pickled across processes
-        return (_rebuild_error, (self.path, self.reason, self.truncated))
+    def __reduce__(self):  # keep path/reason/kind when pickled across processes
+        return (_rebuild_error, (self.path, self.reason, self.truncated, self.kind))
 
 
-def _rebuild_error(path: str, reason: str, truncated: bool) -> ImageReadError:
-    return ImageReadError(path, reason, truncated=truncated)
+def _rebuild_error(
+    path: str, reason: str, truncated: bool, kind: str | None = None
+) -> ImageReadError:
+    return ImageReadError(path, reason, kind=kind, truncated=truncated)
 
 
 class ImageIssue(NamedTuple):
@@ -138,6 +166,7 @@ def check_size(
             name,
             f"image is {width}x{height} = {pixels / 1e6:.1f} megapixels, over the limit "
             f"of {limit / 1e6:g} megapixels (a decompression bomb?). {how}",
+            kind="too_large",
         )
     decoded = pixels * samples * bytes_per_sample * frames
     budget = DECODED_BYTES_PER_PIXEL * limit
@@ -151,6 +180,7 @@ def check_size(
             f"{decoded / 1e6:.0f} MB decoded, over the budget of {budget / 1e6:g} MB "
             f"({DECODED_BYTES_PER_PIXEL} bytes a pixel of the {limit / 1e6:g}-megapixel "
             f"limit; a decompression bomb?). {how}",
+            kind="too_large",
         )
 
 
@@ -166,19 +196,19 @@ def read_head(source: Path | bytes, name: str | os.PathLike[str], size: int = HE
     """
     if isinstance(source, bytes):
         if not source:
-            raise ImageReadError(name, "empty file (0 bytes)")
+            raise ImageReadError(name, "empty file (0 bytes)", kind="empty")
         return source[:size]
     try:
         if source.is_dir():
-            raise ImageReadError(name, "is a folder, not an image file")
+            raise ImageReadError(name, "is a folder, not an image file", kind="missing")
         with open(source, "rb") as fp:
             head = fp.read(size)
     except FileNotFoundError:
-        raise ImageReadError(name, "no such file") from None
+        raise ImageReadError(name, "no such file", kind="missing") from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot read file ({exc.strerror or exc})") from None
     if not head:
-        raise ImageReadError(name, "empty file (0 bytes)")
+        raise ImageReadError(name, "empty file (0 bytes)", kind="empty")
     return head
 
 

@@ -222,7 +222,9 @@ def decode_pil(source: Path | bytes, name: str, strict: bool, limit: int | None)
                 im.load()
         except Exception as exc2:  # noqa: BLE001
             im.close()
-            raise ImageReadError(name, f"truncated and undecodable ({describe(exc2)})") from None
+            raise ImageReadError(
+                name, f"truncated and undecodable ({describe(exc2)})", kind="truncated"
+            ) from None
         warning = f"truncated file ({exc}); loaded with the missing end filled in by the decoder"
     try:  # (no close() here: it would free the pixels just loaded; load() closed the file)
         out = to_8bit(im)

@@ -126,6 +126,7 @@ def _check_limit(path: Path, width: int, height: int, limit: int | None) -> None
             path,
             f"image is {width}x{height}, over the scan limit of {limit / 1e6:g} megapixels "
             "(raise it with max_pixels / --max-pixels)",
+            kind="too_large",
         )
 
 
@@ -176,6 +177,7 @@ def _open_tiff(path: Path, limit: int | None) -> RowSource | None:
                 path,
                 f"one TIFF strip holds {min(segment_rows, height)} rows of {width} px: too "
                 "large to stream; re-save it tiled (e.g. vips tiffsave in.tif out.tif --tile)",
+                kind="too_large",
             )
         # Decode one segment now: a codec tifffile lacks (JPEG, WebP...) shows up here.
         next(iter(page.segments(maxworkers=1, buffersize=SEGMENT_READ_BYTES)))
@@ -241,7 +243,9 @@ def _open_bmp(path: Path, head: bytes, limit: int | None) -> RowSource | None:
     row_bytes = ((width * bits + 31) // 32) * 4
     with open(path, "rb") as fp:
         if fp.seek(0, 2) < offset + row_bytes * height:
-            raise ImageReadError(path, "BMP file is shorter than its header says (truncated)")
+            raise ImageReadError(
+                path, "BMP file is shorter than its header says (truncated)", kind="truncated"
+            )
         fp.seek(14 + header_size)
         palette_raw = fp.read(4 * ((used or 256) if bits == 8 else 0))
     raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(height, row_bytes))
@@ -289,7 +293,9 @@ def _open_pnm(path: Path, head: bytes, limit: int | None) -> RowSource | None:
     dtype = np.dtype(np.uint8) if maxval < 256 else np.dtype(">u2")
     with open(path, "rb") as fp:
         if fp.seek(0, 2) < pos + width * height * channels * dtype.itemsize:
-            raise ImageReadError(path, "PNM file is shorter than its header says (truncated)")
+            raise ImageReadError(
+                path, "PNM file is shorter than its header says (truncated)", kind="truncated"
+            )
     array = np.memmap(path, dtype=dtype, mode="r", offset=pos, shape=(height, width, channels))
     return RowSource(
         path, width, height, channels, "memmap", _stretched(_memmap_bands(array, False), False)

@@ -7,7 +7,7 @@ CLI lists backbones in ``--help``); everything that needs torch or timm loads on
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fracturekit.models._table import (
     BACKBONES,
@@ -18,55 +18,8 @@ from fracturekit.models._table import (
     get_spec,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fracturekit.models._checkpoint import (
-        FORMAT_VERSION,
-        META_KEYS,
-        CheckpointError,
-        build_meta,
-        load_checkpoint,
-        read_checkpoint,
-        save_checkpoint,
-    )
-    from fracturekit.models._net import (
-        FREEZE_POLICIES,
-        FractureNet,
-        PretrainedUnavailableWarning,
-        apply_freeze,
-        build_head,
-        build_model,
-        logits_to_proba,
-        set_train_mode,
-    )
-    from fracturekit.models._seg_losses import (
-        DEFAULT_SEG_LOSS,
-        SEG_LOSSES,
-        SegLoss,
-        build_seg_loss,
-        pos_weight_for,
-    )
-    from fracturekit.models._segment import (
-        DECODERS,
-        DEFAULT_DECODER,
-        Segmenter,
-        SegmenterError,
-        build_segmenter,
-        freeze_encoder,
-        load_segmenter,
-        save_segmenter,
-        segment_meta,
-        segmenter_from_meta,
-    )
-    from fracturekit.models._views import VIEW_OPS, view_logits
-    from fracturekit.models._weights import (
-        EMBEDDED_FILES,
-        EMBEDDED_LITE0_SOURCE,
-        WeightsError,
-        embedded_available,
-        embedded_lite0_path,
-        load_embedded_lite0,
-    )
-
+# Where each lazily imported name lives, declared once: ``__getattr__`` imports the module on
+# first use and ``__all__`` lists the names.
 _LAZY = {
     "_net": (
         "FREEZE_POLICIES",
@@ -125,44 +78,7 @@ __all__ = [
     "UnknownBackboneError",
     "data_config",
     "get_spec",
-    "FREEZE_POLICIES",
-    "FractureNet",
-    "PretrainedUnavailableWarning",
-    "apply_freeze",
-    "build_head",
-    "build_model",
-    "logits_to_proba",
-    "set_train_mode",
-    "FORMAT_VERSION",
-    "META_KEYS",
-    "CheckpointError",
-    "build_meta",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_checkpoint",
-    "VIEW_OPS",
-    "view_logits",
-    "EMBEDDED_FILES",
-    "EMBEDDED_LITE0_SOURCE",
-    "WeightsError",
-    "embedded_available",
-    "embedded_lite0_path",
-    "load_embedded_lite0",
-    "DECODERS",
-    "DEFAULT_DECODER",
-    "Segmenter",
-    "SegmenterError",
-    "build_segmenter",
-    "freeze_encoder",
-    "load_segmenter",
-    "save_segmenter",
-    "segment_meta",
-    "segmenter_from_meta",
-    "DEFAULT_SEG_LOSS",
-    "SEG_LOSSES",
-    "SegLoss",
-    "build_seg_loss",
-    "pos_weight_for",
+    *_WHERE,
 ]
 
 

@@ -58,43 +58,32 @@ def _rows(*specs: BackboneSpec) -> dict[str, BackboneSpec]:
     return {s.name: s for s in specs}
 
 
+def _lite(index: int, img_size: int, description: str) -> BackboneSpec:
+    """The EfficientNet-Lite row ``index``: timm's TF port, [-1, 1] inputs, weights embedded."""
+    name = f"efficientnet_lite{index}"
+    return BackboneSpec(
+        name,
+        "efficientnet",
+        timm_name=f"tf_{name}",
+        img_size=img_size,
+        mean=SIGNED_MEAN,
+        std=SIGNED_STD,
+        embedded=name,
+        description=description,
+    )
+
+
 BACKBONES: dict[str, BackboneSpec] = _rows(
     # The embedded ImageNet weights expect inputs scaled to [-1, 1] (as timm's config for
     # tf_efficientnet_lite0 says): the stem BatchNorm's running variance matches natural photos
     # scaled that way, while ImageNet mean/std inflates it about 4x
     # (tests/test_models.py::test_embedded_weights_expect_signed_inputs). Both scalings put a
     # cat and a cup class in the top 5 of chelsea/coffee; [-1, 1] with higher confidence.
-    BackboneSpec(
-        "efficientnet_lite0",
-        "efficientnet",
-        timm_name="tf_efficientnet_lite0",
-        mean=SIGNED_MEAN,
-        std=SIGNED_STD,
-        embedded="efficientnet_lite0",
-        description="EfficientNet-Lite0, ImageNet weights embedded (default)",
-    ),
+    _lite(0, 224, "EfficientNet-Lite0, ImageNet weights embedded (default)"),
     # Lite1/Lite2: the same recipe at their native input sizes (240 / 260 px, timm's config for
     # tf_efficientnet_lite1/2); weights from the optional extra ``fracturekit[lite]``.
-    BackboneSpec(
-        "efficientnet_lite1",
-        "efficientnet",
-        timm_name="tf_efficientnet_lite1",
-        img_size=240,
-        mean=SIGNED_MEAN,
-        std=SIGNED_STD,
-        embedded="efficientnet_lite1",
-        description="EfficientNet-Lite1 (240 px), ImageNet weights from fracturekit[lite]",
-    ),
-    BackboneSpec(
-        "efficientnet_lite2",
-        "efficientnet",
-        timm_name="tf_efficientnet_lite2",
-        img_size=260,
-        mean=SIGNED_MEAN,
-        std=SIGNED_STD,
-        embedded="efficientnet_lite2",
-        description="EfficientNet-Lite2 (260 px), ImageNet weights from fracturekit[lite]",
-    ),
+    _lite(1, 240, "EfficientNet-Lite1 (240 px), ImageNet weights from fracturekit[lite]"),
+    _lite(2, 260, "EfficientNet-Lite2 (260 px), ImageNet weights from fracturekit[lite]"),
     BackboneSpec("vgg19", "vgg", timm_name="vgg19", interpolation="bilinear",
                  description="VGG-19 convolutional trunk (global average pooled)"),
     BackboneSpec("densenet121", "densenet", timm_name="densenet121",

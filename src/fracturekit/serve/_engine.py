@@ -32,6 +32,7 @@ from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
 from fracturekit.masks import crack_fraction, mask_polygons, width_summary
 from fracturekit.predict import Prediction, Predictor
+from fracturekit.serve._schemas import WIDTH_MM_FIELDS, WIDTH_PX_FIELDS
 from fracturekit.serve._upload import UploadError, busy
 
 if TYPE_CHECKING:
@@ -124,8 +125,8 @@ class _Engine:
                     data, name=name, channels=3, strict=True, max_pixels=self.max_pixels
                 )
         except ImageReadError as exc:
-            # io's pixel-limit refusal reports the size in megapixels: 413, as for the body.
-            status = 413 if "megapixels" in exc.reason else 422
+            # Over the pixel limit or the decoded-size budget: 413, as for the body.
+            status = 413 if exc.kind == "too_large" else 422
             raise UploadError(status, str(exc)) from None
         except Exception as exc:  # a decoder bug must still be the client's 422, not a 500
             log.warning("decoding %s failed unexpectedly", name, exc_info=True)
@@ -269,15 +270,9 @@ def _width_summary(cracks: list[Any], scale: float) -> dict[str, Any] | None:
 
     return {
         "n_cracks": len(cracks),
-        "length_px": num(main.length_px, scale),
-        "max_width_px": num(main.max_width_px, scale),
-        "mean_width_px": num(main.mean_width_px, scale),
-        "median_width_px": num(main.median_width_px, scale),
-        "p95_width_px": num(main.p95_width_px, scale),
+        **{name: num(getattr(main, name), scale) for name in WIDTH_PX_FIELDS},
         "px_per_mm": None if main.px_per_mm is None else round(main.px_per_mm * scale, 6),
-        "length_mm": num(main.length_mm),
-        "max_width_mm": num(main.max_width_mm),
-        "mean_width_mm": num(main.mean_width_mm),
+        **{name: num(getattr(main, name)) for name in WIDTH_MM_FIELDS},
         "severity": main.severity,
     }
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import Query, Request
@@ -38,6 +38,11 @@ PAGE_HEADERS = {
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
+# The scale query of /explain and /segment: pixels per millimetre, for widths in mm.
+PxPerMm = Annotated[
+    float | None,
+    Query(gt=0, le=1e6, allow_inf_nan=False, description="scale, for widths in mm"),
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,9 +190,7 @@ async def explain(
     ),
     target: str | None = Query(None, description="class to explain (default: predicted)"),
     width: bool = Query(True, description="measure the crack in the heat-map region"),
-    px_per_mm: float | None = Query(
-        None, gt=0, le=1e6, allow_inf_nan=False, description="scale, for widths in mm"
-    ),
+    px_per_mm: PxPerMm = None,
 ) -> Response:
     """Where the model looks: the class-activation heat map over the image (a segmentation
     model: its pixel probability map)."""
@@ -204,18 +207,19 @@ async def explain(
         request, lambda e, data, name, start: work(e, data, name, start=start)
     )
     if format == "png":
-        return Response(
-            png,
-            media_type="image/png",
-            headers={
-                # Headers are latin-1: class names travel percent-encoded (UTF-8).
-                "X-Fracturekit-Label": quote(out["label"]),
-                "X-Fracturekit-Confidence": f"{out['confidence']:.6f}",
-            },
-        )
+        return _png_answer(png, out["label"], {"Confidence": out["confidence"]})
     return JSONResponse(
         ExplainResponse(**out, overlay_png=base64.b64encode(png).decode("ascii")).model_dump()
     )
+
+
+def _png_answer(png: bytes, label: str, values: dict[str, float]) -> Response:
+    """A PNG answer with the decision in ``X-Fracturekit-Label`` and ``X-Fracturekit-<name>``
+    headers (6 decimals)."""
+    # Headers are latin-1: class names travel percent-encoded (UTF-8).
+    headers = {"X-Fracturekit-Label": quote(label)}
+    headers.update({f"X-Fracturekit-{name}": f"{value:.6f}" for name, value in values.items()})
+    return Response(png, media_type="image/png", headers=headers)
 
 
 def _wants_png(request: Request, format: str | None) -> bool:
@@ -233,9 +237,7 @@ async def segment(
         description="png: the mask (0/255, the image's size); json (default). Without it, "
         "`Accept: image/png` asks for the PNG",
     ),
-    px_per_mm: float | None = Query(
-        None, gt=0, le=1e6, allow_inf_nan=False, description="scale, for widths in mm"
-    ),
+    px_per_mm: PxPerMm = None,
     overlay: bool = Query(False, description="JSON: also the mask over the image (PNG data URL)"),
 ) -> Response:
     """A segmentation model's crack mask of one image sent as multipart field ``file``."""
@@ -253,13 +255,6 @@ async def segment(
     )
     if png:
         mask, head = result
-        return Response(
-            mask,
-            media_type="image/png",
-            headers={
-                "X-Fracturekit-Label": quote(head["label"]),
-                "X-Fracturekit-Score": f"{head['score']:.6f}",
-                "X-Fracturekit-Crack-Fraction": f"{head['crack_fraction']:.6f}",
-            },
-        )
+        values = {"Score": head["score"], "Crack-Fraction": head["crack_fraction"]}
+        return _png_answer(mask, head["label"], values)
     return JSONResponse(SegmentResponse(**result).model_dump())

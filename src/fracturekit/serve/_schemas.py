@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 FIELD = "file"  # the multipart field that carries the image
 
@@ -89,20 +89,21 @@ class PredictionResponse(BaseModel):
     )
 
 
-class WidthSummary(BaseModel):
-    """The crack found in the heat-map region, measured along its skeleton."""
+# The measures of the longest crack that /explain reports (``width.CrackMeasurement`` names),
+# in the upload's pixels and, given a scale, in millimetres: ``WidthSummary``'s fields and what
+# the engine copies into them.
+WIDTH_PX_FIELDS = ("length_px", "max_width_px", "mean_width_px", "median_width_px", "p95_width_px")
+WIDTH_MM_FIELDS = ("length_mm", "max_width_mm", "mean_width_mm")
 
-    n_cracks: int
-    length_px: float
-    max_width_px: float
-    mean_width_px: float
-    median_width_px: float
-    p95_width_px: float
-    px_per_mm: float | None = None
-    length_mm: float | None = None
-    max_width_mm: float | None = None
-    mean_width_mm: float | None = None
-    severity: str | None = None
+WidthSummary = create_model(
+    "WidthSummary",
+    __doc__="The crack found in the heat-map region, measured along its skeleton.",
+    n_cracks=(int, ...),
+    **{name: (float, ...) for name in WIDTH_PX_FIELDS},
+    px_per_mm=(float | None, None),
+    **{name: (float | None, None) for name in WIDTH_MM_FIELDS},
+    severity=(str | None, None),
+)
 
 
 class ExplainResponse(PredictionResponse):

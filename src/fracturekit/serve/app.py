@@ -129,24 +129,36 @@ log = logging.getLogger("fracturekit.serve")
 STATIC = _routes.STATIC
 RECEIVING_UPLOADS = 64  # bodies arriving at once (idle ones hold almost no memory)
 RECEIVING_BODIES = 8  # ...and the bytes they hold together: this many full-size uploads
-_EXPLAIN_RESPONSES = {
-    200: {
-        "model": ExplainResponse,
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-        "description": "the overlay as PNG, or JSON with ?format=json",
-    },
-    **_ERRORS,
-    501: {"model": ErrorResponse, "description": "heat maps are not available"},
-}
-_SEGMENT_RESPONSES = {
-    200: {
-        "model": SegmentResponse,
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-        "description": "JSON, or the mask (0/255 PNG, the image's size) with ?format=png",
-    },
-    **_ERRORS,
-    409: {"model": ErrorResponse, "description": "the model is a classifier: use /predict"},
-}
+
+
+def _png_or_json(model: type, description: str, status: int, refusal: str) -> dict:
+    """OpenAPI responses of a route answering JSON or a PNG, with its own refusal."""
+    png = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        200: {"model": model, "content": png, "description": description},
+        **_ERRORS,
+        status: {"model": ErrorResponse, "description": refusal},
+    }
+
+
+_EXPLAIN_RESPONSES = _png_or_json(
+    ExplainResponse,
+    "the overlay as PNG, or JSON with ?format=json",
+    501,
+    "heat maps are not available",
+)
+_SEGMENT_RESPONSES = _png_or_json(
+    SegmentResponse,
+    "JSON, or the mask (0/255 PNG, the image's size) with ?format=png",
+    409,
+    "the model is a classifier: use /predict",
+)
+# The routes that take an upload: (path, route function, response model, OpenAPI responses).
+_UPLOAD_ROUTES = (
+    ("/predict", _routes.predict, PredictionResponse, _ERRORS),
+    ("/explain", _routes.explain, None, _EXPLAIN_RESPONSES),
+    ("/segment", _routes.segment, None, _SEGMENT_RESPONSES),
+)
 
 
 def _save_dir(save_uploads: str | Path | None) -> Path | None:
@@ -277,30 +289,15 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     route("/health", _routes.health, response_model=HealthResponse, responses={503: _ERRORS[503]})
     route("/model", _routes.model, response_model=ModelResponse, responses={503: _ERRORS[503]})
-    route(
-        "/predict",
-        _routes.predict,
-        methods=["POST"],
-        response_model=PredictionResponse,
-        responses=_ERRORS,
-        openapi_extra=_UPLOAD_BODY,
-    )
-    route(
-        "/explain",
-        _routes.explain,
-        methods=["POST"],
-        response_model=None,
-        responses=_EXPLAIN_RESPONSES,
-        openapi_extra=_UPLOAD_BODY,
-    )
-    route(
-        "/segment",
-        _routes.segment,
-        methods=["POST"],
-        response_model=None,
-        responses=_SEGMENT_RESPONSES,
-        openapi_extra=_UPLOAD_BODY,
-    )
+    for path, endpoint, response_model, responses in _UPLOAD_ROUTES:
+        route(
+            path,
+            endpoint,
+            methods=["POST"],
+            response_model=response_model,
+            responses=responses,
+            openapi_extra=_UPLOAD_BODY,
+        )
     app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts)
     return app
 

@@ -15,6 +15,7 @@ import dataclasses
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,11 +356,22 @@ def _set_device_and_precision(run: _Run) -> None:
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.precision == "fp16")
 
 
-def built_with_notes(run: _Run, build: Any) -> Any:
-    """``build()``, its warnings (no pretrained weights...) turned into the run's notes."""
+def built_with_notes(run: _Run, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``build(backbone, *args, pretrained=, weights=, in_chans=, **kwargs)`` with the run's
+    backbone, weights and channels, after seeding torch with the run's seed (the initial
+    weights); its warnings (no pretrained weights...) become the run's notes."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = build()
+        model = build(
+            cfg.backbone,
+            *args,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            in_chans=cfg.channels,
+            **kwargs,
+        )
     for w in caught:
         if run.dist.main:
             run.note(str(w.message))
@@ -371,18 +383,8 @@ def build_classifier(run: _Run) -> None:
     from fracturekit.models import apply_freeze, build_model, data_config
 
     cfg = run.cfg
-    torch.manual_seed(cfg.seed)
     run.model = built_with_notes(
-        run,
-        lambda: build_model(
-            cfg.backbone,
-            len(run.classes),
-            in_chans=cfg.channels,
-            pretrained=cfg.pretrained,
-            weights=cfg.weights,
-            hidden=cfg.hidden,
-            dropout=cfg.dropout,
-        ),
+        run, build_model, len(run.classes), hidden=cfg.hidden, dropout=cfg.dropout
     )
     run.n_trainable = apply_freeze(run.model, cfg.freeze, cfg.train_last)
     run.start, run.pooled = trainable_start(run.model)

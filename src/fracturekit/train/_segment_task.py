@@ -110,17 +110,7 @@ class SegmentTask:
         from fracturekit.train._loop import built_with_notes
 
         cfg = run.cfg
-        torch.manual_seed(cfg.seed)
-        run.model = built_with_notes(
-            run,
-            lambda: build_segmenter(
-                cfg.backbone,
-                decoder=cfg.decoder,
-                pretrained=cfg.pretrained,
-                weights=cfg.weights,
-                in_chans=cfg.channels,
-            ),
-        )
+        run.model = built_with_notes(run, build_segmenter, decoder=cfg.decoder)
         n_stages = len(run.model.encoder_stages())
         frozen = {"none": 0, "all-but-head": n_stages}.get(
             cfg.freeze, max(0, n_stages - int(cfg.train_last or 0))
