@@ -937,13 +937,7 @@ def predict_batch(
             classifier.
         FileExistsError: ``out`` exists, or ``masks`` holds files, and ``overwrite`` is False.
     """
-    if out is not None:
-        out = check_output(out, overwrite=overwrite)
-    if masks is not None:
-        masks = check_masks_folder(masks, overwrite=overwrite)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise ValueError("no input images given")
+    out, masks, paths = check_batch_io(inputs, out, masks, overwrite=overwrite)
     predictor = (
         source if isinstance(source, Predictor) else Predictor.from_checkpoint(source, backend)
     )
@@ -977,6 +971,30 @@ def predict_batch(
     else:
         write_predictions(out, stream(), classes, columns)
     return BatchResult(counts["n"], counts["failed"], out, kept, classes, columns)
+
+
+def check_batch_io(
+    inputs: Iterable[str | Path],
+    out: str | Path | None,
+    masks: str | Path | None,
+    *,
+    overwrite: bool = False,
+) -> tuple[Path | None, Path | None, list[str]]:
+    """What a batch run writes and reads, checked before any image is: the output file
+    (:func:`check_output`), the masks folder (:func:`check_masks_folder`) and the input paths
+    (:func:`expand_inputs`, at least one).
+
+    Raises:
+        ValueError, FileExistsError: as those checks; no input image.
+    """
+    if out is not None:
+        out = check_output(out, overwrite=overwrite)
+    if masks is not None:
+        masks = check_masks_folder(masks, overwrite=overwrite)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise ValueError("no input images given")
+    return out, masks, paths
 
 
 def check_output(out: str | Path, *, overwrite: bool = False) -> Path:

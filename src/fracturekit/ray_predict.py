@@ -31,9 +31,7 @@ from fracturekit.predict import (
     BatchResult,
     Prediction,
     Predictor,
-    check_masks_folder,
-    check_output,
-    expand_inputs,
+    check_batch_io,
     mask_names,
     prediction_columns,
     write_mask,
@@ -235,12 +233,7 @@ def predict_ray(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    out = check_output(out, overwrite=overwrite)
-    if masks is not None:
-        masks = check_masks_folder(masks, overwrite=overwrite)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise ValueError("no input images given")
+    out, masks, paths = check_batch_io(inputs, out, masks, overwrite=overwrite)
     _import_ray()
     # Loaded here too: a missing or broken checkpoint is a usage error before Ray starts, and the
     # class names and threshold give the columns.
