@@ -43,6 +43,9 @@ def _predictors(root: Path) -> dict:
         warnings.simplefilter("ignore")
         models = {
             "segmenter (U-Net)": build_segmenter("efficientnet_lite0", pretrained=False),
+            "segmenter (U-Net small)": build_segmenter(
+                "efficientnet_lite0", decoder="unet_small", pretrained=False
+            ),
             "segmenter (FPN)": build_segmenter(
                 "efficientnet_lite0", decoder="fpn", pretrained=False
             ),
@@ -50,7 +53,7 @@ def _predictors(root: Path) -> dict:
         }
     setups = {}
     for name, model in models.items():
-        stem = name.replace(" ", "").replace("(", "_").replace(")", "")
+        stem = name.replace(" ", "").replace("(", "_").replace(")", "").replace("-", "")
         ckpt = save_checkpoint(root / f"{stem}.pt", model, {"img_size": IMG_SIZE})
         onnx_path = export_onnx(ckpt, ckpt.with_suffix(".onnx")).path
         method = "predict_proba_maps" if name.startswith("segmenter") else "predict_proba"

@@ -110,7 +110,7 @@ def test_input_size_and_arguments_are_checked(batch: torch.Tensor) -> None:
     model = segmenter_for("efficientnet_lite0")
     with pytest.raises(ValueError, match="multiples of 32, got 48x64"):
         model(batch[:, :, :48])
-    with pytest.raises(SegmenterError, match="unknown decoder 'deeplab'.*unet, fpn"):
+    with pytest.raises(SegmenterError, match="unknown decoder 'deeplab'.*unet, unet_small, fpn"):
         build_segmenter("resnet18", decoder="deeplab", pretrained=False)
     with pytest.raises(SegmenterError, match="'lenet' is a from-scratch classifier"):
         build_segmenter("lenet", pretrained=False)

@@ -23,7 +23,7 @@ AUGMENTS = ("none", "default", "strong", "flips")
 TASKS = ("classify", "segment")
 # models.DECODERS and models.SEG_LOSSES keys (a test keeps them equal): flags and checks
 # without importing the models.
-DECODER_NAMES = ("unet", "fpn")
+DECODER_NAMES = ("unet", "unet_small", "fpn")
 SEG_LOSS_NAMES = ("bce_dice", "focal_dice", "tversky", "cldice")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export", "masked-images")
@@ -295,7 +295,7 @@ HELP: dict[str, str] = {
     "dropout": "dropout rate in the head",
     "freeze": "none (train everything), all-but-head, or train-last (with --train-last P)",
     "train_last": "with --freeze train-last: how many last backbone blocks train",
-    "decoder": "task=segment: the decoder over the backbone (unet or fpn)",
+    "decoder": "task=segment: the decoder over the backbone (unet, unet_small or fpn)",
     "seg_loss": "task=segment: pixel loss (bce_dice, focal_dice, tversky or cldice)",
     "min_area": "task=segment: connected predicted pieces smaller than this many pixels (at "
     "img_size) are dropped; an image is positive when a piece remains (0: chosen on validation "

@@ -65,6 +65,12 @@ DECODERS: dict[str, DecoderSpec] = {
         "Unet",
         "U-Net (Ronneberger et al. 2015): skip features at every scale, full resolution output",
     ),
+    "unet_small": DecoderSpec(
+        "Unet",
+        "U-Net with half the decoder channels (128, 64, 32, 16, 8): about a quarter of the "
+        "decoder's multiply-adds",
+        {"decoder_channels": (128, 64, 32, 16, 8)},
+    ),
     "fpn": DecoderSpec(
         "FPN",
         "Feature Pyramid Network (Kirillov et al. 2019 panoptic FPN head): quarter resolution, "
