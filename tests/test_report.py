@@ -172,3 +172,24 @@ def test_report_keys_are_the_metric_keys(tmp_path: Path) -> None:
 
     assert set(METRIC_KEYS) | set(EXTRA_KEYS) <= _KNOWN_METRIC_KEYS
     assert set(_metrics()) <= _KNOWN_METRIC_KEYS
+
+
+def test_segmentation_section_shows_the_pixel_figures_and_plots(tmp_path: Path) -> None:
+    from fracturekit.evaluate import SEGMENT_PLOTS
+    from fracturekit.report import SEGMENT_FIGURES
+
+    assert set(SEGMENT_PLOTS) <= {name for name, _ in SEGMENT_FIGURES}
+    run = tmp_path / "seg"
+    seg = {"n": 4, "threshold": 0.45, "pixel_f1": 0.8125, "pixel_f1_tol2": 0.9375}
+    widths = {"images": 4, "measured": 3, "mae_px": 0.4375}
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(_metrics(segmentation=seg, width_check=widths)))
+    images = [_png(run / name, (5 * i, 9, 9)) for i, (name, _) in enumerate(SEGMENT_FIGURES)]
+    page = write_report(run).read_text(encoding="utf-8")
+    assert '<section id="segmentation">' in page and '<section id="more">' not in page
+    assert "pixel_f1_tol2" in page and "0.9375" in page and "0.4375" in page
+    assert sorted(_data_uris(page)) == sorted(images)
+    only = tmp_path / "classifier"
+    only.mkdir()
+    (only / "metrics.json").write_text(json.dumps(_metrics()))
+    assert '<section id="segmentation">' not in write_report(only).read_text(encoding="utf-8")

@@ -962,14 +962,9 @@ def plot_overlays(
 
 def _overlay(path: str, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
     from fracturekit.io import read_image
+    from fracturekit.render import truth_overlay
 
-    image = np.asarray(read_image(path, channels=3), dtype=np.float32) / 255.0
-    colour = np.zeros_like(image)
-    colour[..., 0] = pred
-    colour[..., 1] = mask
-    shown = pred | mask
-    image[shown] = 0.4 * image[shown] + 0.6 * colour[shown]
-    return image
+    return truth_overlay(read_image(path, channels=3), pred, mask)
 
 
 def write_probability_maps(

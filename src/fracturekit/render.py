@@ -113,6 +113,31 @@ def mask_overlay(
     return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def truth_overlay(image: Any, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """A predicted mask and its truth over the image: truth green, prediction red, both yellow.
+
+    Args:
+        image: a PIL image or an ``(H, W[, 3])`` array.
+        predicted: ``(H, W)`` boolean mask at the image's size.
+        truth: ``(H, W)`` boolean mask at the image's size.
+
+    Returns:
+        ``(H, W, 3)`` float32 RGB in [0, 1]; pixels of neither mask are the image's own.
+    """
+    rgb = as_rgb_array(image).astype(np.float32) / 255.0
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if predicted.shape != rgb.shape[:2] or truth.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"masks {predicted.shape} and {truth.shape} must match the image {rgb.shape[:2]}"
+        )
+    colour = np.zeros_like(rgb)
+    colour[..., 0] = predicted
+    colour[..., 1] = truth
+    shown = predicted | truth
+    rgb[shown] = 0.4 * rgb[shown] + 0.6 * colour[shown]
+    return rgb
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Write a matplotlib ``Figure`` as a PNG at ``path`` (Agg canvas, atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

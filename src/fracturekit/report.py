@@ -15,6 +15,9 @@ training                ``curves.png``, ``history.csv`` (first, best and last ep
 plots                   ``confusion_matrix.png``, ``roc.png``, ``pr.png``, ``reliability.png``
 classification report   ``classification_report.txt``
 mistakes                ``mistakes.png``
+segmentation            ``metrics.json``'s ``segmentation`` (pixel figures) and ``width_check``
+                        (widths from predicted masks against true ones), ``iou_histogram.png``,
+                        ``overlays_best.png``, ``overlays_worst.png``, ``width_check.png``
 more results            any other top-level entry of ``metrics.json`` (e.g. ``localisation``)
 class activation maps   ``cams/*.png`` (caption from the file name)
 ======================  ===============================================================
@@ -49,6 +52,19 @@ PLOTS = (
     ("pr.png", "Precision-recall curve"),
     ("reliability.png", "Reliability diagram and confidence histogram"),
 )
+# A segmenter's evaluation (``evaluate.SEGMENT_PLOTS``) and the demo's width check.
+SEGMENT_FIGURES = (
+    ("iou_histogram.png", "Per-image IoU of the crack class"),
+    ("overlays_best.png", "Highest-IoU images: truth green, prediction red, both yellow"),
+    ("overlays_worst.png", "Lowest-IoU images: truth green, prediction red, both yellow"),
+    (
+        "width_check.png",
+        "Mean crack width per image, measured on the predicted mask and on the true mask "
+        "(truth green, prediction red, both yellow)",
+    ),
+)
+# metrics.json entries the segmentation section renders.
+SEGMENT_KEYS = ("segmentation", "width_check")
 TRAINING_FILES = ("config.yaml", "history.csv", "curves.png")
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_CAMS = 120  # beyond this the page grows past what a browser opens comfortably
@@ -66,7 +82,7 @@ _HEADLINE = (
     ("ece", "ECE (15 bins)"),
 )
 # metrics.json entries rendered by the metrics section itself; anything else goes to "more".
-_KNOWN_METRIC_KEYS = frozenset({*METRIC_KEYS, *EXTRA_KEYS, "source"})
+_KNOWN_METRIC_KEYS = frozenset({*METRIC_KEYS, *EXTRA_KEYS, *SEGMENT_KEYS, "source"})
 
 CSS = """
 :root { --fg: #1d232a; --muted: #5b6672; --line: #d8dee4; --bg: #ffffff; --panel: #f5f7f9;
@@ -449,6 +465,20 @@ def _mistakes(run: _Run) -> str | None:
     )
 
 
+def _segmentation(run: _Run) -> str | None:
+    m = run.metrics or {}
+    parts = [
+        f"<h3>{_esc(key)}</h3>{_value_html(m[key])}"
+        for key in SEGMENT_KEYS
+        if isinstance(m.get(key), dict)
+    ]
+    figures = [_figure(run, name, caption) for name, caption in SEGMENT_FIGURES]
+    figures = [f for f in figures if f]
+    if figures:
+        parts.append(f'<div class="plots">{"".join(figures)}</div>')
+    return "".join(parts) or None
+
+
 def _more(run: _Run) -> str | None:
     if run.metrics is None:
         return None
@@ -489,6 +519,7 @@ SECTIONS: list[tuple[str, str, Callable[[_Run], str | None]]] = [
     ("plots", "Plots", _plots),
     ("classification-report", "Classification report", _classification_report),
     ("mistakes", "Most confident mistakes", _mistakes),
+    ("segmentation", "Segmentation", _segmentation),
     ("more", "More results", _more),
     ("cams", "Class activation maps", _cams),
 ]
