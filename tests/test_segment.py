@@ -239,3 +239,14 @@ def test_pretrained_without_weights_warns_for_other_rows() -> None:
         warnings.simplefilter("error", PretrainedUnavailableWarning)
         with pytest.raises(PretrainedUnavailableWarning, match="resnet18"):
             build_segmenter("resnet18")
+
+
+def test_nothing_frozen_trains_through_the_runner(batch: torch.Tensor) -> None:
+    from fracturekit.train._runner import Runner
+
+    model = segmenter_for("efficientnet_lite0")
+    freeze_encoder(model, 0)
+    out = Runner(model, 0, False)(batch, cached=False)
+    assert out.shape == (batch.shape[0], 1, *batch.shape[-2:])
+    out.mean().backward()  # the whole encoder gets gradients
+    assert all(p.grad is not None for p in model.net.encoder.parameters())

@@ -152,10 +152,14 @@ class Segmenter(nn.Module):
             feats.append(stage(feats[-1]))
         return feats
 
-    def forward_from(self, feats: list[torch.Tensor], start: int) -> torch.Tensor:
-        """Run encoder stages ``start..`` on cached features, then decoder and head: logits."""
+    def forward_from(self, feats: list[torch.Tensor] | torch.Tensor, start: int) -> torch.Tensor:
+        """Run encoder stages ``start..`` on cached features, then decoder and head: logits.
+
+        At ``start`` 0 the features are the input alone: ``[x]``, or ``x`` itself (what the
+        training runner hands over when nothing is frozen).
+        """
         self._check_start(start)
-        feats = list(feats)
+        feats = [feats] if isinstance(feats, torch.Tensor) else list(feats)
         if self._stages is None:
             if start == 0:
                 feats = self.net.encoder(feats[0])
