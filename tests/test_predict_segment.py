@@ -136,3 +136,8 @@ def test_records_agree_with_predictor_masks(make_seg_checkpoint, photos) -> None
     assert np.array_equal(rec.mask, mask)
     assert rec.crack_fraction == pytest.approx(mask.mean())
     assert (rec.label == "crack") == bool(mask.any())
+
+
+def test_describe_says_the_task(make_seg_checkpoint) -> None:
+    info = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0)).describe()
+    assert (info["task"], info["decoder"], info["min_area"]) == ("segment", "unet", 0)

@@ -220,3 +220,23 @@ def test_scan_cli_with_a_tiny_checkpoint(tmp_path: Path) -> None:
     predictor = Predictor.from_checkpoint(ckpt)
     assert summary["threshold"] == pytest.approx(predictor.threshold)
     assert main(["scan", str(ckpt), str(tmp_path / "nope.png"), "--out", str(out / "x")]) == 2
+
+
+def test_a_stream_that_ends_early_is_a_truncated_read() -> None:
+    from types import SimpleNamespace
+
+    from fracturekit.io import ImageReadError
+    from fracturekit.tiling import RowWindow
+
+    source = SimpleNamespace(
+        bands=lambda: iter([np.zeros((4, 6, 3), np.uint8)]),
+        width=6,
+        channels=3,
+        height=10,
+        path="short.tif",
+    )
+    window = RowWindow(source, lambda band: None)
+    assert window.rows(0, 4).shape == (4, 6, 3)
+    with pytest.raises(ImageReadError, match="ended after 4 of 10 rows") as err:
+        window.rows(0, 8)
+    assert err.value.kind == "truncated"

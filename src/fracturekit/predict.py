@@ -615,7 +615,8 @@ class Predictor:
         """What the service's ``GET /model`` returns: a JSON-safe summary of the model."""
         metrics = self.meta.get("metrics") or {}
         summary_keys = ("f1", "roc_auc", "accuracy", "balanced_accuracy", "threshold", "n")
-        return {
+        out = {
+            "task": self.task,
             "backbone": self.meta.get("backbone"),
             "classes": self.classes,
             "positive": self.positive,
@@ -631,6 +632,9 @@ class Predictor:
             "backend": self.backend,
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
         }
+        if self.task == "segment":
+            out.update(decoder=self.meta.get("decoder"), min_area=self.min_area)
+        return out
 
 
 # The views of ``models.VIEW_OPS`` on numpy batches (N, C, H, W), in the same order.

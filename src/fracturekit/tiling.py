@@ -47,7 +47,9 @@ class RowWindow:
             band = next(self.bands, None)
             if band is None:
                 raise ImageReadError(
-                    self.path, f"ended after {self.top + len(self.buf)} of {self.height} rows"
+                    self.path,
+                    f"ended after {self.top + len(self.buf)} of {self.height} rows",
+                    kind="truncated",
                 )
             self.on_band(band)
             drop = min(max(0, y0 - self.top), len(self.buf))  # rows no tile needs any more

@@ -124,8 +124,6 @@ async def model(request: Request) -> dict[str, Any]:
         "max_upload_mb": request.app.state.max_upload_mb,
         "max_pixels": engine.max_pixels or 0,
         "explain_methods": request.app.state.methods,
-        "task": engine.predictor.task,
-        "min_area": engine.predictor.min_area if engine.predictor.task == "segment" else None,
     }
 
 
