@@ -30,7 +30,7 @@ import numpy as np
 from fracturekit._files import atomic_write_bytes
 from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
-from fracturekit.masks import crack_fraction, mask_polygons, width_summary
+from fracturekit.masks import mask_polygons, width_summary
 from fracturekit.predict import Prediction, Predictor
 from fracturekit.serve._schemas import WIDTH_MM_FIELDS, WIDTH_PX_FIELDS
 from fracturekit.serve._upload import UploadError, busy
@@ -202,18 +202,14 @@ def _predict_sync(
     image = engine.decode(data, name)
     engine.save(data, name)
     t1 = time.perf_counter()
-    fraction = None
     if engine.predictor.task == "segment":
-        prob, mask = engine.segment(image)
-        pred = engine.predictor.segment_record(name, prob, mask)
-        fraction = crack_fraction(mask)
-        del prob, mask
+        pred = engine.predictor.segment_record(name, *engine.segment(image))
     else:
         pred = engine.classify(image, name)
     t2 = time.perf_counter()
     timing = {"decode_ms": t1 - t0, "inference_ms": t2 - t1, "total_ms": t2 - start}
     out = _result(pred, engine.predictor, image, timing)
-    out["crack_fraction"] = fraction
+    out["crack_fraction"] = pred.crack_fraction
     if preview:
         out["preview_png"] = _png_b64(image)
     return out

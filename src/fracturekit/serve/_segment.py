@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fracturekit.masks import (
-    crack_fraction,
     mask_png,
     mask_polygons,
-    segment_image_score,
     width_summary,
 )
 from fracturekit.predict import Predictor
@@ -95,7 +93,6 @@ def segment_answer(
     px_per_mm: float | None,
 ) -> dict[str, Any]:
     """The JSON fields of ``/segment`` but the overlay and timings (``SegmentResponse``)."""
-    threshold = predictor.threshold if predictor.threshold is not None else 0.5
     pred = predictor.segment_record(name, prob, mask)
     grid, scale = measured_mask(predictor, prob, mask)
     widths = width_summary(grid, px_per_mm=None if px_per_mm is None else px_per_mm / scale)
@@ -106,10 +103,10 @@ def segment_answer(
     return {
         "path": name,
         "label": pred.label,
-        "score": segment_image_score(prob, mask, threshold),
+        "score": pred.probabilities[predictor.positive],
         "positive": predictor.positive,
-        "crack_fraction": crack_fraction(mask),
-        "threshold": threshold,
+        "crack_fraction": pred.crack_fraction,
+        "threshold": pred.threshold,
         "min_area": predictor.min_area,
         "width_px": int(mask.shape[1]),
         "height_px": int(mask.shape[0]),
@@ -145,11 +142,11 @@ def _segment_sync(
     image, prob, mask, timing = _decode_and_segment(engine, data, name)
     predictor = engine.predictor
     if want_png:
-        threshold = predictor.threshold if predictor.threshold is not None else 0.5
+        pred = predictor.segment_record(name, prob, mask)
         return mask_png(mask), {
-            "label": predictor.segment_record(name, prob, mask).label,
-            "score": segment_image_score(prob, mask, threshold),
-            "crack_fraction": crack_fraction(mask),
+            "label": pred.label,
+            "score": pred.probabilities[predictor.positive],
+            "crack_fraction": pred.crack_fraction,
         }
     out = segment_answer(predictor, name, prob, mask, px_per_mm=px_per_mm)
     out["overlay"] = None
@@ -185,7 +182,7 @@ def _explain_segment_sync(
     timing["total_ms"] = time.perf_counter() - start
     out = _result(pred, predictor, image, timing)
     out.update(
-        crack_fraction=crack_fraction(mask),
+        crack_fraction=pred.crack_fraction,
         method=SEGMENT_EXPLAIN_METHOD,
         target=predictor.positive,
         width=summary,
