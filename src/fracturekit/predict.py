@@ -115,6 +115,7 @@ class Predictor:
         self.device = device
         self.source = source
         self._transform = None
+        self._normalise: tuple[np.ndarray, np.ndarray] | None = None  # ONNX: mean, std
         # Set by with_prior: the decision threshold (binary) or class re-weighting (multi-class)
         # for another prevalence, and the prior as given.
         self._prior: float | dict[str, float] | None = None
@@ -335,8 +336,12 @@ class Predictor:
         x = x.astype(np.float32) / np.float32(255.0)
         if x.ndim == 2:
             x = x[..., None]
-        mean = np.asarray(per_channel(self.meta["mean"], self.in_chans, "mean"), np.float32)
-        std = np.asarray(per_channel(self.meta["std"], self.in_chans, "std"), np.float32)
+        if self._normalise is None:
+            self._normalise = tuple(
+                np.asarray(per_channel(self.meta[k], self.in_chans, k), np.float32)
+                for k in ("mean", "std")
+            )
+        mean, std = self._normalise
         return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
 
     def stack(self, inputs: Sequence[Any]) -> torch.Tensor | np.ndarray:
@@ -359,13 +364,7 @@ class Predictor:
         from fracturekit.models import view_logits
 
         if self.backend == "onnx":
-            name = self.session.get_inputs()[0].name
-
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-                return torch.from_numpy(self.session.run(None, {name: feed})[0])
-
-            return view_logits(forward, batch, self.tta)
+            return torch.from_numpy(self._onnx_logits(batch))
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.ndim == 4 and x.shape[-1] > 1:
@@ -390,11 +389,19 @@ class Predictor:
             proba = adjust_to_priors(proba, *self._prior_shift).astype(proba.dtype)
         return proba
 
+    def _onnx_run(self, batch: Any) -> np.ndarray:
+        """The ONNX graph's float32 output for a preprocessed batch (numpy, or a torch tensor
+        from a caller that has one)."""
+        if hasattr(batch, "detach"):
+            batch = batch.detach().cpu().numpy()
+        feed = np.ascontiguousarray(batch, dtype=np.float32)
+        name = self.session.get_inputs()[0].name
+        return self.session.run(None, {name: feed})[0].astype(np.float32, copy=False)
+
     def _onnx_logits(self, batch: Any) -> np.ndarray:
         """Logits (N, K) of the ONNX graph, averaged over ``tta`` views as on PyTorch."""
-        if hasattr(batch, "detach"):  # a torch tensor from a caller that has one
+        if hasattr(batch, "detach"):
             batch = batch.detach().cpu().numpy()
-        name = self.session.get_inputs()[0].name
         views = self.tta
         if views > 4 and batch.shape[-1] != batch.shape[-2]:
             raise ValueError(
@@ -402,8 +409,7 @@ class Predictor:
             )
         total = None
         for op in NUMPY_VIEWS[:views]:
-            feed = np.ascontiguousarray(op(batch), dtype=np.float32)
-            out = self.session.run(None, {name: feed})[0].astype(np.float32)
+            out = self._onnx_run(op(batch))
             total = out if total is None else total + out
         return total / np.float32(views)
 
@@ -531,11 +537,7 @@ class Predictor:
 
     def _onnx_proba_maps(self, batch: Any) -> np.ndarray:
         """Pixel probabilities ``(N, H, W)`` of the ONNX graph for a preprocessed batch."""
-        if hasattr(batch, "detach"):  # a torch tensor
-            batch = batch.detach().cpu().numpy()
-        feed = np.ascontiguousarray(batch, dtype=np.float32)
-        logits = self.session.run(None, {self.session.get_inputs()[0].name: feed})[0]
-        return _sigmoid(logits[:, 0])
+        return _sigmoid(self._onnx_run(batch)[:, 0])
 
     def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Pixel probabilities of decoded images, each at the image's own size."""
