@@ -27,6 +27,7 @@ class BrightnessPredictor:
     answer.
     """
 
+    task = "classify"
     classes = ["crack", "no_crack"]
     positive = "crack"
     positive_index = 0

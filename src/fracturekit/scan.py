@@ -75,8 +75,8 @@ from fracturekit.tiling import (  # tile_positions and the sizes stay importable
     THUMBNAIL_PX,  # noqa: F401
     RowWindow,
     Thumbnail,
-    check_scan_args,
     output_files,
+    scan_settings,
     tile_image,
     tile_positions,
     write_map,
@@ -323,7 +323,7 @@ def scan_image(
     """
     options = {"tile": tile, "stride": stride, "batch_size": batch_size, "out": out}
     options.update(max_pixels=max_pixels, overwrite=overwrite, progress=progress)
-    if getattr(predictor, "task", "classify") == "segment":
+    if predictor.task == "segment":
         return scan_segment_image(predictor, path, px_per_mm=px_per_mm, **options)
     if px_per_mm is not None:
         raise ValueError(
@@ -347,11 +347,8 @@ def _scan_tiles(
 ) -> ScanResult:
     """``scan_image`` of a classifier: a probability per tile, averaged onto stride cells."""
     started = time.perf_counter()
-    tile = int(predictor.img_size if tile is None else tile)
-    stride = int(max(1, tile // 2) if stride is None else stride)
-    check_scan_args(tile, stride, batch_size)
+    tile, stride, threshold = scan_settings(predictor, tile, stride, batch_size)
     column, positive = _positive_column(predictor)
-    threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
     out = Path(out)
     files = output_files(out, OUTPUT_FILES, overwrite)
 

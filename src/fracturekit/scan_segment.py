@@ -69,8 +69,8 @@ from fracturekit.masks import MaskPngWriter, crack_totals, mask_polygons
 from fracturekit.tiling import (
     RowWindow,
     Thumbnail,
-    check_scan_args,
     output_files,
+    scan_settings,
     tile_image,
     tile_positions,
     write_map,
@@ -647,20 +647,16 @@ def _settings(
     predictor: Any, tile: int | None, stride: int | None, batch_size: int, px_per_mm: float | None
 ) -> tuple[int, int, float, float]:
     """``(tile, stride, threshold, min_area in image px)``, the arguments checked."""
-    tile = int(predictor.img_size if tile is None else tile)
-    stride = int(max(1, tile // 2) if stride is None else stride)
-    check_scan_args(tile, stride, batch_size)
+    tile, stride, threshold = scan_settings(predictor, tile, stride, batch_size)
     if px_per_mm is not None and not (math.isfinite(px_per_mm) and px_per_mm > 0):
         raise ValueError(f"px_per_mm={px_per_mm}: must be a positive number")
-    threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
     # min_area is counted at img_size x img_size; a window of `tile` px is seen at img_size.
     min_area = float(predictor.min_area) * (tile / float(predictor.img_size)) ** 2
     return tile, stride, threshold, min_area
 
 
 def _positive_name(predictor: Any) -> str:
-    classes = list(getattr(predictor, "classes", None) or ["background", "crack"])
-    return str(getattr(predictor, "positive", None) or classes[-1])
+    return str(predictor.positive or predictor.classes[-1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -125,6 +125,18 @@ def tile_image(rows: np.ndarray, x: int, tile: int) -> Any:
     return Image.fromarray(crop[..., 0] if crop.shape[2] == 1 else crop)
 
 
+def scan_settings(
+    predictor: Any, tile: int | None, stride: int | None, batch_size: int
+) -> tuple[int, int, float]:
+    """``(tile, stride, threshold)`` of a scan, checked: the window defaults to the model's
+    input size, the step to half a window, the threshold to the model's (0.5 without one)."""
+    tile = int(predictor.img_size if tile is None else tile)
+    stride = int(max(1, tile // 2) if stride is None else stride)
+    check_scan_args(tile, stride, batch_size)
+    threshold = float(predictor.threshold if predictor.threshold is not None else 0.5)
+    return tile, stride, threshold
+
+
 def check_scan_args(tile: int, stride: int, batch_size: int) -> None:
     """Raise ``ValueError`` for a tile, stride or batch size no scan can use."""
     if tile < 8:
