@@ -8,7 +8,8 @@ full-resolution ``mask.png`` written band by band, the pieces outlined and measu
 the child's peak resident memory (``VmHWM``; also after loading the model, before the scan),
 wall time, windows, the mask's pieces and crack share, and the band the stitch held.
 
-The model is a random-initialised U-Net over EfficientNet-Lite0 at 224 px unless
+The model is a random-initialised segmenter over EfficientNet-Lite0 at 224 px with the default
+set-up's decoder (``unet_small``; ``--decoder unet`` for the full U-Net) unless
 ``--checkpoint`` names a trained segmentation checkpoint: its weights do not change the memory of
 the stitch, only how many pieces the mask has to outline and measure. ``--bias`` sets the random
 model's output bias (e.g. -1 for a sparser mask).
@@ -66,14 +67,14 @@ print(json.dumps({
 """
 
 
-def random_segmenter(path: Path, img_size: int, bias: float | None) -> Path:
-    """A random-initialised U-Net (EfficientNet-Lite0) checkpoint at ``img_size``."""
+def random_segmenter(path: Path, img_size: int, bias: float | None, decoder: str) -> Path:
+    """A random-initialised segmenter over EfficientNet-Lite0 at ``img_size``."""
     import torch
 
     from fracturekit.models import build_segmenter, save_checkpoint
 
     torch.manual_seed(0)
-    model = build_segmenter("efficientnet_lite0", pretrained=False).eval()
+    model = build_segmenter("efficientnet_lite0", decoder=decoder, pretrained=False).eval()
     if bias is not None:
         with torch.no_grad():
             model.net.segmentation_head[0].bias.fill_(bias)
@@ -98,6 +99,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="a segmentation checkpoint")
     parser.add_argument("--img-size", type=int, default=224, help="the random model's input")
     parser.add_argument("--bias", type=float, help="the random model's output bias")
+    parser.add_argument(
+        "--decoder",
+        default="unet_small",
+        help="the random model's decoder (default: the default set-up's)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
@@ -115,7 +121,9 @@ def main() -> None:
     if not image.exists():
         seconds = write_big_tiff(image, args.size, height=height)
         con.print(f"wrote {image} ({image.stat().st_size / 2**20:.0f} MiB) in {seconds:.0f} s")
-    ckpt = args.checkpoint or random_segmenter(args.out / "unet.pt", args.img_size, args.bias)
+    ckpt = args.checkpoint or random_segmenter(
+        args.out / f"{args.decoder}.pt", args.img_size, args.bias, args.decoder
+    )
     stats = scan_in_child(args, ckpt, image)
 
     table = Table(title=f"Segmenting a {args.size} x {height} RGB tiled TIFF")

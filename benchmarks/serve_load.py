@@ -111,12 +111,20 @@ def bomb_png(side: int = 100_000) -> bytes:
     )
 
 
-def start_server(ckpt: Path, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fracturekit", "serve", str(ckpt)]
+def start_server(ckpt: Path, port: int, log: Path, flags: tuple[str, ...] = ()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fracturekit", "serve", str(ckpt), *flags]
     cmd += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
     env = {**os.environ, "FRACTUREKIT_API_KEY": API_KEY}
     with open(log, "w") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 class Memory:
@@ -497,11 +505,7 @@ def main() -> None:
         finally:
             if mem is not None:
                 mem.stop()
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
         server_log = log.read_text()
     report(args, result, explain, bad, hostile_results, mem, fuzz_rc, fuzz_text, alive, server_log)
 

@@ -25,6 +25,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory):
+    """The service's ONNX exports go to a cache of the test session (shared by its processes),
+    never to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("fracturekit-cache")
+    old = os.environ.get("FRACTUREKIT_CACHE")
+    os.environ["FRACTUREKIT_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("FRACTUREKIT_CACHE", None)
+    else:
+        os.environ["FRACTUREKIT_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     """Every test starts from torch's seed 0, so tiny random-init models are reproducible."""

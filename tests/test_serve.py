@@ -106,7 +106,7 @@ def assert_error(response, status: int, *words: str) -> str:
 
 def test_health(client: TestClient) -> None:
     body = client.get("/health").json()
-    assert body["status"] == "ok" and body["model"] == "simple_cnn" and body["backend"] == "torch"
+    assert body["status"] == "ok" and body["model"] == "simple_cnn" and body["backend"] == "onnx"
 
 
 def test_model(client: TestClient) -> None:
@@ -476,8 +476,10 @@ def test_concurrent_requests(client: TestClient) -> None:
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(one, range(12)))
     for i, body in enumerate(results):
+        # /predict answers on ONNX Runtime (batched), /explain on PyTorch: the export's parity.
+        tol = 1e-4 if i % 3 == 0 else 1e-6
         for c in CLASSES:
-            assert body["probabilities"][c] == pytest.approx(expected[i % 4][c], abs=1e-6)
+            assert body["probabilities"][c] == pytest.approx(expected[i % 4][c], abs=tol)
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,7 +683,8 @@ def test_slow_clients_do_not_block_other_uploads(ckpt: Path, picture: bytes) -> 
 
 
 def test_a_full_queue_answers_503_with_retry_after(ckpt: Path, picture: bytes) -> None:
-    """Past the work queue, requests are refused at once instead of queueing without bound."""
+    """Past the work queue (decoding) or the batches' bound (inference), requests are refused
+    at once instead of queueing without bound."""
     import threading
 
     from fracturekit.serve._engine import WorkQueue
@@ -689,18 +692,18 @@ def test_a_full_queue_answers_503_with_retry_after(ckpt: Path, picture: bytes) -
     predictor = Predictor.from_checkpoint(ckpt)
     release = threading.Event()
     entered = threading.Event()
-    original = predictor.predict_images
+    original = predictor.predict_proba
 
-    def slow_predict(images, names=None):
-        if names != ["warm-up"]:
-            entered.set()
-            release.wait(30)
-        return original(images, names)
+    def slow_proba(batch):
+        entered.set()
+        release.wait(30)
+        return original(batch)
 
-    predictor.predict_images = slow_predict
     app = create_app(predictor)
     with local_client(app) as c:
+        predictor.predict_proba = slow_proba  # after the warm-up
         app.state.work = WorkQueue(threads=1, depth=1)
+        app.state.engine.batcher.max_pending = 1
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(c.post, "/predict", files=upload(picture))
             assert entered.wait(30)

@@ -42,9 +42,13 @@ ENV_EXPLAIN_METHODS = "FRACTUREKIT_SERVE_EXPLAIN_METHODS"  # comma-separated
 ENV_ALLOWED_HOSTS = "FRACTUREKIT_SERVE_ALLOWED_HOSTS"  # comma-separated; "*" allows any
 ENV_DOCS = "FRACTUREKIT_SERVE_DOCS"  # "1": serve /docs
 ENV_PRIOR = "FRACTUREKIT_SERVE_PRIOR"  # --prior as typed: "P" or "CLASS=P,..."
+ENV_BATCH_SIZE = "FRACTUREKIT_SERVE_BATCH_SIZE"  # --batch-size: largest micro-batch
+ENV_BATCH_WAIT_MS = "FRACTUREKIT_SERVE_BATCH_WAIT_MS"  # --batch-wait-ms
 # The key is also read by `fracturekit serve` itself, so that it need not be typed on a command
 # line (where every user of the machine can read it in the process list).
 ENV_API_KEY = "FRACTUREKIT_API_KEY"
+# Files fracturekit can rebuild (a service's ONNX export of its checkpoint).
+ENV_CACHE = "FRACTUREKIT_CACHE"
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
 # A service decodes what strangers send: 40 MP covers a 12 MP phone photo and a large X-ray

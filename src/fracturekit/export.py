@@ -16,6 +16,8 @@ Metadata (``metadata_props``):
 * readable twins for other tools: ``classes``, ``img_size``, ``mean``, ``std``, ``in_chans``,
   ``interpolation``, ``threshold``, ``temperature``, ``positive``, ``backbone``, and where the
   meta has them ``task``, ``decoder``, ``min_area``.
+* ``checkpoint_sha256``: the SHA-256 of the exported checkpoint file; ``serving_onnx`` (the
+  service's ONNX Runtime path) uses a ``model.onnx`` beside a checkpoint only when it matches.
 
 Before the file appears at ``out``, onnxruntime runs it on real inputs (the images given, or
 synthetic crack and no-crack images) at batch size N and 1 and its class probabilities (a
@@ -59,6 +61,7 @@ READABLE_KEYS = (
     "decoder",
     "min_area",
 )
+DIGEST_KEY = "checkpoint_sha256"  # the exported checkpoint file's SHA-256
 SPATIAL_AXES = {2: "height", 3: "width"}  # a segmenter's dynamic axes besides the batch
 N_SYNTHETIC = 8  # check images rendered when none are given (half with a crack)
 
@@ -437,6 +440,7 @@ def export_onnx(
     model = model.float().eval()
     batch, source = _check_batch(meta, check_images)
     props = onnx_metadata(meta)
+    props[DIGEST_KEY] = _file_digest(Path(ckpt))
     report = ExportReport(
         path=out,
         opset=opset,
@@ -477,3 +481,92 @@ def export_onnx(
     report.size_bytes = out.stat().st_size
     report.seconds = time.perf_counter() - start
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# The ONNX twin a service runs: the exported file beside the checkpoint, or one exported once
+# into a cache
+
+
+def cache_dir() -> Path:
+    """Where fracturekit keeps files it can rebuild: ``$FRACTUREKIT_CACHE``, else
+    ``$XDG_CACHE_HOME/fracturekit``, else ``~/.cache/fracturekit``."""
+    import os
+
+    from fracturekit.contracts import ENV_CACHE
+
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "fracturekit"
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _onnx_digest(path: Path) -> str | None:
+    """The checkpoint digest an ONNX file was exported from (None: unreadable or none)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX, truncated, or the onnx package is missing
+        return None
+    return next((p.value for p in model.metadata_props if p.key == DIGEST_KEY), None)
+
+
+@dataclass
+class ServingModel:
+    """The ONNX file a service runs for a checkpoint (:func:`serving_onnx`).
+
+    Attributes:
+        path: the ``.onnx`` file.
+        origin: ``"beside"`` (the exported file next to the checkpoint, with the same
+            metadata), ``"cache"`` (exported earlier into the cache) or ``"exported"`` (exported
+            now, with the parity check).
+        report: the export's report when ``origin == "exported"``.
+    """
+
+    path: Path
+    origin: str
+    report: ExportReport | None = None
+
+
+def serving_onnx(ckpt: str | Path, cache: str | Path | None = None) -> ServingModel:
+    """The ONNX model of ``ckpt`` for fast inference, exported only when none fits.
+
+    ``model.onnx`` beside ``model.pt`` is used when it was exported from this very file (its
+    metadata holds the checkpoint's SHA-256; a file exported from another or an earlier
+    checkpoint is left alone). Otherwise the checkpoint is exported
+    once, with :func:`export_onnx`'s parity check, into ``cache`` (default :func:`cache_dir`
+    ``/onnx``) under the checkpoint's SHA-256, where later starts (and the other worker
+    processes of a service) find it.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``ckpt``.
+        ExportError: the export or its parity check failed.
+    """
+    from fracturekit import __version__
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint here")
+    digest = _file_digest(ckpt)
+    beside = ckpt.with_suffix(".onnx")
+    if beside.is_file() and _onnx_digest(beside) == digest:
+        return ServingModel(beside, "beside")
+    folder = Path(cache) if cache is not None else cache_dir() / "onnx"
+    path = folder / f"{digest[:32]}-{__version__}.onnx"
+    if path.is_file() and _onnx_digest(path) == digest:
+        return ServingModel(path, "cache")
+    # Several worker processes may export at once: each writes its own temporary file and
+    # renames it into place, so the last one wins with an identical file.
+    report = export_onnx(ckpt, path, overwrite=True)
+    return ServingModel(path, "exported", report)

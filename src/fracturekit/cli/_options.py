@@ -30,11 +30,16 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing output 
     parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
-def add_backend(parser: argparse.ArgumentParser, default: str = "torch", help: str = "") -> None:
-    """``--backend torch|onnx``: which runtime runs the model."""
+def add_backend(
+    parser: argparse.ArgumentParser,
+    default: str = "torch",
+    help: str = "",
+    choices: tuple[str, ...] = BACKENDS,
+) -> None:
+    """``--backend torch|onnx`` (or ``choices``): which runtime runs the model."""
     parser.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=choices,
         default=default,
         help=help or f"inference backend (default {default})",
     )

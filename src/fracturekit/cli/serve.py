@@ -30,7 +30,7 @@ import socket
 from pathlib import Path
 
 from fracturekit import contracts as env
-from fracturekit.cli._options import add_backend
+from fracturekit.cli._options import add_backend, add_batch_size
 from fracturekit.cli.predict import add_prior_argument, parse_prior_argument
 
 # A service keeps the allocator's default (return freed memory to the system): the command
@@ -96,7 +96,25 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     add_backend(
         parser,
-        help="torch (default) or onnx (the .onnx file from `fracturekit export`; no heat maps)",
+        default="auto",
+        choices=("auto", "torch", "onnx"),
+        help="auto (default): /predict and /segment on ONNX Runtime (the model.onnx exported "
+        "beside the checkpoint, else one exported once into the cache, "
+        "$FRACTUREKIT_CACHE or ~/.cache/fracturekit, with the parity check), /explain on "
+        "PyTorch; torch or onnx: that runtime for every route (onnx: no heat maps)",
+    )
+    add_batch_size(
+        parser,
+        32,
+        "a classifier's /predict requests arriving together run as one batch of up to N "
+        "images (1: no batching);",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="how long the first request of a batch waits for more (default 2 ms)",
     )
     parser.add_argument(
         "--explain-methods",
@@ -173,6 +191,8 @@ def _check(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {value}: must be positive")
     if args.save_max < 0:
         raise ValueError(f"--save-max {args.save_max}: must be 0 or more")
+    if not 0 <= args.batch_wait_ms <= 1000:
+        raise ValueError(f"--batch-wait-ms {args.batch_wait_ms}: must be between 0 and 1000")
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
         raise ValueError(
             f"--host {args.host} listens beyond this machine: give an API key (--api-key or "
@@ -187,6 +207,20 @@ def _check(args: argparse.Namespace) -> None:
                 f"--explain-methods: unknown method(s) {', '.join(sorted(unknown))}; choose "
                 f"from {', '.join(CAM_METHODS)}"
             )
+
+
+def _fast_model(ckpt: Path) -> None:
+    """Find or export the checkpoint's ONNX model once, before the worker processes start (they
+    find it in the cache); a failure only means /predict runs on PyTorch."""
+    try:
+        from fracturekit.export import serving_onnx
+
+        twin = serving_onnx(ckpt)
+    except Exception as exc:  # onnxruntime missing, export or parity check failed
+        print(f"note: /predict runs on PyTorch: no ONNX model of {ckpt} ({exc})")
+        return
+    if twin.origin == "exported":
+        print(f"exported {ckpt} to {twin.path} for /predict (parity check passed)")
 
 
 def _set_env(name: str, value: str | None) -> None:
@@ -205,18 +239,22 @@ def run(args: argparse.Namespace) -> int:
     if save is not None and save.exists() and not save.is_dir():
         raise NotADirectoryError(f"--save-uploads {save}: not a folder")
     # Check the model here, so that a wrong file is a one-line error, not a failed start-up.
-    if args.backend == "torch" and ckpt.suffix.lower() != ".onnx":
+    onnx_file = ckpt.suffix.lower() == ".onnx"
+    one = "onnx" if onnx_file or args.backend == "onnx" else "torch"
+    if one == "torch":
         from fracturekit.models import read_checkpoint
 
         read_checkpoint(ckpt)
     else:
         from fracturekit.predict import Predictor
 
-        Predictor.from_checkpoint(ckpt, args.backend)
+        Predictor.from_checkpoint(ckpt, one)
     if args.prior is not None:  # a prior the checkpoint cannot decide at fails here, not later
         from fracturekit.predict import Predictor
 
-        Predictor.from_checkpoint(ckpt, args.backend, prior=parse_prior_argument(args.prior))
+        Predictor.from_checkpoint(ckpt, one, prior=parse_prior_argument(args.prior))
+    if args.backend == "auto" and not onnx_file:
+        _fast_model(ckpt)
     _set_env(env.ENV_PRIOR, args.prior)
     _set_env(env.ENV_CHECKPOINT, str(ckpt.resolve()))
     _set_env(env.ENV_BACKEND, args.backend)
@@ -228,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     _set_env(env.ENV_ALLOWED_HOSTS, ",".join(allowed_hosts(args.host, args.allowed_hosts)))
     _set_env(env.ENV_DOCS, "1" if args.docs else None)
     _set_env(env.ENV_API_KEY, args.api_key)
+    _set_env(env.ENV_BATCH_SIZE, str(args.batch_size))
+    _set_env(env.ENV_BATCH_WAIT_MS, repr(float(args.batch_wait_ms)))
     uvicorn.run(
         APP_FACTORY,
         factory=True,

@@ -2,6 +2,12 @@
 per-image work of ``/predict`` and ``/explain``, run on worker threads (``WorkQueue``)
 (``_segment`` holds the work of ``/segment`` and of ``/explain`` on a segmentation model).
 
+Two predictors of one checkpoint: ``fast`` answers ``/predict`` and ``/segment`` (ONNX Runtime
+by default), ``predictor`` (PyTorch) the heat maps of ``/explain``; both are the same object
+when the service runs one backend. A classifier's ``/predict`` decodes and preprocesses on the
+worker threads, then joins a micro-batch (``_batch.MicroBatcher``): requests arriving together
+go through the model as one batch.
+
 Decoding and inference run on a small thread pool (``WORK_THREADS``), never on the event loop,
 with at most ``WORK_QUEUE`` requests waiting or running (more get 503 with Retry-After rather
 than a queue without bound). The model is used by one thread at a time (PyTorch already spreads
@@ -20,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,6 +39,7 @@ from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
 from fracturekit.masks import mask_polygons, width_summary
 from fracturekit.predict import Prediction, Predictor
+from fracturekit.serve._batch import MAX_BATCH, MAX_WAIT_S, MicroBatcher
 from fracturekit.serve._schemas import WIDTH_MM_FIELDS, WIDTH_PX_FIELDS
 from fracturekit.serve._upload import UploadError, busy
 
@@ -85,8 +93,15 @@ class _Engine:
         max_pixels: int | None,
         save_dir: Path | None,
         save_max: int = 0,
+        fast: Predictor | None = None,
+        batch_size: int = MAX_BATCH,
+        batch_wait_s: float = MAX_WAIT_S,
     ):
         self.predictor = predictor
+        self.fast = fast if fast is not None else predictor
+        self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s
+        self.batcher: MicroBatcher | None = None  # classifiers, once start() ran
         self.max_pixels = max_pixels
         self.save_dir = save_dir
         # Files the folder may still take: it holds at most save_max, counting earlier runs'.
@@ -99,6 +114,30 @@ class _Engine:
         # copies: hundreds of MB for a 16-bit 36 MP TIFF), inference runs at the model's size:
         # one decode at a time bounds the peak while the other thread keeps inferring.
         self.decode_gate = threading.Semaphore(DECODES_AT_ONCE)
+
+    def start(self) -> _Engine:
+        """Start the micro-batcher of a classifier's ``/predict``."""
+        if self.fast.task != "segment" and self.batcher is None:
+            self.batcher = MicroBatcher(
+                self._classify_batch, max_batch=self.batch_size, max_wait_s=self.batch_wait_s
+            ).start()
+        return self
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
+
+    def _classify_batch(self, inputs: list[Any]) -> list[np.ndarray]:
+        """Class probabilities of preprocessed images, one forward pass (the batcher's work).
+        A PyTorch model shares the lock with ``/explain``'s heat maps."""
+        batch = self.fast.stack(inputs)
+        if self.fast is self.predictor:
+            with self.lock:
+                proba = self.fast.predict_proba(batch)
+        else:
+            proba = self.fast.predict_proba(batch)
+        return list(proba)
 
     def save(self, data: bytes, name: str) -> None:
         """Keep a decoded upload in ``save_dir`` (called only once it decoded: empty, junk or
@@ -134,15 +173,51 @@ class _Engine:
                 422, f"{name}: not a readable image ({type(exc).__name__}: {exc})"
             ) from None
 
-    def classify(self, image: Image.Image, name: str) -> Prediction:
-        with self.lock:
-            return self.predictor.predict_images([image], [name])[0]
-
     def segment(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         """A segmentation model's pixel probabilities and mask, both at the image's size."""
         with self.lock:
-            prob = self.predictor.probability_maps([image])[0]
-        return prob, self.predictor.masks_from_maps([prob])[0]
+            prob = self.fast.probability_maps([image])[0]
+        return prob, self.fast.masks_from_maps([prob])[0]
+
+    def prepare(self, data: bytes, name: str, preview: bool, start: float) -> Prepared:
+        """Decode, keep (``--save-uploads``) and preprocess one upload for a classifier's
+        batch: only the model-sized input waits for the batch, not the decoded image."""
+        t0 = time.perf_counter()
+        image = self.decode(data, name)
+        self.save(data, name)
+        x = self.fast.preprocess(image)
+        shown = _png_b64(image) if preview else None
+        return Prepared(name, x, image.size, shown, start, time.perf_counter() - t0)
+
+    async def classify(self, prepared: Prepared) -> dict[str, Any]:
+        """``/predict``'s answer for a prepared upload, after its micro-batch ran."""
+        assert self.batcher is not None, "start() the engine first"
+        t1 = time.perf_counter()
+        row = await self.batcher.submit(prepared.x)
+        pred = self.fast._records([prepared.name], np.asarray(row)[None])[0]
+        t2 = time.perf_counter()
+        timing = {
+            "decode_ms": prepared.decode_s,
+            "inference_ms": t2 - t1,
+            "total_ms": t2 - prepared.start,
+        }
+        out = _result(pred, self.fast, prepared.size, timing)
+        out["crack_fraction"] = None
+        if prepared.preview_png is not None:
+            out["preview_png"] = prepared.preview_png
+        return out
+
+
+@dataclass
+class Prepared:
+    """An upload decoded and preprocessed, waiting for its batch."""
+
+    name: str
+    x: Any
+    size: tuple[int, int]
+    preview_png: str | None
+    start: float
+    decode_s: float
 
 
 def _display_name(filename: str | None) -> str:
@@ -180,7 +255,7 @@ def _ms(seconds: float) -> float:
 
 
 def _result(
-    pred: Prediction, predictor: Predictor, image: Image.Image, timing: dict[str, float]
+    pred: Prediction, predictor: Predictor, size: tuple[int, int], timing: dict[str, float]
 ) -> dict[str, Any]:
     return {
         "path": pred.path,
@@ -190,7 +265,7 @@ def _result(
         "threshold": pred.threshold,
         "error": pred.error,
         "positive": predictor.positive,
-        "image": {"width": image.width, "height": image.height},
+        "image": {"width": size[0], "height": size[1]},
         "timing_ms": {k: _ms(v) for k, v in timing.items()},
     }
 
@@ -198,17 +273,15 @@ def _result(
 def _predict_sync(
     engine: _Engine, data: bytes, name: str, preview: bool, start: float
 ) -> dict[str, Any]:
+    """``/predict`` on a segmentation model: the image-level decision of its mask."""
     t0 = time.perf_counter()
     image = engine.decode(data, name)
     engine.save(data, name)
     t1 = time.perf_counter()
-    if engine.predictor.task == "segment":
-        pred = engine.predictor.segment_record(name, *engine.segment(image))
-    else:
-        pred = engine.classify(image, name)
+    pred = engine.fast.segment_record(name, *engine.segment(image))
     t2 = time.perf_counter()
     timing = {"decode_ms": t1 - t0, "inference_ms": t2 - t1, "total_ms": t2 - start}
-    out = _result(pred, engine.predictor, image, timing)
+    out = _result(pred, engine.fast, image.size, timing)
     out["crack_fraction"] = pred.crack_fraction
     if preview:
         out["preview_png"] = _png_b64(image)
@@ -342,9 +415,43 @@ def _explain_sync(
         "inference_ms": t2 - t1,
         "total_ms": time.perf_counter() - start,
     }
-    out = _result(pred, predictor, image, timing)
+    out = _result(pred, predictor, image.size, timing)
     out.update(method=method, target=target_name, width=summary)
     return out, png
+
+
+SERVE_BACKENDS = ("auto", "torch", "onnx")
+
+
+def load_predictors(
+    path: str | Path, backend: str = "auto", prior: float | dict[str, float] | None = None
+) -> tuple[Predictor, Predictor | None]:
+    """The service's predictors of one checkpoint: (the heat-map one, the fast one or None).
+
+    ``auto`` (the default of ``fracturekit serve``): PyTorch for ``/explain``, and ONNX Runtime
+    for ``/predict`` and ``/segment`` on the checkpoint's ONNX twin (``export.serving_onnx``:
+    the exported file beside it, or one exported once into the cache with the parity check).
+    When that cannot be had (onnxruntime missing, the export or its check failing) the log says
+    why and PyTorch answers everything. ``torch`` / ``onnx``: one runtime for every route (an
+    ``.onnx`` path is always ``onnx``: no heat maps).
+    """
+    if backend not in SERVE_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {', '.join(SERVE_BACKENDS)}")
+    path = Path(path)
+    if backend != "auto" or path.suffix.lower() == ".onnx":
+        one = "onnx" if backend == "auto" else backend
+        return Predictor.from_checkpoint(path, one, prior=prior), None
+    predictor = Predictor.from_checkpoint(path, "torch", prior=prior)
+    try:
+        from fracturekit.export import serving_onnx
+
+        twin = serving_onnx(path)
+        fast = Predictor.from_checkpoint(twin.path, "onnx", prior=prior)
+    except Exception as exc:  # any failure leaves the service on PyTorch, with the reason
+        log.warning("%s: answering /predict on PyTorch (no ONNX model: %s)", path, exc)
+        return predictor, None
+    log.info("%s: /predict on ONNX Runtime (%s, %s)", path, twin.path, twin.origin)
+    return predictor, fast
 
 
 def _warm_up(predictor: Predictor) -> None:

@@ -111,16 +111,26 @@ async def health(request: Request) -> dict[str, Any]:
     return {
         "status": "ok",
         "version": __version__,
-        "model": engine.predictor.meta.get("backbone"),
-        "backend": engine.predictor.backend,
+        "model": engine.fast.meta.get("backbone"),
+        "backend": engine.fast.backend,
     }
 
 
 async def model(request: Request) -> dict[str, Any]:
     """The loaded model: classes, backbone, input size, threshold, metrics summary."""
     engine = engine_of(request)
+    batcher = engine.batcher
     return {
-        **engine.predictor.describe(),
+        **engine.fast.describe(),
+        "explain_backend": engine.predictor.backend,
+        "batching": None
+        if batcher is None
+        else {
+            "max_batch": batcher.max_batch,
+            "max_wait_ms": round(batcher.max_wait_s * 1000, 3),
+            "batches": batcher.batches,
+            "mean_batch": round(batcher.mean_batch, 3),
+        },
         "max_upload_mb": request.app.state.max_upload_mb,
         "max_pixels": engine.max_pixels or 0,
         "explain_methods": request.app.state.methods,
@@ -132,10 +142,17 @@ async def predict(
     preview: bool = Query(False, description="also return the decoded image as base64 PNG"),
 ) -> dict[str, Any]:
     """Classify one image sent as multipart field ``file`` (a segmentation model: the image-level
-    answer of its mask, with ``crack_fraction``)."""
-    return await run_upload(
-        request, lambda e, data, name, start: _predict_sync(e, data, name, preview, start)
+    answer of its mask, with ``crack_fraction``). A classifier's requests arriving together run
+    as one batch."""
+    engine = engine_of(request)
+    if engine.batcher is None:
+        return await run_upload(
+            request, lambda e, data, name, start: _predict_sync(e, data, name, preview, start)
+        )
+    prepared = await run_upload(
+        request, lambda e, data, name, start: e.prepare(data, name, preview, start)
     )
+    return await engine.classify(prepared)
 
 
 def _explain_method(request: Request, engine: _Engine, method: str | None) -> str:

@@ -23,6 +23,13 @@ class HealthResponse(BaseModel):
     backend: str
 
 
+class BatchingInfo(BaseModel):
+    max_batch: int = Field(description="the largest batch (--batch-size)")
+    max_wait_ms: float = Field(description="how long a batch's first request waits for more")
+    batches: int = Field(description="batches run so far")
+    mean_batch: float = Field(description="their mean size")
+
+
 class ModelResponse(BaseModel):
     """``Predictor.describe()`` plus what this service accepts."""
 
@@ -40,7 +47,11 @@ class ModelResponse(BaseModel):
     temperature: float
     tta: int = Field(1, description="flipped views whose logits are averaged per image")
     pretrained: str | None
-    backend: str
+    backend: str = Field(description="the runtime of /predict and /segment (onnx or torch)")
+    explain_backend: str = Field(description="the runtime of /explain's heat maps")
+    batching: BatchingInfo | None = Field(
+        None, description="a classifier's /predict micro-batching (null: none)"
+    )
     metrics: dict[str, float]
     max_upload_mb: float
     max_pixels: int = Field(description="largest image accepted, in pixels")

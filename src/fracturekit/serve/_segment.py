@@ -140,7 +140,7 @@ def _segment_sync(
     """``/segment``: the mask PNG (0/255, the image's size) with the image-level answer, or the
     JSON answer."""
     image, prob, mask, timing = _decode_and_segment(engine, data, name)
-    predictor = engine.predictor
+    predictor = engine.fast
     if want_png:
         pred = predictor.segment_record(name, prob, mask)
         return mask_png(mask), {
@@ -167,7 +167,7 @@ def _explain_segment_sync(
     mask, measured at most ``PREVIEW_MAX_SIDE`` px like the classifier's heat-map crack."""
     from fracturekit.width import measure_mask
 
-    predictor = engine.predictor
+    predictor = engine.fast
     image, prob, mask, timing = _decode_and_segment(engine, data, name)
     pred = predictor.segment_record(name, prob, mask)
     shown = _downsized(image)
@@ -180,7 +180,7 @@ def _explain_segment_sync(
         per_mm = None if px_per_mm is None else px_per_mm / scale
         summary = _width_summary(measure_mask(grid, px_per_mm=per_mm), scale)
     timing["total_ms"] = time.perf_counter() - start
-    out = _result(pred, predictor, image, timing)
+    out = _result(pred, predictor, image.size, timing)
     out.update(
         crack_fraction=pred.crack_fraction,
         method=SEGMENT_EXPLAIN_METHOD,

@@ -48,6 +48,8 @@ from fracturekit.contracts import (
     ENV_ALLOWED_HOSTS,
     ENV_API_KEY,
     ENV_BACKEND,
+    ENV_BATCH_SIZE,
+    ENV_BATCH_WAIT_MS,
     ENV_CHECKPOINT,
     ENV_DOCS,
     ENV_EXPLAIN_METHODS,
@@ -63,6 +65,7 @@ from fracturekit.contracts import (
 from fracturekit.predict import Predictor
 from fracturekit.serve import _engine as engine_module
 from fracturekit.serve import _routes
+from fracturekit.serve._batch import MAX_BATCH, MAX_WAIT_S
 from fracturekit.serve._engine import (
     PREVIEW_MAX_SIDE,
     WORK_THREADS,
@@ -71,6 +74,7 @@ from fracturekit.serve._engine import (
     _explain_available,
     _warm_up,
     explain_methods,
+    load_predictors,
 )
 from fracturekit.serve._schemas import (
     _ERRORS,
@@ -183,26 +187,30 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        fast = None
         if isinstance(checkpoint_or_predictor, Predictor):
             predictor = checkpoint_or_predictor
         else:
-            predictor = await anyio.to_thread.run_sync(
-                partial(Predictor.from_checkpoint, checkpoint_or_predictor, backend, prior=prior)
+            predictor, fast = await anyio.to_thread.run_sync(
+                partial(load_predictors, checkpoint_or_predictor, backend, prior)
             )
-        await anyio.to_thread.run_sync(_warm_up, predictor)
-        app.state.engine = engine(predictor)
+        for one in {id(p): p for p in (predictor, fast) if p is not None}.values():
+            await anyio.to_thread.run_sync(_warm_up, one)
+        app.state.engine = engine(predictor, fast=fast).start()
         app.state.methods = engine_module.explain_methods(predictor, methods)
         log.info(
-            "fracturekit serve: %s (%s %s, %s backend), classes %s",
+            "fracturekit serve: %s (%s %s, /predict on %s, /explain on %s), classes %s",
             predictor.source or "model",
             predictor.task,
             predictor.meta.get("backbone"),
+            (fast or predictor).backend,
             predictor.backend,
             ", ".join(predictor.classes),
         )
         try:
             yield
         finally:
+            app.state.engine.close()
             app.state.engine = None
 
     return lifespan
@@ -213,7 +221,7 @@ def create_app(
     *,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     save_uploads: str | Path | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     api_key: str | None = None,
     allowed_hosts: list[str] | tuple[str, ...] | None = LOOPBACK_HOSTS,
@@ -221,6 +229,8 @@ def create_app(
     docs: bool = False,
     save_max: int = DEFAULT_SAVE_MAX,
     prior: float | dict[str, float] | None = None,
+    batch_size: int = MAX_BATCH,
+    batch_wait_ms: float = MAX_WAIT_S * 1000,
 ) -> FastAPI:
     """Build the service around a checkpoint (loaded once, in the app's lifespan) or a
     ready :class:`~fracturekit.predict.Predictor`.
@@ -231,7 +241,9 @@ def create_app(
             it passes this size).
         save_uploads: a folder to keep uploads in once they decoded (unique names, atomic
             writes); by default nothing uploaded is written to disk.
-        backend: ``"torch"`` or ``"onnx"`` when a path is given.
+        backend: when a path is given, ``"auto"`` (``/predict`` and ``/segment`` on ONNX
+            Runtime, ``/explain`` on PyTorch: ``_engine.load_predictors``), ``"torch"`` or
+            ``"onnx"`` (one runtime for every route).
         max_pixels: largest image in pixels (default 40 MP; None: ``fracturekit.io``'s limit);
             larger images get 413.
         api_key: when set, every route but the page and ``/health`` needs it
@@ -244,6 +256,9 @@ def create_app(
         save_max: the most files ``save_uploads`` holds; later uploads are not kept.
         prior: decide at this prevalence (``Predictor.from_checkpoint(prior=...)``) when a path
             is given.
+        batch_size: a classifier's ``/predict`` requests arriving together run as batches of
+            up to this many images (1: no batching).
+        batch_wait_ms: how long the first request of a batch waits for more (0-1000 ms).
 
     Returns:
         The FastAPI app; serve it with uvicorn. The model is available once the lifespan has
@@ -253,6 +268,10 @@ def create_app(
         raise ValueError(f"max_upload_mb={max_upload_mb!r}: must be a positive number")
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels={max_pixels!r}: must be a positive number")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size={batch_size!r}: must be a whole number >= 1")
+    if not 0 <= batch_wait_ms <= 1000:
+        raise ValueError(f"batch_wait_ms={batch_wait_ms!r}: must be between 0 and 1000")
     if explain_methods is not None and _explain_available():
         explain_methods = engine_module.check_methods(explain_methods)  # unknown names: now
     save_dir = _save_dir(save_uploads)
@@ -268,7 +287,14 @@ def create_app(
         lifespan=_lifespan(
             checkpoint_or_predictor,
             backend,
-            partial(_Engine, max_pixels=max_pixels, save_dir=save_dir, save_max=save_max),
+            partial(
+                _Engine,
+                max_pixels=max_pixels,
+                save_dir=save_dir,
+                save_max=save_max,
+                batch_size=batch_size,
+                batch_wait_s=batch_wait_ms / 1000,
+            ),
             explain_methods,
             prior,
         ),
@@ -318,11 +344,13 @@ def create_app_from_env() -> FastAPI:
         max_upload_mb=float(env.get(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB)),
         save_uploads=env.get(ENV_SAVE_UPLOADS) or None,
         save_max=int(env.get(ENV_SAVE_MAX, DEFAULT_SAVE_MAX)),
-        backend=env.get(ENV_BACKEND, "torch"),
+        backend=env.get(ENV_BACKEND, "auto"),
         max_pixels=int(env.get(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS)),
         api_key=env.get(ENV_API_KEY) or None,
         allowed_hosts=LOOPBACK_HOSTS if hosts is None else split_list(hosts),
         explain_methods=None if methods is None else split_list(methods),
         docs=env.get(ENV_DOCS) == "1",
         prior=parse_prior(env[ENV_PRIOR]) if env.get(ENV_PRIOR) else None,
+        batch_size=int(env.get(ENV_BATCH_SIZE, MAX_BATCH)),
+        batch_wait_ms=float(env.get(ENV_BATCH_WAIT_MS, MAX_WAIT_S * 1000)),
     )
