@@ -49,6 +49,8 @@ ENV_BATCH_WAIT_MS = "FRACTUREKIT_SERVE_BATCH_WAIT_MS"  # --batch-wait-ms
 ENV_API_KEY = "FRACTUREKIT_API_KEY"
 # Files fracturekit can rebuild (a service's ONNX export of its checkpoint).
 ENV_CACHE = "FRACTUREKIT_CACHE"
+# "1": ONNX Runtime's threads spin while waiting (faster only on cores nothing else uses).
+ENV_ORT_SPINNING = "FRACTUREKIT_ORT_SPINNING"
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
 # A service decodes what strangers send: 40 MP covers a 12 MP phone photo and a large X-ray

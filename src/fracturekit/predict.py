@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from fracturekit.calibration import (
     threshold_at_prior,
     validation_scores,
 )
-from fracturekit.contracts import ONNX_META_KEY
+from fracturekit.contracts import ENV_ORT_SPINNING, ONNX_META_KEY
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
 from fracturekit.masks import crack_fraction, drop_small_pieces, mask_png, segment_image_score
@@ -179,6 +180,10 @@ class Predictor:
             ) from exc
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # ONNX Runtime's threads spin between operators by default; here they share the cores
+        # with the decoding threads (predict) or the web server (serve), which spinning starves.
+        spin = os.environ.get(ENV_ORT_SPINNING, "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
