@@ -37,7 +37,7 @@ def _predictors(root: Path) -> dict:
 
     from fracturekit.export import export_onnx
     from fracturekit.models import build_model, build_segmenter, save_checkpoint
-    from fracturekit.predict import Predictor
+    from fracturekit.predict import OrtGraph, Predictor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -62,8 +62,10 @@ def _predictors(root: Path) -> dict:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
         options.log_severity_level = 3
-        onnx_p.session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        onnx_p.session = OrtGraph(
+            ort.InferenceSession(
+                str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         )
         setups[(name, "ONNX Runtime")] = (onnx_p, method)
     return setups

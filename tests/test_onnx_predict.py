@@ -97,3 +97,62 @@ def test_onnx_rows_agree_with_torch_rows(onnx_pair, tmp_path: Path) -> None:
     pa = Predictor.from_checkpoint(ckpt).predict_images([image])[0]
     pb = Predictor.from_checkpoint(onnx_path).predict_images([image])[0]
     assert abs(pa.probabilities["crack"] - pb.probabilities["crack"]) <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO runs the same exported file
+
+
+def test_openvino_backend_matches_onnx_runtime(onnx_pair, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    ckpt, onnx_path = onnx_pair
+    images = [noise_image(i, (40 + i, 36)) for i in range(5)]
+    ort_p = Predictor.from_checkpoint(onnx_path)
+    ov_p = Predictor.from_checkpoint(ckpt, "openvino")  # the .onnx beside model.pt
+    assert ov_p.backend == "openvino" and ov_p.meta == ort_p.meta
+    a = ort_p.predict_proba(ort_p.stack([ort_p.preprocess(im) for im in images]))
+    b = ov_p.predict_proba(ov_p.stack([ov_p.preprocess(im) for im in images]))
+    np.testing.assert_allclose(a, b, atol=1e-5)  # float32 on both (no bfloat16)
+    # A later call must not change an earlier answer (OpenVINO reuses its output buffer).
+    first = ov_p.predict_proba(ov_p.stack([ov_p.preprocess(images[0])]))
+    ov_p.predict_proba(ov_p.stack([ov_p.preprocess(images[1])]))
+    np.testing.assert_allclose(first, b[:1], atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no ONNX model"):
+        Predictor.from_checkpoint(tmp_path / "model.pt", "openvino")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="junk.onnx"):
+        Predictor.from_checkpoint(tmp_path / "junk.onnx", "openvino")
+
+
+def test_openvino_segmenter_matches_onnx_runtime(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from fracturekit.models import build_segmenter
+
+    model = build_segmenter("efficientnet_lite0", decoder="unet_small", pretrained=False)
+    meta = {"classes": ["crack", "no_crack"], "img_size": 64, "positive": "crack"}
+    ckpt = save_checkpoint(tmp_path / "seg.pt", model, {**meta, "threshold": 0.5, "min_area": 0})
+    export_onnx(ckpt, tmp_path / "seg.onnx")
+    images = [noise_image(i, (64, 64)) for i in range(2)]
+    ort_maps = Predictor.from_checkpoint(tmp_path / "seg.onnx").probability_maps(images)
+    ov_maps = Predictor.from_checkpoint(ckpt, "openvino").probability_maps(images)
+    for a, b in zip(ort_maps, ov_maps, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_openvino_predict_never_imports_torch(onnx_pair, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    _, onnx_path = onnx_pair
+    noise_image(1, (50, 40)).save(tmp_path / "a.png")
+    out = tmp_path / "r.csv"
+    code = (
+        "import sys\n"
+        "from fracturekit.cli import main\n"
+        f"rc = main(['predict', {str(onnx_path)!r}, {str(tmp_path / 'a.png')!r}, '--out', "
+        f"{str(out)!r}, '--backend', 'openvino'])\n"
+        "assert rc == 0, rc\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().count("\n") == 2

@@ -24,6 +24,7 @@ from fracturekit.cli import main
 from fracturekit.models import build_model, save_checkpoint
 from fracturekit.predict import Predictor
 from fracturekit.serve import create_app
+from fracturekit.serve._engine import fast_runtime
 from fracturekit.serve.app import ENV_CHECKPOINT, ENV_MAX_UPLOAD_MB, create_app_from_env
 
 LOCAL = "http://127.0.0.1"  # the Host the service answers to by default
@@ -106,7 +107,11 @@ def assert_error(response, status: int, *words: str) -> str:
 
 def test_health(client: TestClient) -> None:
     body = client.get("/health").json()
-    assert body["status"] == "ok" and body["model"] == "simple_cnn" and body["backend"] == "onnx"
+    assert (
+        body["status"] == "ok"
+        and body["model"] == "simple_cnn"
+        and body["backend"] == fast_runtime()
+    )
 
 
 def test_model(client: TestClient) -> None:
@@ -542,7 +547,7 @@ def test_onnx_backend_serves_predictions_not_heat_maps(ckpt: Path, tmp_path: Pat
         body = c.post("/predict", files=upload(picture)).json()
         assert body["label"] == torch_body["label"]
         assert body["confidence"] == pytest.approx(torch_body["confidence"], abs=1e-4)
-        assert_error(c.post("/explain", files=upload(picture)), 501, "ONNX Runtime")
+        assert_error(c.post("/explain", files=upload(picture)), 501, "exported graph")
 
 
 def test_app_from_environment(ckpt: Path, monkeypatch, picture: bytes) -> None:

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 T = TypeVar("T")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+# Backends that run the exported ONNX graph (numpy preprocessing, no torch import): ONNX
+# Runtime ("onnx") and OpenVINO, which reads the same file.
+GRAPH_BACKENDS = ("onnx", "openvino")
 
 
 @dataclass
@@ -153,15 +157,17 @@ class Predictor:
     def _load(cls, path: Path, backend: str, device: str) -> Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-        if path.suffix.lower() == ".onnx":
+        if path.suffix.lower() == ".onnx" and backend == "torch":
             backend = "onnx"
-        if backend == "onnx":
+        if backend in GRAPH_BACKENDS:
             onnx_path = path if path.suffix.lower() == ".onnx" else path.with_suffix(".onnx")
             if not onnx_path.exists():
                 raise FileNotFoundError(
                     f"{onnx_path}: no ONNX model here; run `fracturekit export {path} "
                     f"--out {onnx_path}` first"
                 )
+            if backend == "openvino":
+                return cls._from_openvino(onnx_path)
             return cls._from_onnx(onnx_path)
         from fracturekit.models import load_checkpoint
 
@@ -191,12 +197,33 @@ class Predictor:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{path}: not a loadable ONNX model ({exc})") from exc
         raw = session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
-        if raw is None:
-            raise ValueError(
-                f"{path}: this ONNX file carries no fracturekit metadata; export it with "
-                "`fracturekit export`"
-            )
-        return cls(json.loads(raw), session=session, backend="onnx", source=str(path))
+        return cls(
+            _graph_meta(raw, path), session=OrtGraph(session), backend="onnx", source=str(path)
+        )
+
+    @classmethod
+    def _from_openvino(cls, path: Path) -> Predictor:
+        """The exported ONNX file on OpenVINO's CPU plugin, at float32 (its default on CPUs
+        with bfloat16 units is bfloat16, which moves probabilities by up to 1e-2)."""
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise RuntimeError(
+                "the openvino backend needs OpenVINO: pip install 'fracturekit[openvino]'"
+            ) from exc
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            key = ["framework", ONNX_META_KEY]
+            raw = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
+            meta = _graph_meta(raw, path)
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+            compiled = core.compile_model(model, "CPU", config)
+        except ValueError:
+            raise
+        except Exception as exc:  # OpenVINO raises its own exception types
+            raise ValueError(f"{path}: not a model OpenVINO can load ({exc})") from exc
+        return cls(meta, session=OpenVinoGraph(compiled), backend="openvino", source=str(path))
 
     def with_prior(self, prior: float | dict[str, float] | None) -> Predictor:
         """Decide for cases where the classes have the frequencies ``prior`` (returns self).
@@ -307,7 +334,7 @@ class Predictor:
         bicubic is softer when enlarging an image smaller than the input size), then the same
         scaling and normalisation. An image already at the input size goes in unchanged.
         """
-        if self.backend == "onnx":
+        if self.backend in GRAPH_BACKENDS:
             return self._preprocess_numpy(image)
         if self._transform is None:
             self._transform = build_transforms(
@@ -351,7 +378,7 @@ class Predictor:
 
     def stack(self, inputs: Sequence[Any]) -> torch.Tensor | np.ndarray:
         """Preprocessed images (:meth:`preprocess`) as one batch for this backend."""
-        if self.backend == "onnx":
+        if self.backend in GRAPH_BACKENDS:
             return np.stack(inputs)
         import torch
 
@@ -368,7 +395,7 @@ class Predictor:
 
         from fracturekit.models import view_logits
 
-        if self.backend == "onnx":
+        if self.backend in GRAPH_BACKENDS:
             return torch.from_numpy(self._onnx_logits(batch))
 
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -384,7 +411,7 @@ class Predictor:
 
         Multi-class tasks with a prior (:meth:`with_prior`) get them moved to those priors.
         """
-        if self.backend == "onnx":
+        if self.backend in GRAPH_BACKENDS:
             proba = _logits_to_proba(self._onnx_logits(batch), self.temperature)
         else:
             from fracturekit.models import logits_to_proba
@@ -400,8 +427,7 @@ class Predictor:
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().numpy()
         feed = np.ascontiguousarray(batch, dtype=np.float32)
-        name = self.session.get_inputs()[0].name
-        return self.session.run(None, {name: feed})[0].astype(np.float32, copy=False)
+        return self.session.run(feed).astype(np.float32, copy=False)
 
     def _onnx_logits(self, batch: Any) -> np.ndarray:
         """Logits (N, K) of the ONNX graph, averaged over ``tta`` views as on PyTorch."""
@@ -522,7 +548,7 @@ class Predictor:
                 ``img_size`` x ``img_size``.
         """
         self._require_segmenter()
-        if self.backend == "onnx":
+        if self.backend in GRAPH_BACKENDS:
             # numpy only from here: the sigmoid and torch's bilinear resize, recomputed
             prob = self._onnx_proba_maps(batch)
             if sizes is None:
@@ -655,6 +681,41 @@ NUMPY_VIEWS: tuple[Callable[[np.ndarray], np.ndarray], ...] = (
     lambda x: x.swapaxes(-2, -1)[..., ::-1, :],
     lambda x: x.swapaxes(-2, -1)[..., ::-1, ::-1],
 )
+
+
+def _graph_meta(raw: str | None, path: Path) -> dict[str, Any]:
+    if raw is None:
+        raise ValueError(
+            f"{path}: this ONNX file carries no fracturekit metadata; export it with "
+            "`fracturekit export`"
+        )
+    return json.loads(raw)
+
+
+class OrtGraph:
+    """An ONNX Runtime session as ``run(batch) -> first output`` (thread-safe)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input = session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: batch})[0]
+
+
+class OpenVinoGraph:
+    """An OpenVINO compiled model as ``run(batch) -> first output``: one infer request, used by
+    one thread at a time."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.output = compiled.output(0)
+        self.lock = threading.Lock()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:  # the request's output buffer is reused by the next call: copy it
+            return np.array(self.request.infer({0: batch})[self.output], copy=True)
 
 
 def _logits_to_proba(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -97,11 +97,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_backend(
         parser,
         default="auto",
-        choices=("auto", "torch", "onnx"),
-        help="auto (default): /predict and /segment on ONNX Runtime (the model.onnx exported "
-        "beside the checkpoint, else one exported once into the cache, "
-        "$FRACTUREKIT_CACHE or ~/.cache/fracturekit, with the parity check), /explain on "
-        "PyTorch; torch or onnx: that runtime for every route (onnx: no heat maps)",
+        choices=("auto", "torch", "onnx", "openvino"),
+        help="auto (default): /predict and /segment on OpenVINO when installed, else ONNX "
+        "Runtime (the model.onnx exported beside the checkpoint, else one exported once into "
+        "the cache, $FRACTUREKIT_CACHE or ~/.cache/fracturekit, with the parity check), "
+        "/explain on PyTorch; torch, onnx or openvino: that runtime for every route (onnx, "
+        "openvino: no heat maps)",
     )
     add_batch_size(
         parser,
@@ -240,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--save-uploads {save}: not a folder")
     # Check the model here, so that a wrong file is a one-line error, not a failed start-up.
     onnx_file = ckpt.suffix.lower() == ".onnx"
-    one = "onnx" if onnx_file or args.backend == "onnx" else "torch"
+    one = "torch" if args.backend == "auto" else args.backend
+    if onnx_file and one == "torch":
+        one = "onnx"
     if one == "torch":
         from fracturekit.models import read_checkpoint
 

@@ -420,7 +420,14 @@ def _explain_sync(
     return out, png
 
 
-SERVE_BACKENDS = ("auto", "torch", "onnx")
+SERVE_BACKENDS = ("auto", "torch", "onnx", "openvino")
+
+
+def fast_runtime() -> str:
+    """The runtime ``auto`` puts ``/predict`` on: OpenVINO when installed (the
+    ``fracturekit[openvino]`` extra; 1.2-1.6x ONNX Runtime's images/s at float32 on the
+    development machine, ``benchmarks/openvino_compare.py``), else ONNX Runtime."""
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
 
 
 def load_predictors(
@@ -428,29 +435,30 @@ def load_predictors(
 ) -> tuple[Predictor, Predictor | None]:
     """The service's predictors of one checkpoint: (the heat-map one, the fast one or None).
 
-    ``auto`` (the default of ``fracturekit serve``): PyTorch for ``/explain``, and ONNX Runtime
-    for ``/predict`` and ``/segment`` on the checkpoint's ONNX twin (``export.serving_onnx``:
+    ``auto`` (the default of ``fracturekit serve``): PyTorch for ``/explain``, and OpenVINO or
+    ONNX Runtime (:func:`fast_runtime`) for ``/predict`` and ``/segment`` on the checkpoint's
+    ONNX twin (``export.serving_onnx``:
     the exported file beside it, or one exported once into the cache with the parity check).
     When that cannot be had (onnxruntime missing, the export or its check failing) the log says
-    why and PyTorch answers everything. ``torch`` / ``onnx``: one runtime for every route (an
-    ``.onnx`` path is always ``onnx``: no heat maps).
+    why and PyTorch answers everything. ``torch`` / ``onnx`` / ``openvino``: one runtime for
+    every route (an ``.onnx`` path runs on ``fast_runtime()`` with ``auto``: no heat maps).
     """
     if backend not in SERVE_BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(SERVE_BACKENDS)}")
     path = Path(path)
     if backend != "auto" or path.suffix.lower() == ".onnx":
-        one = "onnx" if backend == "auto" else backend
+        one = fast_runtime() if backend == "auto" else backend
         return Predictor.from_checkpoint(path, one, prior=prior), None
     predictor = Predictor.from_checkpoint(path, "torch", prior=prior)
     try:
         from fracturekit.export import serving_onnx
 
         twin = serving_onnx(path)
-        fast = Predictor.from_checkpoint(twin.path, "onnx", prior=prior)
+        fast = Predictor.from_checkpoint(twin.path, fast_runtime(), prior=prior)
     except Exception as exc:  # any failure leaves the service on PyTorch, with the reason
         log.warning("%s: answering /predict on PyTorch (no ONNX model: %s)", path, exc)
         return predictor, None
-    log.info("%s: /predict on ONNX Runtime (%s, %s)", path, twin.path, twin.origin)
+    log.info("%s: /predict on %s (%s, %s)", path, fast.backend, twin.path, twin.origin)
     return predictor, fast
 
 

@@ -38,6 +38,7 @@ PAGE_HEADERS = {
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 # The scale query of /explain and /segment: pixels per millimetre, for widths in mm.
 PxPerMm = Annotated[
     float | None,
@@ -162,7 +163,8 @@ def _explain_method(request: Request, engine: _Engine, method: str | None) -> st
     segmenter = engine.predictor.task == "segment"
     if not methods:
         reason = (
-            "the model runs on ONNX Runtime; serve the PyTorch checkpoint for heat maps"
+            f"the model runs on {RUNTIME_NAMES.get(engine.predictor.backend, 'another runtime')} "
+            "(an exported graph, no gradients); serve the PyTorch checkpoint for heat maps"
             if engine.predictor.backend != "torch"
             else "heat maps need fracturekit.explain, which this installation lacks"
         )
