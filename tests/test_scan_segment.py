@@ -289,6 +289,13 @@ def test_regions_and_widths_of_drawn_cracks(tmp_path: Path, monkeypatch) -> None
     assert int(row["scale"]) == big["scale"]
     assert float(row["length_px"]) == pytest.approx(180, rel=0.15)
 
+    # So is a piece with more pixels than the area budget, whatever its box.
+    monkeypatch.setattr("fracturekit.scan_segment.MAX_CROP_PX", 1 << 22)
+    monkeypatch.setattr("fracturekit.scan_segment.MAX_CROP_AREA", 400)
+    result = scan_image(PixelSegmenter(32), image, out=tmp_path / "a")
+    assert result.regions[0]["scale"] == 2 and result.regions[0]["area_px"] == 540
+    assert result.regions[1]["scale"] == 1  # 5 x 65 = 325 px: within the budget
+
 
 def test_packed_mask_crops_and_reduces() -> None:
     mask = _blobs((37, 29), seed=7)

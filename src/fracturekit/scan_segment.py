@@ -33,8 +33,9 @@ windows meet.
 **Pieces, outlines and widths.** The listed pieces (the ``MAX_PIECES`` largest) are cut from the
 1-bit mask on their bounding box (plus a margin), isolated from other pieces in the box, and
 outlined (``fracturekit.masks.mask_polygons``) and measured (``fracturekit.width.measure_mask``)
-at full resolution when the box holds at most ``MAX_CROP_PX`` pixels. A larger piece (a crack
-running across a large part of the image) is read reduced by the smallest whole factor that fits
+at full resolution when the box holds at most ``MAX_CROP_PX`` pixels and the piece at most
+``MAX_CROP_AREA``. A larger piece (a crack running across a large part of the image, or a filled
+region) is read reduced by the smallest whole factor that fits
 (a reduced pixel is crack when any of its pixels is); its outline and widths are then at that
 resolution (its ``scale`` in regions.json and widths.csv): widths narrower than the factor come
 out as about the factor. Areas, boxes and probabilities are always exact.
@@ -88,6 +89,9 @@ SEGMENT_OUTPUT_FILES = (
 WEIGHT_FLOOR = 0.02  # the window weight at its very edge, relative to its middle
 MAX_PIECES = 1000  # pieces outlined in regions.json and measured in widths.csv (the largest)
 MAX_CROP_PX = 1 << 22  # a piece's box up to this many pixels is measured at full resolution
+# ...and a piece of up to this many pixels: the outline and the skeleton's graph cost memory by
+# the piece's pixels (a 4 MP box filled at 75% took about 1.2 GB to outline and measure).
+MAX_CROP_AREA = 1 << 19
 MEASURE_MIN_AREA = 10  # pieces smaller than this are not measured (width_summary's default)
 MASK_COLOUR = (255, 40, 40)
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -664,10 +668,12 @@ def _positive_name(predictor: Any) -> str:
 
 
 def _crop_factor(piece: Piece) -> int:
-    """1 when the piece's box fits ``MAX_CROP_PX``, else the smallest factor that makes it."""
-    area = (piece.y1 - piece.y0 + 2) * (piece.x1 - piece.x0 + 2)
+    """1 when the piece's box fits ``MAX_CROP_PX`` and its pixels ``MAX_CROP_AREA``, else the
+    smallest factor that makes both fit (a thin crack across a large box stays at full
+    resolution; a filled region is reduced)."""
+    box = (piece.y1 - piece.y0 + 2) * (piece.x1 - piece.x0 + 2)
     f = 1
-    while area > MAX_CROP_PX * f * f:
+    while box > MAX_CROP_PX * f * f or piece.area > MAX_CROP_AREA * f * f:
         f += 1
     return f
 
