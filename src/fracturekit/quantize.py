@@ -340,7 +340,7 @@ def export_int8(
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         export_onnx(ckpt, fp32_path, opset=opset, check_images=calibration[:8] or None)
         fp32 = Predictor.from_checkpoint(fp32_path)
-        reader = _Reader(fp32, calibration, fp32.session.get_inputs()[0].name)
+        reader = _Reader(fp32, calibration, fp32.session.input)
         try:
             quantize_onnx(fp32_path, int8_path, reader)
         except Exception as exc:  # the quantiser raises many types; report them as one
