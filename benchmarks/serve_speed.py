@@ -6,14 +6,16 @@ answers ``--requests`` ``POST /predict`` calls (default 1,000) from ``--clients`
 clients (default 8; httpx async in this process, each client sends its next request when the
 last is answered), each a 224 px JPEG of a synthetic concrete surface. Set-ups:
 
-* ``default``: ``fracturekit serve CKPT`` with no flags: /predict on ONNX Runtime (the
-  checkpoint's ONNX export, made once into the cache), micro-batched (up to 32, 2 ms wait);
+* ``default``: ``fracturekit serve CKPT`` with no flags: /predict on OpenVINO when installed,
+  else ONNX Runtime (the checkpoint's ONNX export, made once into the cache), micro-batched (up
+  to 32, 2 ms wait);
 * ``nowait``: ``--batch-wait-ms 0`` (a batch is what is already waiting);
-* ``onnx1``: ``--batch-size 1`` (ONNX Runtime, no batching);
+* ``onnx``: ``--backend onnx`` (ONNX Runtime, micro-batched); ``onnx1``: and ``--batch-size 1``;
 * ``torch``: ``--backend torch --batch-size 1`` (the service before micro-batching).
 
 The reference is raw ONNX Runtime on the same ONNX file: one session with its default threads,
-preprocessed batches of 32 (and 8) run back to back, no decoding, no HTTP. Ratios of the
+preprocessed batches of 32 (and 8) run back to back, no decoding, no HTTP; raw OpenVINO
+(float32) on the same batches is printed beside it when installed. Ratios of the
 services' requests/s to it are the target (default >= 80% of batch 32). The load generator
 shares the machine's cores with the server, as any client on the same machine would.
 
@@ -23,7 +25,7 @@ a trained one.
 
 Run:
     .venv/bin/python benchmarks/serve_speed.py [--requests 1000] [--clients 8]
-        [--setups default,nowait,onnx1,torch] [--checkpoint model.pt]
+        [--setups default,nowait,onnx,onnx1,torch] [--checkpoint model.pt]
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ from serve_load import (  # noqa: E402
 )
 
 SETUPS = {
-    "default": ("default (ONNX Runtime, micro-batched)", []),
-    "nowait": ("ONNX Runtime, micro-batched, no wait", ["--batch-wait-ms", "0"]),
-    "onnx1": ("ONNX Runtime, no batching", ["--batch-size", "1"]),
-    "torch": ("PyTorch, no batching", ["--backend", "torch", "--batch-size", "1"]),
+    "default": ("default (no flags)", []),
+    "nowait": ("default, `--batch-wait-ms 0`", ["--batch-wait-ms", "0"]),
+    "onnx": ("`--backend onnx` (ONNX Runtime), micro-batched", ["--backend", "onnx"]),
+    "onnx1": ("`--backend onnx --batch-size 1`", ["--backend", "onnx", "--batch-size", "1"]),
+    "torch": ("`--backend torch --batch-size 1`", ["--backend", "torch", "--batch-size", "1"]),
 }
 
 
@@ -75,10 +78,12 @@ def jpegs(n: int = 16, size: int = 224) -> list[bytes]:
     return out
 
 
-def raw_onnx(onnx_path: Path, images: list[bytes], batch: int, seconds: float = 8.0) -> float:
-    """Images/s of the bare ONNX Runtime session on preprocessed batches of ``batch``."""
+def raw_rate(
+    onnx_path: Path, images: list[bytes], batch: int, runtime: str = "onnx", seconds: float = 8.0
+) -> float:
+    """Images/s of the bare runtime (ONNX Runtime with its defaults, or OpenVINO at float32)
+    on preprocessed batches of ``batch``."""
     import numpy as np
-    import onnxruntime as ort
     from PIL import Image
 
     from fracturekit.predict import Predictor
@@ -86,17 +91,38 @@ def raw_onnx(onnx_path: Path, images: list[bytes], batch: int, seconds: float = 
     pred = Predictor.from_checkpoint(onnx_path)  # its preprocessing, outside the timing
     xs = [pred.preprocess(Image.open(io.BytesIO(b))) for b in images]
     x = np.stack([xs[i % len(xs)] for i in range(batch)]).astype(np.float32)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    if runtime == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run() -> None:
+            session.run(None, {name: x})
+    else:
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        request = ov.Core().compile_model(str(onnx_path), "CPU", config).create_infer_request()
+
+        def run() -> None:
+            request.infer({0: x})
+
     for _ in range(3):
-        session.run(None, {name: x})
+        run()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        session.run(None, {name: x})
+        run()
         n += batch
     return n / (time.perf_counter() - t0)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def run_service(ckpt: Path, flags: list[str], images: list[bytes], args) -> dict:
@@ -129,7 +155,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=600)
-    parser.add_argument("--setups", default="default,nowait,onnx1,torch", help=", ".join(SETUPS))
+    parser.add_argument("--setups", default=",".join(SETUPS), help=", ".join(SETUPS))
     args = parser.parse_args()
 
     from fracturekit.export import serving_onnx
@@ -139,12 +165,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or make_checkpoint(Path(tmp))
         onnx_path = serving_onnx(ckpt).path  # what the default service will find in the cache
-        raw32 = raw_onnx(onnx_path, images, 32)
-        raw8 = raw_onnx(onnx_path, images, 8)
+        raw32 = raw_rate(onnx_path, images, 32)
+        raw8 = raw_rate(onnx_path, images, 8)
+        ov32 = raw_rate(onnx_path, images, 32, "openvino") if _has("openvino") else None
         results = {}
         for key in [s.strip() for s in args.setups.split(",") if s.strip()]:
             results[key] = run_service(ckpt, SETUPS[key][1], images, args)
-        raw32_after = raw_onnx(onnx_path, images, 32)
+        raw32_after = raw_rate(onnx_path, images, 32)
 
     name = "efficientnet_lite0 224 px" if args.checkpoint is None else str(args.checkpoint)
     print(
@@ -154,15 +181,21 @@ def main() -> None:
     )
     print(
         f"raw ONNX Runtime (same file, preprocessed batches): batch 32 {raw32:.1f} img/s "
-        f"(again after the services: {raw32_after:.1f}), batch 8 {raw8:.1f} img/s\n"
+        f"(again after the services: {raw32_after:.1f}), batch 8 {raw8:.1f} img/s"
     )
+    if ov32 is not None:
+        print(f"raw OpenVINO float32, batch 32: {ov32:.1f} img/s")
+    print()
     ref = (raw32 + raw32_after) / 2
-    print("| set-up | requests/s | of raw ORT batch 32 | p50 | p95 | p99 | mean batch | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| set-up | /predict on | requests/s | of raw ORT batch 32 | p50 | p95 | p99 | "
+        "mean batch | errors |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for key, r in results.items():
         batching = r.get("batching") or {}
         print(
-            f"| {SETUPS[key][0]} | {r['rps']:.1f} | {r['rps'] / ref:.0%} | {r['p50']:.0f} ms | "
+            f"| {SETUPS[key][0]} | {r['backend']} | {r['rps']:.1f} | {r['rps'] / ref:.0%} | {r['p50']:.0f} ms | "
             f"{r['p95']:.0f} ms | {r['p99']:.0f} ms | {batching.get('mean_batch', 1.0):.2f} | "
             f"{r['errors']} |"
         )
@@ -172,6 +205,10 @@ def main() -> None:
         print(
             f"\ntarget default service >= 80% of raw ONNX Runtime at batch 32: {verdict} ({ratio:.0%})"
         )
+        if ov32 is not None:
+            print(
+                f"the default service against raw OpenVINO at batch 32: {results['default']['rps'] / ov32:.0%}"
+            )
 
 
 if __name__ == "__main__":
