@@ -10,7 +10,8 @@ Builds ``efficientnet_lite0`` (embedded ImageNet weights) at 224 px, exports it 
   generated 320x240 photos-like images): ``fracturekit predict model.onnx DIR --out r.csv``
   (decoding, resizing, batching, writing the CSV; start-up excluded by timing a one-image run
   too; once more with ONNX Runtime's threads spinning, its own default, which fracturekit turns
-  off), against raw ONNX Runtime on the same images already decoded and preprocessed (batch 32,
+  off; and with ``--backend openvino`` when OpenVINO is installed), against raw ONNX Runtime on
+  the same images already decoded and preprocessed (batch 32,
   inference only: the ceiling), and a raw loop that decodes and runs batch by batch.
 
 Each measure is the median of ``--repeats`` runs; the load average is printed with the table.
@@ -22,6 +23,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -143,6 +145,15 @@ def main() -> None:
     spinning = {**os.environ, "FRACTUREKIT_ORT_SPINNING": "1"}  # ONNX Runtime's own default
     full_spin = [_wall([*cli, str(folder), "--out", str(out / "all.csv"), "--overwrite"], spinning)
                  for _ in range(args.repeats)]  # fmt: skip
+    full_ov = None
+    if importlib.util.find_spec("openvino") is not None:
+        ov_cli = [*cli, str(folder), "--out", str(out / "all.csv"), "--overwrite"]
+        ov_cli += ["--backend", "openvino"]
+        one_ov = statistics.median(
+            [_wall([*cli, str(paths[0]), "--out", str(out / "one.csv"), "--overwrite",
+                    "--backend", "openvino"]) for _ in range(args.repeats)]
+        )  # fmt: skip
+        full_ov = statistics.median([_wall(ov_cli) for _ in range(args.repeats)]) - one_ov
     start, run = statistics.median(one), statistics.median(full)
     predictor = Predictor.from_checkpoint(onnx_path)
     batch = np.stack([predictor.preprocess(read_image(p)) for p in paths]).astype(np.float32)
@@ -164,6 +175,10 @@ def main() -> None:
           f"{e2e / ceiling:.0%} of inference alone |")  # fmt: skip
     print(f"| the same with ONNX Runtime's threads spinning (`FRACTUREKIT_ORT_SPINNING=1`) | "
           f"{e2e_spin:.1f} img/s | {e2e_spin / ceiling:.0%} |")  # fmt: skip
+    if full_ov is not None:
+        ov_rate = len(paths) / max(full_ov, 1e-9)
+        print(f"| `fracturekit predict DIR --backend openvino` end to end | {ov_rate:.1f} img/s | "
+              f"{ov_rate / ceiling:.0%} |")  # fmt: skip
     print(f"| raw loop: decode + preprocess, then run, batch 32 | {loop:.1f} img/s | "
           f"{loop / ceiling:.0%} |")  # fmt: skip
     print(f"| raw inference alone, preprocessed batches of 32 | {ceiling:.1f} img/s | 100% |")
