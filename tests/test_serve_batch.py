@@ -158,6 +158,9 @@ def test_load_predictors_falls_back_to_pytorch_with_the_reason(
     assert "parity check failed" in caplog.text
     one, none = load_predictors(ckpt, "torch")
     assert one.backend == "torch" and none is None
+    monkeypatch.undo()
+    one, none = load_predictors(ckpt, "onnx")  # model.pt: its twin from the cache
+    assert one.backend == "onnx" and none is None
     with pytest.raises(ValueError, match="backend"):
         load_predictors(ckpt, "tensorrt")
 

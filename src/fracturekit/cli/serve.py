@@ -210,14 +210,17 @@ def _check(args: argparse.Namespace) -> None:
             )
 
 
-def _fast_model(ckpt: Path) -> None:
+def _fast_model(ckpt: Path, required: bool = False) -> None:
     """Find or export the checkpoint's ONNX model once, before the worker processes start (they
-    find it in the cache); a failure only means /predict runs on PyTorch."""
-    try:
-        from fracturekit.export import serving_onnx
+    find it in the cache); with ``--backend auto`` a failure only means /predict runs on
+    PyTorch, with ``onnx``/``openvino`` it is the error."""
+    from fracturekit.export import serving_onnx
 
+    try:
         twin = serving_onnx(ckpt)
     except Exception as exc:  # onnxruntime missing, export or parity check failed
+        if required:
+            raise
         print(f"note: /predict runs on PyTorch: no ONNX model of {ckpt} ({exc})")
         return
     if twin.origin == "exported":
@@ -240,24 +243,23 @@ def run(args: argparse.Namespace) -> int:
     if save is not None and save.exists() and not save.is_dir():
         raise NotADirectoryError(f"--save-uploads {save}: not a folder")
     # Check the model here, so that a wrong file is a one-line error, not a failed start-up.
+    from fracturekit.predict import Predictor
+
     onnx_file = ckpt.suffix.lower() == ".onnx"
-    one = "torch" if args.backend == "auto" else args.backend
-    if onnx_file and one == "torch":
-        one = "onnx"
-    if one == "torch":
+    if onnx_file:
+        Predictor.from_checkpoint(
+            ckpt, "onnx" if args.backend in ("auto", "torch") else args.backend
+        )
+    else:
         from fracturekit.models import read_checkpoint
 
         read_checkpoint(ckpt)
-    else:
-        from fracturekit.predict import Predictor
-
-        Predictor.from_checkpoint(ckpt, one)
     if args.prior is not None:  # a prior the checkpoint cannot decide at fails here, not later
-        from fracturekit.predict import Predictor
-
-        Predictor.from_checkpoint(ckpt, one, prior=parse_prior_argument(args.prior))
-    if args.backend == "auto" and not onnx_file:
-        _fast_model(ckpt)
+        Predictor.from_checkpoint(
+            ckpt, "onnx" if onnx_file else "torch", prior=parse_prior_argument(args.prior)
+        )
+    if not onnx_file and args.backend != "torch":
+        _fast_model(ckpt, required=args.backend != "auto")
     _set_env(env.ENV_PRIOR, args.prior)
     _set_env(env.ENV_CHECKPOINT, str(ckpt.resolve()))
     _set_env(env.ENV_BACKEND, args.backend)

@@ -441,14 +441,20 @@ def load_predictors(
     the exported file beside it, or one exported once into the cache with the parity check).
     When that cannot be had (onnxruntime missing, the export or its check failing) the log says
     why and PyTorch answers everything. ``torch`` / ``onnx`` / ``openvino``: one runtime for
-    every route (an ``.onnx`` path runs on ``fast_runtime()`` with ``auto``: no heat maps).
+    every route (``onnx``/``openvino`` with a ``model.pt``: its ONNX twin, which must be had;
+    an ``.onnx`` path runs on ``fast_runtime()`` with ``auto``; no heat maps).
     """
     if backend not in SERVE_BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(SERVE_BACKENDS)}")
     path = Path(path)
-    if backend != "auto" or path.suffix.lower() == ".onnx":
+    if path.suffix.lower() == ".onnx" or backend == "torch":
         one = fast_runtime() if backend == "auto" else backend
         return Predictor.from_checkpoint(path, one, prior=prior), None
+    if backend != "auto":
+        from fracturekit.export import serving_onnx
+
+        twin = serving_onnx(path)
+        return Predictor.from_checkpoint(twin.path, backend, prior=prior), None
     predictor = Predictor.from_checkpoint(path, "torch", prior=prior)
     try:
         from fracturekit.export import serving_onnx
