@@ -22,9 +22,8 @@ from PIL import Image
 from fixture_images import dicom_bytes, jpeg_bytes, noise_image, write_tiff16
 from fracturekit.cli import main
 from fracturekit.models import build_model, save_checkpoint
-from fracturekit.predict import Predictor
+from fracturekit.predict import Predictor, graph_runtime
 from fracturekit.serve import create_app
-from fracturekit.serve._engine import fast_runtime
 from fracturekit.serve.app import ENV_CHECKPOINT, ENV_MAX_UPLOAD_MB, create_app_from_env
 
 LOCAL = "http://127.0.0.1"  # the Host the service answers to by default
@@ -110,7 +109,7 @@ def test_health(client: TestClient) -> None:
     assert (
         body["status"] == "ok"
         and body["model"] == "simple_cnn"
-        and body["backend"] == fast_runtime()
+        and body["backend"] == graph_runtime()
     )
 
 

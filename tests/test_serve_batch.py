@@ -19,10 +19,10 @@ from fixture_images import noise_image
 from fracturekit.cli import main
 from fracturekit.export import export_onnx, serving_onnx
 from fracturekit.models import build_model, save_checkpoint
-from fracturekit.predict import Predictor
+from fracturekit.predict import Predictor, graph_runtime
 from fracturekit.serve import create_app
 from fracturekit.serve._batch import MicroBatcher
-from fracturekit.serve._engine import fast_runtime, load_predictors
+from fracturekit.serve._engine import load_predictors
 
 CLASSES = ["crack", "no_crack"]
 
@@ -146,7 +146,7 @@ def test_load_predictors_falls_back_to_pytorch_with_the_reason(
     import fracturekit.export as export
 
     predictor, fast = load_predictors(ckpt)
-    assert predictor.backend == "torch" and fast.backend == fast_runtime()
+    assert predictor.backend == "torch" and fast.backend == graph_runtime()
 
     def broken(path, cache=None):
         raise export.ExportError("parity check failed")
@@ -179,7 +179,7 @@ def test_default_service_batches_predict_on_onnx_and_explains_on_pytorch(ckpt: P
     app = create_app(ckpt, batch_wait_ms=20)
     with TestClient(app, base_url="http://127.0.0.1") as c:
         model = c.get("/model").json()
-        assert model["backend"] == fast_runtime() and model["explain_backend"] == "torch"
+        assert model["backend"] == graph_runtime() and model["explain_backend"] == "torch"
         assert model["batching"]["max_batch"] == 32
         with ThreadPoolExecutor(8) as pool:
             bodies = list(pool.map(lambda p: c.post("/predict", files=upload(p)).json(), pictures))

@@ -49,7 +49,7 @@ ENV_BATCH_WAIT_MS = "FRACTUREKIT_SERVE_BATCH_WAIT_MS"  # --batch-wait-ms
 ENV_API_KEY = "FRACTUREKIT_API_KEY"
 # Files fracturekit can rebuild (a service's ONNX export of its checkpoint).
 ENV_CACHE = "FRACTUREKIT_CACHE"
-# "1": ONNX Runtime's threads spin while waiting (faster only on cores nothing else uses).
+# "0": ONNX Runtime's threads do not spin while waiting (its default, "1", is kept).
 ENV_ORT_SPINNING = "FRACTUREKIT_ORT_SPINNING"
 
 DEFAULT_MAX_UPLOAD_MB = 25.0

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 T = TypeVar("T")
-BACKENDS = ("torch", "onnx", "openvino")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 # Backends that run the exported ONNX graph (numpy preprocessing, no torch import): ONNX
 # Runtime ("onnx") and OpenVINO, which reads the same file.
 GRAPH_BACKENDS = ("onnx", "openvino")
@@ -142,7 +142,8 @@ class Predictor:
         Args:
             path: ``model.pt`` written by training, or ``model.onnx`` written by export. With
                 ``backend="onnx"`` and a ``.pt`` path, the ``.onnx`` file beside it is used.
-            backend: ``"torch"`` or ``"onnx"``.
+            backend: ``"torch"``, ``"onnx"`` (ONNX Runtime), ``"openvino"`` or ``"auto"``
+                (PyTorch for a ``.pt``; for an ``.onnx`` file :func:`graph_runtime`).
             device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (torch backend only).
             prior: decide at this prevalence (see :meth:`with_prior`); None: the checkpoint's
                 own default (``config.prior``, set by ``train --prior``), else its stored
@@ -157,6 +158,8 @@ class Predictor:
     def _load(cls, path: Path, backend: str, device: str) -> Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        if backend == "auto":
+            backend = graph_runtime() if path.suffix.lower() == ".onnx" else "torch"
         if path.suffix.lower() == ".onnx" and backend == "torch":
             backend = "onnx"
         if backend in GRAPH_BACKENDS:
@@ -186,9 +189,9 @@ class Predictor:
             ) from exc
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # ONNX Runtime's threads spin between operators by default; here they share the cores
-        # with the decoding threads (predict) or the web server (serve), which spinning starves.
-        spin = os.environ.get(ENV_ORT_SPINNING, "0")
+        # ONNX Runtime's threads spin between operators (its default, kept: measured no slower
+        # for predict with decoding threads beside it); "0" lets other work have the cores.
+        spin = os.environ.get(ENV_ORT_SPINNING, "1")
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         try:
             session = ort.InferenceSession(
@@ -681,6 +684,15 @@ NUMPY_VIEWS: tuple[Callable[[np.ndarray], np.ndarray], ...] = (
     lambda x: x.swapaxes(-2, -1)[..., ::-1, :],
     lambda x: x.swapaxes(-2, -1)[..., ::-1, ::-1],
 )
+
+
+def graph_runtime() -> str:
+    """The runtime ``auto`` runs an exported graph on: OpenVINO when installed (the
+    ``fracturekit[openvino]`` extra; 1.2-1.6x ONNX Runtime's images/s at float32 on the
+    development machines, ``benchmarks/openvino_compare.py``), else ONNX Runtime."""
+    import importlib.util
+
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
 
 
 def _graph_meta(raw: str | None, path: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "openvino")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
 
 
 def passed(args: argparse.Namespace, *names: str) -> dict[str, Any]:

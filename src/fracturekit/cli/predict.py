@@ -70,8 +70,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_overwrite(parser, "an existing --out file")
     add_backend(
         parser,
-        help="torch (default), onnx (ONNX Runtime) or openvino (OpenVINO, the openvino extra): "
-        "the last two run the .onnx file written by `fracturekit export` (given as CKPT, or "
+        default="auto",
+        help="auto (default: PyTorch for a .pt, and for a .onnx file OpenVINO when installed, "
+        "else ONNX Runtime), torch, onnx (ONNX Runtime) or openvino (the openvino extra): the "
+        "last two run the .onnx file written by `fracturekit export` (given as CKPT, or "
         "beside model.pt), without PyTorch",
     )
     add_batch_size(parser, 32)

@@ -97,7 +97,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_backend(
         parser,
         default="auto",
-        choices=("auto", "torch", "onnx", "openvino"),
         help="auto (default): /predict and /segment on OpenVINO when installed, else ONNX "
         "Runtime (the model.onnx exported beside the checkpoint, else one exported once into "
         "the cache, $FRACTUREKIT_CACHE or ~/.cache/fracturekit, with the parity check), "
@@ -113,9 +112,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=2.0,
+        default=0.0,
         metavar="MS",
-        help="how long the first request of a batch waits for more (default 2 ms)",
+        help="how long the first request of a batch waits for more (default 0: a batch is "
+        "what queued while the previous one ran)",
     )
     parser.add_argument(
         "--explain-methods",

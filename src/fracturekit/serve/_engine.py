@@ -38,7 +38,7 @@ from fracturekit._files import atomic_write_bytes
 from fracturekit.contracts import COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
 from fracturekit.masks import mask_polygons, width_summary
-from fracturekit.predict import Prediction, Predictor
+from fracturekit.predict import Prediction, Predictor, graph_runtime
 from fracturekit.serve._batch import MAX_BATCH, MAX_WAIT_S, MicroBatcher
 from fracturekit.serve._schemas import WIDTH_MM_FIELDS, WIDTH_PX_FIELDS
 from fracturekit.serve._upload import UploadError, busy
@@ -423,32 +423,25 @@ def _explain_sync(
 SERVE_BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
-def fast_runtime() -> str:
-    """The runtime ``auto`` puts ``/predict`` on: OpenVINO when installed (the
-    ``fracturekit[openvino]`` extra; 1.2-1.6x ONNX Runtime's images/s at float32 on the
-    development machine, ``benchmarks/openvino_compare.py``), else ONNX Runtime."""
-    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
-
-
 def load_predictors(
     path: str | Path, backend: str = "auto", prior: float | dict[str, float] | None = None
 ) -> tuple[Predictor, Predictor | None]:
     """The service's predictors of one checkpoint: (the heat-map one, the fast one or None).
 
     ``auto`` (the default of ``fracturekit serve``): PyTorch for ``/explain``, and OpenVINO or
-    ONNX Runtime (:func:`fast_runtime`) for ``/predict`` and ``/segment`` on the checkpoint's
+    ONNX Runtime (``predict.graph_runtime``) for ``/predict`` and ``/segment`` on the checkpoint's
     ONNX twin (``export.serving_onnx``:
     the exported file beside it, or one exported once into the cache with the parity check).
     When that cannot be had (onnxruntime missing, the export or its check failing) the log says
     why and PyTorch answers everything. ``torch`` / ``onnx`` / ``openvino``: one runtime for
     every route (``onnx``/``openvino`` with a ``model.pt``: its ONNX twin, which must be had;
-    an ``.onnx`` path runs on ``fast_runtime()`` with ``auto``; no heat maps).
+    an ``.onnx`` path runs on ``graph_runtime()`` with ``auto``; no heat maps).
     """
     if backend not in SERVE_BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(SERVE_BACKENDS)}")
     path = Path(path)
     if path.suffix.lower() == ".onnx" or backend == "torch":
-        one = fast_runtime() if backend == "auto" else backend
+        one = graph_runtime() if backend == "auto" else backend
         return Predictor.from_checkpoint(path, one, prior=prior), None
     if backend != "auto":
         from fracturekit.export import serving_onnx
@@ -460,7 +453,7 @@ def load_predictors(
         from fracturekit.export import serving_onnx
 
         twin = serving_onnx(path)
-        fast = Predictor.from_checkpoint(twin.path, fast_runtime(), prior=prior)
+        fast = Predictor.from_checkpoint(twin.path, graph_runtime(), prior=prior)
     except Exception as exc:  # any failure leaves the service on PyTorch, with the reason
         log.warning("%s: answering /predict on PyTorch (no ONNX model: %s)", path, exc)
         return predictor, None
