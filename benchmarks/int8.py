@@ -81,7 +81,7 @@ def _validation_batch(fp32_path: Path, samples, limit: int):
             image = read_image(s.path, channels=predictor.in_chans)
         except (ValueError, OSError):
             continue
-        xs.append(predictor.preprocess(image).numpy())
+        xs.append(np.asarray(predictor.preprocess(image)))
         ys.append(index[s.class_name])
     return predictor, np.stack(xs).astype(np.float32), np.asarray(ys)
 
