@@ -48,23 +48,35 @@ from _common import SHARED_DATA
 PLAIN = {"img_per_s": 5.8, "seconds": 1106}
 
 
+def with_masks(classify_manifest, positive: str):
+    """A manifest writer: ``classify_manifest``'s manifest with a ``mask`` column
+    (``masks/<stem>.png`` for ``positive`` images that have one, else empty: an empty mask)."""
+
+    def write(root: Path, out: Path, *, seed: int, test_fraction: float, limit: int | None):
+        path, n_train, n_test = classify_manifest(
+            root, out, seed=seed, test_fraction=test_fraction, limit=limit
+        )
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for row in rows:
+            mask = root / "masks" / (Path(row["path"]).stem + ".png")
+            row["mask"] = str(mask) if row["label"] == positive and mask.is_file() else ""
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys()])
+            writer.writeheader()
+            writer.writerows(rows)
+        return path, n_train, n_test
+
+    return write
+
+
 def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, limit: int | None):
     """``manifest.csv`` (path,label,group,split,mask): ``crack500.write_manifest`` + masks."""
     from crack500 import write_manifest as classify_manifest
 
-    path, n_train, n_test = classify_manifest(
+    return with_masks(classify_manifest, "crack")(
         root, out, seed=seed, test_fraction=test_fraction, limit=limit
     )
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        mask = root / "masks" / (Path(row["path"]).stem + ".png")
-        row["mask"] = str(mask) if row["label"] == "crack" and mask.is_file() else ""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label", "group", "split", "mask"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path, n_train, n_test
 
 
 def test_rows(manifest: Path) -> list[dict]:
@@ -83,7 +95,15 @@ def _mean_width(mask: np.ndarray) -> float | None:
 
 
 def score_segmenter(
-    predict_maps, rows: list[dict], threshold: float, min_area: float, batch: int = 32
+    predict_maps,
+    rows: list[dict],
+    threshold: float,
+    min_area: float,
+    batch: int = 32,
+    *,
+    positive: str = "crack",
+    widths: bool = True,
+    keep_scores: bool = False,
 ) -> dict:
     """Score a segmenter on the manifest's test rows.
 
@@ -91,6 +111,9 @@ def score_segmenter(
         predict_maps: ``list of PIL images -> list of (H, W) probability maps``.
         rows: test rows (path, label, mask).
         threshold: pixel threshold; ``min_area``: pixels a predicted piece needs.
+        positive: the label of images that hold cracks (or fractures).
+        widths: also run the width-from-photo check (cracks; not fractures).
+        keep_scores: also return ``image_scores`` (max probability per row).
     """
     from sklearn.metrics import f1_score, roc_auc_score
 
@@ -107,7 +130,7 @@ def score_segmenter(
             for r, im in zip(rows[i : i + batch], images, strict=True)
         ]
     preds = [drop_small_pieces(p >= threshold, min_area) for p in maps]
-    truth = np.array([r["label"] == "crack" for r in rows])
+    truth = np.array([r["label"] == positive for r in rows])
     decided = np.array([p.any() for p in preds])
     out = {
         "segmentation": segmentation_metrics(maps, masks, threshold),
@@ -119,6 +142,10 @@ def score_segmenter(
         ),
         "pointing_game": pointing_game(maps, masks),
     }
+    if keep_scores:
+        out["image_scores"] = [float(p.max()) for p in maps]
+    if not widths:
+        return out
     found, errors = 0, []
     cracks = [(p, m) for p, m, t in zip(preds, masks, truth, strict=True) if t and m.any()]
     for pred, mask in cracks:
@@ -133,28 +160,30 @@ def score_segmenter(
     return out
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA / "crack500_patches")
+def parser(description: str, data: Path, config: str, limit_help: str) -> argparse.ArgumentParser:
+    """The flags of the segmentation benchmarks (this one and ``fracatlas_segment.py``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=data)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--config", default="default_segment")
+    parser.add_argument("--config", default=config)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--limit-photos", dest="limit", type=int, default=None)
+    parser.add_argument("--limit", "--limit-photos", dest="limit", type=int, help=limit_help)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace, manifest_writer, *, extra=None, **score_options) -> dict:
+    """Write the manifest, train (unless ``--skip-train``), score the test rows once and write
+    ``figures.json``. ``extra(rows, image_scores) -> dict`` adds figures (``image_roc_auc``)."""
     from fracturekit.config import resolve_config
     from fracturekit.predict import Predictor
     from fracturekit.train import train
 
-    args = _parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest, n_train, n_test = write_manifest(
+    manifest, n_train, n_test = manifest_writer(
         args.data, args.out, seed=args.seed, test_fraction=args.test_fraction, limit=args.limit
     )
     overrides = dict(kv.split("=", 1) for kv in args.set)
@@ -166,26 +195,32 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_train:
         t0 = time.perf_counter()
         result = train(cfg, args.out / "run", progress=not args.no_progress, overwrite=True)
-        seconds = time.perf_counter() - t0
         figures.update(
-            train_seconds=round(seconds, 1),
+            train_seconds=round(time.perf_counter() - t0, 1),
             epochs=len(result.history),
             best_epoch=result.metrics.get("best_epoch"),
             epoch_seconds=result.metrics.get("epoch_seconds"),
             validation=result.metrics.get("segmentation"),
         )
-        figures["train_val_tiles"], figures["test_tiles"] = n_train, n_test
+        figures["train_val_images"], figures["test_images"] = n_train, n_test
     predictor = Predictor.from_checkpoint(args.out / "run" / "model.pt")
-    scale = 1.0  # min_area is stored at img_size; the tiles are scored at that size
+    rows = test_rows(manifest)
     t0 = time.perf_counter()
+    # min_area is stored at img_size; the images are scored at their own size (the same for
+    # CRACK500 tiles, close to it for FracAtlas radiographs)
     scores = score_segmenter(
         predictor.probability_maps,
-        test_rows(manifest),
+        rows,
         predictor.threshold,
-        predictor.min_area * scale,
+        predictor.min_area,
+        keep_scores=extra is not None,
+        **score_options,
     )
+    image_scores = scores.pop("image_scores", None)
     figures["test"] = scores
     figures["test_seconds"] = round(time.perf_counter() - t0, 1)
+    if extra is not None:
+        figures.update(extra(rows, image_scores))
     figures["threshold"], figures["min_area"] = predictor.threshold, predictor.min_area
     after = os.getloadavg()
     figures["machine"] = (
@@ -195,6 +230,17 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(figures, indent=2)
     (args.out / "figures.json").write_text(text + "\n")
     print(text)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(
+        __doc__.splitlines()[0],
+        SHARED_DATA / "crack500_patches",
+        "default_segment",
+        "keep N source photos (reduced run)",
+    ).parse_args(argv)
+    run(args, write_manifest)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,15 @@ def test_config_names_match_the_tables() -> None:
 
 def test_segment_config_checks() -> None:
     TrainConfig(task="segment", tile=64).validate()
-    for bad in ({"task": "detect"}, {"decoder": "deeplab"}, {"tile": 40}, {"min_area": -1}):
+    bad_keys = (
+        {"task": "detect"},
+        {"decoder": "deeplab"},
+        {"tile": 40},
+        {"min_area": -1},
+        {"tile_focus": 1.5},
+        {"tile_focus": -0.1},
+    )
+    for bad in bad_keys:
         with pytest.raises(ConfigError):
             TrainConfig(**bad).validate()
 
@@ -61,6 +69,35 @@ def test_flips_move_the_mask_with_the_image_and_crop_keeps_them_together() -> No
         assert torch.equal((x[0] > 0.5).float(), m[0])
         moved |= bool(m.sum() > 0)
     assert moved
+
+
+def test_focused_tiles_hold_the_small_fracture_at_the_asked_share() -> None:
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    rgb[110:113, 4:7] = 255  # a 3 x 3 "fracture" in a corner: 1.5% of random 32-px tiles hold it
+    mask = rgb[..., 0] > 0
+    shares = {}
+    for focus in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        transform = build_transforms(
+            128, [0.0] * 3, [1.0] * 3, augment="flips", crop=32, crop_focus=focus
+        )
+        hits = []
+        for _ in range(400):
+            x, m = transform(Image.fromarray(rgb), mask)
+            assert x.shape == (3, 32, 32) and m.shape == (1, 32, 32)
+            assert torch.equal((x[0] > 0.5).float(), m[0])  # image and mask cut together
+            hits.append(bool(m.sum() > 0))
+        shares[focus] = float(np.mean(hits))
+    assert shares[0.0] < 0.06
+    assert 0.42 < shares[0.5] < 0.6
+    assert shares[1.0] == 1.0
+    # an image without a positive pixel (or without a mask) gets plain random tiles
+    transform = build_transforms(128, [0.0] * 3, [1.0] * 3, crop=32, crop_focus=1.0)
+    x, m = transform(Image.fromarray(rgb), np.zeros((128, 128), bool))
+    assert m.sum() == 0 and x.shape == (3, 32, 32)
+    assert transform(Image.fromarray(rgb))[0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="crop_focus"):
+        build_transforms(128, [0.0] * 3, [1.0] * 3, crop=32, crop_focus=2.0)
 
 
 def _sample(path: str, cls: str, mask: str | None):

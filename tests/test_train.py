@@ -111,6 +111,7 @@ def test_every_packaged_config_validates() -> None:
         "seed5_concrete_lenet",
         "fracatlas",
         "default_segment",
+        "fracatlas_segment",
     } <= set(configs)
     for name, path in configs.items():
         cfg = resolve_config({}, name)  # by name, as --config NAME finds it
@@ -120,6 +121,9 @@ def test_every_packaged_config_validates() -> None:
         get_spec(cfg.backbone)
     seed5 = resolve_config({}, "seed5_concrete_lenet")
     assert (seed5.backbone, seed5.img_size, seed5.balance) == ("lenet", 227, "undersample:3")
+    fracture = resolve_config({}, "fracatlas_segment")
+    assert (fracture.task, fracture.tile, fracture.balance) == ("segment", 224, "sampler")
+    assert 0 < fracture.tile_focus <= 1
     seed1 = resolve_config({}, "seed1_vgg19")
     assert (seed1.optimizer, seed1.lr, seed1.momentum, seed1.epochs) == ("sgd", 1e-4, 0.9, 20)
     assert "GPU" in (configs["seed1_vgg19"]).read_text()

@@ -91,6 +91,7 @@ class TrainConfig:
     seg_loss: str = "bce_dice"
     min_area: int = 0  # pixels a predicted piece needs to count (0: chosen on validation)
     tile: int | None = None  # training crops of this size cut from the full-size image
+    tile_focus: float = 0.0  # share of an image-with-mask's tiles placed to hold a positive pixel
     # optimisation
     epochs: int = 15
     batch_size: int = 32
@@ -199,6 +200,8 @@ class TrainConfig:
             raise ConfigError(f"min_area={self.min_area}: must be >= 0 pixels")
         if self.tile is not None and (self.tile < 32 or self.tile % 32):
             raise ConfigError(f"tile={self.tile}: must be a multiple of 32 (at least 32)")
+        if not 0.0 <= self.tile_focus <= 1.0:
+            raise ConfigError(f"tile_focus={self.tile_focus}: must be between 0 and 1")
         if any(int(h) < 1 for h in self.hidden):
             raise ConfigError(f"hidden={self.hidden}: layer widths must be positive")
         return self
@@ -302,6 +305,8 @@ HELP: dict[str, str] = {
     "for the best image-level F1)",
     "tile": "task=segment: train on random crops of this many pixels (a multiple of 32) cut "
     "from the image at img_size (default: the whole image)",
+    "tile_focus": "task=segment with tile: the share (0-1) of the tiles of an image with mask "
+    "pixels that are placed to hold one (small fractures in large radiographs)",
     "epochs": "maximum number of epochs",
     "batch_size": "images per batch (per process under torchrun)",
     "optimizer": "sgd (with momentum), adamw or adam",

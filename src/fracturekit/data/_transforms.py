@@ -86,6 +86,41 @@ def _flips_augmentation(size: int, interpolation: str) -> tuple[list, list]:
     ], []
 
 
+class FocusedCrop:
+    """A random ``size`` x ``size`` tile of the image and its mask that, with probability
+    ``focus``, holds a positive pixel of the mask (one drawn uniformly from the positives, at a
+    uniform place in the tile). Without a mask, or a mask without positives, a plain random tile.
+
+    On radiographs a fracture covers about 0.1% of the image: plain random tiles rarely show
+    one, and the network learns mostly background."""
+
+    def __init__(self, size: int, focus: float) -> None:
+        self.size = int(size)
+        self.focus = float(focus)
+
+    def __call__(self, *inputs: Any) -> Any:
+        import torch
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        height, width = inputs[0].shape[-2:]
+        th, tw = min(self.size, height), min(self.size, width)
+        top = int(torch.randint(height - th + 1, ()))
+        left = int(torch.randint(width - tw + 1, ()))
+        masks = [x for x in inputs if isinstance(x, tv_tensors.Mask)]
+        if masks and float(torch.rand(())) < self.focus:
+            ys, xs = torch.nonzero(masks[0].as_subclass(torch.Tensor)[0], as_tuple=True)
+            if len(ys):
+                i = int(torch.randint(len(ys), ()))
+                top = min(max(int(ys[i]) - int(torch.randint(th, ())), 0), height - th)
+                left = min(max(int(xs[i]) - int(torch.randint(tw, ())), 0), width - tw)
+        out = tuple(
+            F.crop(x, top, left, th, tw) if isinstance(x, tv_tensors.TVTensor) else x
+            for x in inputs
+        )
+        return out if len(out) > 1 else out[0]
+
+
 # One row an augmentation of config.AUGMENTS: (size, interpolation) -> (steps on the uint8
 # image and its mask, steps after scaling to [0, 1]); normalisation follows.
 _AUGMENT_STEPS = {
@@ -127,8 +162,9 @@ class ImageTransform:
       group of the square; nothing is interpolated, so thin masks stay exact).
 
     ``crop`` cuts a random ``crop`` x ``crop`` tile out of the resized (augmented) image and its
-    mask (training a segmenter on tiles at full resolution). ``mean``/``std`` with three values
-    and ``channels=1`` are averaged into one.
+    mask (training a segmenter on tiles at full resolution); with ``crop_focus`` p, a share p of
+    the tiles of an image whose mask has positives is placed to hold one of them. ``mean``/``std``
+    with three values and ``channels=1`` are averaged into one.
     """
 
     def __init__(
@@ -141,6 +177,7 @@ class ImageTransform:
         channels: int = 3,
         interpolation: str = "bilinear",
         crop: int | None = None,
+        crop_focus: float = 0.0,
     ):
         if augment not in AUGMENTS:
             raise ValueError(f"augment={augment!r}: use {', '.join(AUGMENTS)}")
@@ -155,6 +192,9 @@ class ImageTransform:
         self.channels = channels
         self.interpolation = interpolation
         self.crop = None if crop is None else int(crop)
+        if not 0.0 <= float(crop_focus) <= 1.0:
+            raise ValueError(f"crop_focus={crop_focus}: must be between 0 and 1")
+        self.crop_focus = float(crop_focus)
         self.pipeline = self._build()
 
     def _build(self):
@@ -163,7 +203,9 @@ class ImageTransform:
 
         before, after = _AUGMENT_STEPS[self.augment](self.img_size, self.interpolation)
         if self.crop is not None and self.crop < self.img_size:
-            before = [*before, v2.RandomCrop(self.crop)]  # a tile of the resized image
+            # a tile of the resized image
+            tile = FocusedCrop(self.crop, self.crop_focus) if self.crop_focus else None
+            before = [*before, tile or v2.RandomCrop(self.crop)]
         steps = [*before, v2.ToDtype(torch.float32, scale=True), *after]
         return v2.Compose([*steps, v2.Normalize(self.mean, self.std)])
 

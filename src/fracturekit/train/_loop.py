@@ -417,6 +417,7 @@ def _build_objective(run: _Run) -> None:
         dcfg["std"],
         augment=cfg.augment,
         crop=run.task.train_crop(cfg),
+        crop_focus=cfg.tile_focus,
         **common,
     )
     train_samples = list(run.splits.train)
