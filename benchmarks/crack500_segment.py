@@ -48,35 +48,29 @@ from _common import SHARED_DATA
 PLAIN = {"img_per_s": 5.8, "seconds": 1106}
 
 
-def with_masks(classify_manifest, positive: str):
-    """A manifest writer: ``classify_manifest``'s manifest with a ``mask`` column
-    (``masks/<stem>.png`` for ``positive`` images that have one, else empty: an empty mask)."""
-
-    def write(root: Path, out: Path, *, seed: int, test_fraction: float, limit: int | None):
-        path, n_train, n_test = classify_manifest(
-            root, out, seed=seed, test_fraction=test_fraction, limit=limit
-        )
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        for row in rows:
-            mask = root / "masks" / (Path(row["path"]).stem + ".png")
-            row["mask"] = str(mask) if row["label"] == positive and mask.is_file() else ""
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys()])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path, n_train, n_test
-
-    return write
+def add_masks(manifest: Path, root: Path, positive: str) -> None:
+    """Give ``manifest`` a ``mask`` column: ``root/masks/<stem>.png`` for ``positive`` images
+    that have one, else empty (an empty mask)."""
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        mask = root / "masks" / (Path(row["path"]).stem + ".png")
+        row["mask"] = str(mask) if row["label"] == positive and mask.is_file() else ""
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys()])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, limit: int | None):
     """``manifest.csv`` (path,label,group,split,mask): ``crack500.write_manifest`` + masks."""
     from crack500 import write_manifest as classify_manifest
 
-    return with_masks(classify_manifest, "crack")(
+    path, n_train, n_test = classify_manifest(
         root, out, seed=seed, test_fraction=test_fraction, limit=limit
     )
+    add_masks(path, root, "crack")
+    return path, n_train, n_test
 
 
 def test_rows(manifest: Path) -> list[dict]:

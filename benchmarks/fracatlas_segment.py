@@ -36,12 +36,14 @@ POSITIVE = "fractured"
 
 def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, limit: int | None):
     """``manifest.csv`` (path,label,split,mask): ``fracatlas.write_manifest`` + masks."""
-    from crack500_segment import with_masks
+    from crack500_segment import add_masks
     from fracatlas import write_manifest as classify_manifest
 
-    return with_masks(classify_manifest, POSITIVE)(
+    path, n_train, n_test = classify_manifest(
         root, out, seed=seed, test_fraction=test_fraction, limit=limit
     )
+    add_masks(path, root, POSITIVE)
+    return path, n_train, n_test
 
 
 def classifier_scores(checkpoint: Path, rows: list[dict], batch: int = 32) -> np.ndarray:
@@ -83,9 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     cli.add_argument("--classifier", type=Path, help="a fracatlas.py model.pt, same seed")
     args = cli.parse_args(argv)
-    extra = None
-    if args.classifier:
-        extra = lambda rows, scores: {"image_roc_auc": combined(rows, scores, args.classifier)}  # noqa: E731
+
+    def with_classifier(rows: list[dict], scores: list[float]) -> dict:
+        return {"image_roc_auc": combined(rows, scores, args.classifier)}
+
+    extra = with_classifier if args.classifier else None
     run(args, write_manifest, extra=extra, positive=POSITIVE, widths=False)
 
 

@@ -27,6 +27,8 @@ COSTLY_CAM_METHODS: frozenset[str] = frozenset({"scorecam"})
 # The key of the ONNX metadata entry that carries a checkpoint's whole meta as JSON (written
 # by export, read by predict).
 ONNX_META_KEY = "fracturekit_meta"
+# Where a model runs (predict, serve and their --backend flag): auto picks per file and route.
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
 
 # --------------------------------------------------------------------------------------------
 # `fracturekit serve`'s options as environment variables. uvicorn starts the app from an import

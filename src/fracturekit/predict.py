@@ -32,7 +32,7 @@ from fracturekit.calibration import (
     threshold_at_prior,
     validation_scores,
 )
-from fracturekit.contracts import ENV_ORT_SPINNING, ONNX_META_KEY
+from fracturekit.contracts import BACKENDS, ENV_ORT_SPINNING, ONNX_META_KEY
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
 from fracturekit.masks import crack_fraction, drop_small_pieces, mask_png, segment_image_score
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 T = TypeVar("T")
-BACKENDS = ("auto", "torch", "onnx", "openvino")
 # Backends that run the exported ONNX graph (numpy preprocessing, no torch import): ONNX
 # Runtime ("onnx") and OpenVINO, which reads the same file.
 GRAPH_BACKENDS = ("onnx", "openvino")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
+from fracturekit.contracts import BACKENDS
 
 
 def passed(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -204,8 +204,10 @@ class ImageTransform:
         before, after = _AUGMENT_STEPS[self.augment](self.img_size, self.interpolation)
         if self.crop is not None and self.crop < self.img_size:
             # a tile of the resized image
-            tile = FocusedCrop(self.crop, self.crop_focus) if self.crop_focus else None
-            before = [*before, tile or v2.RandomCrop(self.crop)]
+            if self.crop_focus:
+                before = [*before, FocusedCrop(self.crop, self.crop_focus)]
+            else:
+                before = [*before, v2.RandomCrop(self.crop)]
         steps = [*before, v2.ToDtype(torch.float32, scale=True), *after]
         return v2.Compose([*steps, v2.Normalize(self.mean, self.std)])
 

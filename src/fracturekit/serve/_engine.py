@@ -35,7 +35,7 @@ import anyio
 import numpy as np
 
 from fracturekit._files import atomic_write_bytes
-from fracturekit.contracts import COSTLY_CAM_METHODS
+from fracturekit.contracts import BACKENDS, COSTLY_CAM_METHODS
 from fracturekit.io import ImageReadError, read_image_bytes
 from fracturekit.masks import mask_polygons, width_summary
 from fracturekit.predict import Prediction, Predictor, graph_runtime
@@ -420,9 +420,6 @@ def _explain_sync(
     return out, png
 
 
-SERVE_BACKENDS = ("auto", "torch", "onnx", "openvino")
-
-
 def load_predictors(
     path: str | Path, backend: str = "auto", prior: float | dict[str, float] | None = None
 ) -> tuple[Predictor, Predictor | None]:
@@ -437,21 +434,19 @@ def load_predictors(
     every route (``onnx``/``openvino`` with a ``model.pt``: its ONNX twin, which must be had;
     an ``.onnx`` path runs on ``graph_runtime()`` with ``auto``; no heat maps).
     """
-    if backend not in SERVE_BACKENDS:
-        raise ValueError(f"backend={backend!r} is not one of {', '.join(SERVE_BACKENDS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
     path = Path(path)
     if path.suffix.lower() == ".onnx" or backend == "torch":
         one = graph_runtime() if backend == "auto" else backend
         return Predictor.from_checkpoint(path, one, prior=prior), None
-    if backend != "auto":
-        from fracturekit.export import serving_onnx
+    from fracturekit.export import serving_onnx
 
+    if backend != "auto":
         twin = serving_onnx(path)
         return Predictor.from_checkpoint(twin.path, backend, prior=prior), None
     predictor = Predictor.from_checkpoint(path, "torch", prior=prior)
     try:
-        from fracturekit.export import serving_onnx
-
         twin = serving_onnx(path)
         fast = Predictor.from_checkpoint(twin.path, graph_runtime(), prior=prior)
     except Exception as exc:  # any failure leaves the service on PyTorch, with the reason
