@@ -153,21 +153,25 @@ def _f1_closed_form(t: np.ndarray, prior: float) -> np.ndarray:
     return 2 * tp / (2 * tp + fp + fn)
 
 
+@pytest.mark.parametrize("smooth", [True, False])
 @pytest.mark.parametrize("prior", [0.03, 0.18, 0.5, 0.8])
-def test_threshold_at_prior_is_the_closed_form_optimum(prior: float) -> None:
+def test_threshold_at_prior_is_the_closed_form_optimum(prior: float, smooth: bool) -> None:
     y, proba = _triangular_validation()
     # Accuracy at prevalence P is maximal where the posterior P s / (P s + (1-P)(1-s)) is 1/2:
     # the Bayes threshold t = 1 - P.
-    t_acc = threshold_at_prior(y, proba, 1, prior, metric="accuracy")
+    t_acc = threshold_at_prior(y, proba, 1, prior, metric="accuracy", smooth=smooth)
     assert t_acc == pytest.approx(1 - prior, abs=0.01)  # the optimum is flat: O(1/sqrt(n))
     # F1 at prevalence P: the maximiser of the closed-form F1(t).
     grid = np.linspace(0, 1, 200001)
     best = grid[np.argmax(_f1_closed_form(grid, prior))]
-    assert threshold_at_prior(y, proba, 1, prior) == pytest.approx(best, abs=0.01)
+    assert threshold_at_prior(y, proba, 1, prior, smooth=smooth) == pytest.approx(best, abs=0.01)
 
 
 def test_threshold_at_prior_matches_a_resampled_validation_set() -> None:
     """Weighting by P/pi and (1-P)/(1-pi) is counting on a set that has prevalence P."""
+    from functools import partial
+
+    raw = partial(threshold_at_prior, smooth=False)  # the smoothed rule tends to it (test below)
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.4, 0.05, 0.35])
     proba = np.stack([1 - s, s], axis=1)
@@ -175,13 +179,41 @@ def test_threshold_at_prior_matches_a_resampled_validation_set() -> None:
     # repeating every negative twice (8 positives... 4 positives : 12 negatives = 25 %).
     repeated = np.r_[np.flatnonzero(y == 1), np.repeat(np.flatnonzero(y == 0), 2)]
     expected = choose_threshold(y[repeated], s[repeated])
-    assert threshold_at_prior(y, proba, 1, 0.25) == pytest.approx(expected)
+    assert raw(y, proba, 1, 0.25) == pytest.approx(expected)
     # The validation prevalence itself gives choose_threshold's answer.
-    assert threshold_at_prior(y, proba, 1, 0.4) == pytest.approx(choose_threshold(y, s))
+    assert raw(y, proba, 1, 0.4) == pytest.approx(choose_threshold(y, s))
     # Rarer positives, higher F1 threshold; the positive column is honoured.
-    assert threshold_at_prior(y, proba, 1, 0.05) > threshold_at_prior(y, proba, 1, 0.4)
-    flipped = threshold_at_prior(1 - y, proba[:, ::-1], 0, 0.25)
+    assert raw(y, proba, 1, 0.05) > raw(y, proba, 1, 0.4)
+    flipped = raw(1 - y, proba[:, ::-1], 0, 0.25)
     assert flipped == pytest.approx(expected)
+
+
+def test_smoothed_rule_is_steadier_and_closer_to_the_best_at_a_low_prior() -> None:
+    """On small validation sets the smoothed counts pick better 3 % thresholds than raw ones.
+
+    Binormal logits (positives N(2, 1.5), negatives N(-2, 1.5)); the F1 at 3 % positives of a
+    threshold is known in closed form. Over 40 validation sets of 160 per class, the smoothed
+    rule's thresholds vary less and score higher on average than the raw rule's.
+    """
+    from scipy.special import expit, ndtr
+
+    def f1_at(t: float, prior: float = 0.03) -> float:
+        z = np.log(t / (1 - t))
+        tpr, fpr = ndtr((2 - z) / 1.5), ndtr((-2 - z) / 1.5)
+        return 2 * prior * tpr / (prior * tpr + (1 - prior) * fpr + prior)
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(160, int), np.zeros(160, int)]
+    picked: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(40):
+        s = expit(np.r_[rng.normal(2, 1.5, 160), rng.normal(-2, 1.5, 160)])
+        proba = np.stack([1 - s, s], axis=1)
+        for smooth in picked:
+            picked[smooth].append(threshold_at_prior(y, proba, 1, 0.03, smooth=smooth))
+    logit_sd = {k: np.std(np.log(np.array(v) / (1 - np.array(v)))) for k, v in picked.items()}
+    mean_f1 = {k: np.mean([f1_at(t) for t in v]) for k, v in picked.items()}
+    assert logit_sd[True] < 0.8 * logit_sd[False]
+    assert mean_f1[True] > mean_f1[False] + 0.005
 
 
 def test_target_recall_does_not_depend_on_the_prior() -> None:
