@@ -386,6 +386,26 @@ def test_numpy_resize_is_torch_bilinear(src: tuple[int, int], size: tuple[int, i
     assert np.abs(resize_probability(prob, size) - ref.numpy()).max() <= 1e-6
 
 
+def test_segmenter_tta_averages_turned_back_views_on_both_backends(seg_exported) -> None:
+    from fracturekit.models import INVERSE_VIEWS, VIEW_OPS
+
+    ckpt, onnx_path, _ = seg_exported
+    torch_p, onnx_p = Predictor.from_checkpoint(ckpt), Predictor.from_checkpoint(onnx_path)
+    batch = torch.stack([torch_p.preprocess(noise_image(i, (64, 64))) for i in range(2)])
+    one = np.stack(torch_p.predict_proba_maps(batch))
+    for predictor in (torch_p, onnx_p):
+        predictor.meta["tta"] = 8
+    eight = np.stack(torch_p.predict_proba_maps(batch))
+    with torch.inference_mode():
+        logits = sum(
+            VIEW_OPS[k](torch_p.model(op(batch)))
+            for op, k in zip(VIEW_OPS, INVERSE_VIEWS, strict=True)
+        )
+    expect = torch.sigmoid(logits / 8)[:, 0].numpy()
+    assert np.abs(eight - expect).max() <= 1e-5 and np.abs(eight - one).max() > 1e-3
+    assert np.abs(np.stack(onnx_p.predict_proba_maps(batch.numpy())) - eight).max() <= 1e-4
+
+
 def test_cli_summary_of_a_segmenter(seg_exported) -> None:
     from fracturekit.cli.export import _summary
 

@@ -430,3 +430,30 @@ def test_serve_decides_at_the_prior(tmp_path: Path, ckpt: Path, monkeypatch, cap
     # fracturekit serve refuses a prior the checkpoint cannot decide at, before starting.
     assert main(["serve", str(ckpt), "--prior", "0.03"]) == 2
     assert "stores no validation scores" in capsys.readouterr().err
+
+
+def test_view_maps_turns_each_view_back() -> None:
+    from fracturekit.config import INVERSE_VIEWS
+    from fracturekit.models import VIEW_OPS, view_maps
+
+    x = torch.randn(2, 3, 16, 16)
+    # Each inverse undoes its view.
+    for op, k in zip(VIEW_OPS, INVERSE_VIEWS, strict=True):
+        torch.testing.assert_close(VIEW_OPS[k](op(x)), x)
+    # A pixel-wise map (equivariant under every view) comes back unchanged at 8 views.
+    pixelwise = lambda t: t[:, :1] * 2 - t[:, 1:2]  # noqa: E731
+    torch.testing.assert_close(view_maps(pixelwise, x, 8), pixelwise(x))
+    # A map that is not equivariant (a fixed ramp added) is averaged over the turned-back views.
+    ramp = torch.arange(16.0).view(1, 1, 1, 16)
+    shifted = lambda t: pixelwise(t) + ramp  # noqa: E731
+    expect = (
+        sum(
+            VIEW_OPS[k](shifted(op(x)))
+            for op, k in zip(VIEW_OPS[:4], INVERSE_VIEWS[:4], strict=True)
+        )
+        / 4
+    )
+    torch.testing.assert_close(view_maps(shifted, x, 4), expect)
+    assert not torch.allclose(view_maps(shifted, x, 4), shifted(x))
+    with pytest.raises(ValueError, match="square"):
+        view_maps(pixelwise, torch.randn(1, 3, 16, 32), 8)

@@ -141,3 +141,50 @@ def test_records_agree_with_predictor_masks(make_seg_checkpoint, photos) -> None
 def test_describe_says_the_task(make_seg_checkpoint) -> None:
     info = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0)).describe()
     assert (info["task"], info["decoder"], info["min_area"]) == ("segment", "unet", 0)
+
+
+def _with_validation(predictor: Predictor, negatives: list[float], positives: list[float]):
+    """Give a segmenter the validation image scores training stores (``meta["validation"]``)."""
+    scores = [*negatives, *positives]
+    predictor.meta["validation"] = {
+        "n": len(scores),
+        "with_pixel_truth": len(scores),
+        "labels": [0] * len(negatives) + [1] * len(positives),
+        "probabilities": [[1.0 - s, s] for s in scores],
+    }
+    return predictor
+
+
+def test_a_prior_moves_the_image_decision_never_the_pixel_threshold(
+    make_seg_checkpoint, photos
+) -> None:
+    # Every pixel at sigmoid(2.2) = 0.90: the pixel threshold 0.5 keeps the whole image.
+    predictor = Predictor.from_checkpoint(make_seg_checkpoint(bias=2.2))
+    path = photos / "a" / "x.png"
+    plain = next(predictor.predict_paths([path], keep_masks=True))
+    assert plain.label == "crack" and plain.mask.all() and plain.threshold == 0.5
+    # Validation negatives reach 0.95: at 3% positives the image threshold goes above them.
+    negatives = list(np.linspace(0.05, 0.95, 40))
+    _with_validation(predictor, negatives, [0.97, 0.98, 0.99, 0.995] * 10).with_prior(0.03)
+    assert predictor.image_threshold > 0.95 and predictor.threshold == 0.5
+    rec = next(predictor.predict_paths([path], keep_masks=True))
+    assert rec.label == "background" and not rec.mask.any() and rec.crack_fraction == 0.0
+    assert rec.probabilities["crack"] == pytest.approx(plain.probabilities["crack"])
+    assert rec.threshold == predictor.image_threshold
+    assert predictor.describe()["image_threshold"] == predictor.image_threshold
+    # Pixels are untouched: masks_from_maps still gives the full mask.
+    assert predictor.predict_masks([Image.open(path).convert("RGB")])[0].all()
+    # At a high prior the rule would go below the pixel threshold (positives from 0.2 up): it
+    # stops there, so a positive image always has a mask.
+    positives = list(np.linspace(0.2, 1.0, 40))
+    _with_validation(predictor, list(np.linspace(0.0, 0.6, 40)), positives).with_prior(0.95)
+    assert predictor.image_threshold == 0.5
+    assert next(predictor.predict_paths([path])).label == "crack"
+    # None restores the checkpoint's decision.
+    assert predictor.with_prior(None).image_threshold == 0.5
+
+
+def test_a_segmenter_without_validation_scores_refuses_a_prior(make_seg_checkpoint) -> None:
+    predictor = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0))
+    with pytest.raises(ValueError, match="stores no validation scores"):
+        predictor.with_prior(0.03)

@@ -230,13 +230,13 @@ def seg_run(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
-def _train(data: Path, out: Path) -> None:
+def _train(data: Path, out: Path, *extra: str) -> None:
     from fracturekit.cli import main
 
     argv = [
         "train", str(data), "--task", "segment", "--no-pretrained", "--img-size", "64",
         "--tile", "32", "--augment", "flips", "--epochs", "2", "--batch-size", "8",
-        "--test-fraction", "0.25", "--out", str(out),
+        "--test-fraction", "0.25", "--out", str(out), *extra,
     ]  # fmt: skip
     assert main(argv) == 0
 
@@ -254,6 +254,10 @@ def test_train_segment_end_to_end(seg_run, capsys) -> None:
     assert 0 < meta["threshold"] < 1 and meta["min_area"] >= 1
     assert meta["classes"] == ["no_crack", "crack"] and meta["positive"] == "crack"
     assert set(meta["metrics"]["segmentation"]) == set(SEGMENTATION_KEYS)
+    # The validation images' truth and image scores, for --prior: one each, two classes.
+    stored = meta["validation"]
+    assert len(stored["labels"]) == len(stored["probabilities"]) == stored["n"] > 0
+    assert set(stored["labels"]) <= {0, 1} and all(len(p) == 2 for p in stored["probabilities"])
     with (out / "splits.csv").open() as fh:
         assert "mask" in next(csv.reader(fh))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -275,6 +279,15 @@ def test_evaluate_segment_keys_and_plots(seg_run, tmp_path: Path) -> None:
     assert any("without a mask file" in n for n in metrics["notes"])
     for name in ("iou_histogram.png", "overlays_worst.png", "overlays_best.png", "metrics.json"):
         assert (tmp_path / "eval" / name).is_file()
+    assert metrics["prior"] is None and metrics["source"]["threshold_from"] == "checkpoint"
+    # At 3% positives the image decision moves; the pixel figures do not.
+    rare = evaluate_checkpoint(
+        out / "model.pt", data, tmp_path / "rare", n_boot=10, split="all", prior=0.03
+    )
+    assert rare["prior"] == pytest.approx(0.03) and rare["source"]["threshold_from"] == "prior"
+    assert rare["threshold"] >= rare["segmentation"]["threshold"]
+    assert rare["segmentation"] == metrics["segmentation"]
+    assert rare["roc_auc"] == metrics["roc_auc"]
 
 
 @pytest.mark.slow
@@ -291,3 +304,39 @@ def test_width_and_explain_on_a_segmentation_checkpoint(seg_run, tmp_path: Path)
     assert main(["explain", str(out / "model.pt"), str(image), "--out", str(tmp_path / "x")]) == 0
     prob = np.load(tmp_path / "x" / f"{image.stem}_prob.npy")
     assert prob.shape == (64, 64) and (tmp_path / "x" / f"{image.stem}_prob.png").is_file()
+
+
+def test_validation_image_scores_follow_the_record_rule() -> None:
+    from fracturekit.train._segment_task import image_scores
+
+    probs = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    probs[0, 2:5, 2:5] = 230  # a 9-px piece above 0.5
+    probs[1, 0, 0] = 250  # a 1-px piece: below min_area
+    outputs = {"probs": probs, "top": torch.tensor([0.91, 0.98, 0.2], dtype=torch.float64)}
+    scores = image_scores(outputs, 0.5, min_area=4)
+    assert scores[0] == pytest.approx(0.91)  # kept: the most probable pixel
+    assert 0.49 < scores[1] < 0.5  # no piece of min_area: just below the threshold
+    assert scores[2] == pytest.approx(0.2)
+
+
+@pytest.mark.slow
+def test_tta_segmenter_is_calibrated_on_the_averaged_maps(seg_run, tmp_path: Path) -> None:
+    data, _ = seg_run
+    out = tmp_path / "tta"
+    _train(data, out, "--tta", "4", "--epochs", "1")
+    predictor = Predictor.from_checkpoint(out / "model.pt")
+    assert predictor.tta == 4
+    with (out / "splits.csv").open() as fh:
+        val = [r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
+    stored = np.array(predictor.meta["validation"]["probabilities"])[:, 1]
+    images = [Image.open(p).convert("RGB") for p in val]
+
+    def tops(views: int) -> np.ndarray:
+        predictor.meta["tta"] = views
+        return np.array([m.max() for m in predictor.probability_maps(images)])
+
+    # The stored most probable pixels are those of the 4-view maps, not of one view.
+    kept = stored >= predictor.threshold  # below it the score is capped, not the maximum
+    assert kept.any()
+    four, one = tops(4), tops(1)
+    assert np.abs(stored - four)[kept].max() <= 1e-4 < np.abs(stored - one)[kept].max()

@@ -31,6 +31,9 @@ THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRES
 # Cached views of each training image: 1 as is; 2 + horizontal mirror; 4 + vertical mirror and
 # both (a 180-degree turn); 8 the whole dihedral group (adds the four transposed/90-degree ones).
 CACHE_VIEWS = (1, 2, 4, 8)
+# The index of each view's inverse in the views' order (models.VIEW_OPS, predict.NUMPY_VIEWS):
+# the turns by 90 and 270 degrees undo each other, every other view undoes itself.
+INVERSE_VIEWS = (0, 1, 2, 3, 4, 6, 5, 7)
 # The TrainConfig fields that decide how ``data.load_dataset`` reads and splits DATA: training
 # passes them (``train.load_options``), and evaluating a checkpoint on its own training data
 # passes the stored ones again, so that the same test split is carved.
@@ -323,8 +326,9 @@ HELP: dict[str, str] = {
     "cache_views": "cached training: views of each image cached (1 as is, 2 + mirror, 4 + flips, "
     "8 + transposes); each epoch sees one at random",
     "tta": "test-time augmentation: average the logits of this many flipped views of each image "
-    "(1 off, 2 + mirror, 4 + flips, 8 + 90-degree turns); stored in the checkpoint, used by "
-    "validation (threshold, temperature) and every prediction; costs that many forward passes",
+    "(1 off, 2 + mirror, 4 + flips, 8 + 90-degree turns; a segmenter's pixel logits are turned "
+    "back first); stored in the checkpoint, used by validation (threshold, temperature) and "
+    "every prediction; costs that many forward passes",
     "channels_last": "channels-last memory format for convolutions (faster on most CPUs and GPUs)",
     "precision": "fp32, or bf16/fp16 mixed precision (GPU; bf16 on CPU is slow on most CPUs)",
     "threshold_metric": "binary tasks: the decision threshold maximises this on validation",

@@ -25,7 +25,7 @@ from fracturekit._files import atomic_write, atomic_write_text
 from fracturekit.calibration import ECE_BINS, class_priors, default_positive, reliability_bins
 from fracturekit.config import SPLIT_FIELDS
 from fracturekit.contracts import METRICS_FILE, MODEL_FILE
-from fracturekit.masks import segment_image_score
+from fracturekit.masks import image_is_positive, segment_image_score
 from fracturekit.metrics import (
     EXTRA_KEYS,
     METRIC_KEYS,
@@ -852,7 +852,8 @@ def evaluate_segmenter(
     ``metrics.json`` holds the classification keys of the image-level decision (positive when
     a predicted piece of at least ``min_area`` pixels remains; image score
     :func:`segment_image_score`), ``segmentation`` (``seg_metrics.segmentation_metrics`` pooled
-    over every pixel of the images with pixel truth, at the stored threshold) and
+    over every pixel of the images with pixel truth, at the stored pixel threshold; a prior
+    moves the image decision only, see ``Predictor.with_prior``) and
     ``localisation.pointing_game``. Pixel truth: the mask file, else an empty mask for an image
     of a negative class; an image of the positive class without a mask file has none (named in
     the notes, left out of the pixel figures, kept in the image-level ones). Plots:
@@ -866,7 +867,10 @@ def evaluate_segmenter(
     if not maps:
         raise ValueError(f"{source['data']}: none of the {len(samples)} images could be read")
     truth = np.array(
-        [_is_positive(s, m, classes, positive) for s, m in zip(kept, masks, strict=True)]
+        [
+            image_is_positive(s.class_name, m, classes, positive)
+            for s, m in zip(kept, masks, strict=True)
+        ]
     )
     pieces = predictor.masks_from_maps(maps)
     scores = np.array(
@@ -886,35 +890,34 @@ def evaluate_segmenter(
             + (" ..." if len(missing) > 10 else "")
         )
     pix_maps, pix_masks, pix_paths = ([q[i] for q in pix] for i in range(3))
+    decided_by = "prior" if predictor.prior is not None else "checkpoint"
     extra: dict[str, Any] = {
-        "source": {**source, "images": len(samples), "unreadable": unreadable},
+        "source": {
+            **source,
+            "images": len(samples),
+            "threshold_from": decided_by,
+            "unreadable": unreadable,
+        },
         "segmentation": segmentation_metrics(pix_maps, pix_masks, threshold),
         "localisation": {"pointing_game": pointing_game(pix_maps, pix_masks)},
-        "image_score": "max pixel probability; below the threshold when no piece of min_area",
+        "image_score": "max pixel probability; below the pixel threshold when no piece of min_area",
         "min_area": predictor.min_area,
     }
     y = truth.astype(int) if classes.index(positive) == 1 else 1 - truth.astype(int)
     proba = np.stack([1 - scores, scores], axis=1)
     if classes.index(positive) == 0:
         proba = proba[:, ::-1]
+    # The image decision: the pixel threshold (a piece of min_area remains), or with a prior
+    # the image-score threshold for that prevalence (Predictor.with_prior).
     metrics = evaluate_predictions(
-        y, proba, classes, out, paths=paths, positive=positive, threshold=threshold,
+        y, proba, classes, out, paths=paths, positive=positive,
+        threshold=predictor.image_threshold, prior=predictor.prior,
         n_boot=n_boot, seed=seed, extra=extra, notes=notes,
     )  # fmt: skip
     ious = per_image_iou(pix_maps, pix_masks, threshold)
     plot_iou_histogram(ious, Path(out) / SEGMENT_PLOTS[0])
     plot_overlays(pix_paths, pix_maps, pix_masks, ious, threshold, Path(out))
     return metrics
-
-
-def _is_positive(
-    sample: Any, mask: np.ndarray | None, classes: Sequence[str], positive: str
-) -> bool:
-    """Image-level truth: the image's class when it is one of the checkpoint's classes, else
-    (a folder of images without class folders) whether its mask is non-empty."""
-    if sample.class_name in classes:
-        return sample.class_name == positive
-    return bool(mask is not None and mask.any())
 
 
 def plot_iou_histogram(ious: Sequence[float], path: Path) -> Path:

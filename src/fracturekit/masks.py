@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "crack_fraction",
     "crack_totals",
     "drop_small_pieces",
+    "image_is_positive",
     "mask_png",
     "mask_polygons",
     "segment_image_score",
@@ -231,6 +233,16 @@ def crack_totals(
     for row in out["rows"]:
         row.pop("image", None)
     return out
+
+
+def image_is_positive(
+    class_name: str | None, mask: np.ndarray | None, classes: Sequence[str], positive: str
+) -> bool:
+    """A segmenter's image-level truth: the image's class when it is one of the checkpoint's
+    ``classes``, else (a folder of images without class folders) whether its mask is non-empty."""
+    if class_name in classes:
+        return class_name == positive
+    return bool(mask is not None and mask.any())
 
 
 def segment_image_score(prob: np.ndarray, kept: np.ndarray, threshold: float) -> float:

@@ -32,6 +32,7 @@ from fracturekit.calibration import (
     threshold_at_prior,
     validation_scores,
 )
+from fracturekit.config import INVERSE_VIEWS
 from fracturekit.contracts import BACKENDS, ENV_ORT_SPINNING, ONNX_META_KEY
 from fracturekit.data import build_transforms
 from fracturekit.io import is_image_file, read_image
@@ -241,6 +242,11 @@ class Predictor:
         the same decisions on every route (predict, evaluate, serve) and backend. None restores
         the stored threshold and probabilities.
 
+        Segmenters: the prior moves the image-level decision (``image_threshold``, on the image
+        score of ``masks.segment_image_score``, whose validation values training stores), never
+        the pixel threshold; it is kept at or above the pixel threshold, so an image decided
+        positive always has a mask, and an image decided negative gets an empty one.
+
         Raises:
             ValueError: the checkpoint stores no validation scores (retrain, or pass no prior),
                 or the prior does not fit its classes.
@@ -256,7 +262,7 @@ class Predictor:
             pos = classes.index(positive)
             p_pos = float(class_priors(prior, classes, base, positive)[pos])
             config = self.meta.get("config") or {}
-            self._prior_threshold = threshold_at_prior(
+            threshold = threshold_at_prior(
                 labels,
                 proba,
                 pos,
@@ -264,6 +270,9 @@ class Predictor:
                 metric=config.get("threshold_metric") or "f1",
                 target_recall=config.get("target_recall"),
             )
+            if self.task == "segment":
+                threshold = max(threshold, self.threshold if self.threshold is not None else 0.5)
+            self._prior_threshold = threshold
             self._prior = p_pos
         else:
             new = class_priors(prior, classes, base)
@@ -304,10 +313,24 @@ class Predictor:
 
     @property
     def threshold(self) -> float | None:
-        if self._prior_threshold is not None:
+        """A classifier's decision threshold (at the prior when one is set); a segmenter's pixel
+        threshold (the image decision is :attr:`image_threshold`)."""
+        if self._prior_threshold is not None and self.task != "segment":
             return self._prior_threshold
         value = self.meta.get("threshold")
         return None if value is None else float(value)
+
+    @property
+    def image_threshold(self) -> float | None:
+        """The image-level decision threshold: ``p >= image_threshold`` decides positive.
+
+        A classifier's :attr:`threshold`. A segmenter's image score is
+        ``masks.segment_image_score``: its pixel threshold decides exactly "a piece of
+        ``min_area`` remains"; with a prior, the threshold for that prevalence.
+        """
+        if self._prior_threshold is not None:
+            return self._prior_threshold
+        return self.threshold
 
     @property
     def temperature(self) -> float:
@@ -436,10 +459,7 @@ class Predictor:
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().numpy()
         views = self.tta
-        if views > 4 and batch.shape[-1] != batch.shape[-2]:
-            raise ValueError(
-                f"{views} views turn the image by 90 degrees: the input must be square"
-            )
+        _check_square(batch, views)
         total = None
         for op in NUMPY_VIEWS[:views]:
             out = self._onnx_run(op(batch))
@@ -543,6 +563,10 @@ class Predictor:
     ) -> list[np.ndarray]:
         """Pixel probabilities of a preprocessed batch: ``(H, W)`` float32 maps, one an image.
 
+        With ``tta`` > 1 (stored in the checkpoint), the pixel logits of that many flipped or
+        turned views, each turned back, are averaged before the sigmoid
+        (``fracturekit.models.view_maps``), on every backend.
+
         Args:
             batch: ``[N, C, img_size, img_size]`` from :meth:`preprocess` (the ONNX backend
                 also takes a numpy array).
@@ -558,19 +582,32 @@ class Predictor:
             return [resize_probability(p, size) for p, size in zip(prob, sizes, strict=True)]
         import torch
 
-        x = batch.to(self.device)
-        if x.shape[-1] > 1:
-            x = x.contiguous(memory_format=torch.channels_last)
+        from fracturekit.models import view_maps
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] > 1:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float()
+
         with torch.inference_mode():
-            prob = torch.sigmoid(self.model(x).float()).cpu()
+            prob = torch.sigmoid(view_maps(forward, batch.to(self.device), self.tta)).cpu()
         maps = [p[0].numpy() for p in prob]
         if sizes is None:
             return maps
         return [resize_probability(m, size) for m, size in zip(maps, sizes, strict=True)]
 
     def _onnx_proba_maps(self, batch: Any) -> np.ndarray:
-        """Pixel probabilities ``(N, H, W)`` of the ONNX graph for a preprocessed batch."""
-        return _sigmoid(self._onnx_run(batch)[:, 0])
+        """Pixel probabilities ``(N, H, W)`` of the ONNX graph for a preprocessed batch, its
+        logits averaged over ``tta`` views as on PyTorch."""
+        if hasattr(batch, "detach"):
+            batch = batch.detach().cpu().numpy()
+        views = self.tta
+        _check_square(batch, views)
+        total = self._onnx_run(batch)
+        for k in range(1, views):
+            back = NUMPY_VIEWS[INVERSE_VIEWS[k]]
+            total = total + back(self._onnx_run(NUMPY_VIEWS[k](batch)))
+        return _sigmoid(total[:, 0] / np.float32(views))
 
     def probability_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Pixel probabilities of decoded images, each at the image's own size."""
@@ -635,13 +672,17 @@ class Predictor:
             mask = self.masks_from_maps([prob])[0]
         score = segment_image_score(prob, mask, threshold)
         proba = {c: (score if i == pos else 1.0 - score) for i, c in enumerate(classes)}
-        label = classes[pos] if mask.any() else classes[1 - pos]
+        decide_at = self.image_threshold if self.image_threshold is not None else threshold
+        positive = score >= decide_at  # without a prior: exactly mask.any()
+        if not positive and mask.any():  # decided negative at the prior: no crack to show
+            mask = np.zeros_like(mask)
+        label = classes[pos] if positive else classes[1 - pos]
         return Prediction(
             path=str(path),
             label=label,
             confidence=proba[label],
             probabilities=proba,
-            threshold=threshold,
+            threshold=decide_at,
             crack_fraction=crack_fraction(mask),
             mask=mask if keep_mask else None,
         )
@@ -668,7 +709,11 @@ class Predictor:
             "metrics": {k: metrics[k] for k in summary_keys if _is_number(metrics.get(k))},
         }
         if self.task == "segment":
-            out.update(decoder=self.meta.get("decoder"), min_area=self.min_area)
+            out.update(
+                decoder=self.meta.get("decoder"),
+                min_area=self.min_area,
+                image_threshold=self.image_threshold,
+            )
         return out
 
 
@@ -727,6 +772,12 @@ class OpenVinoGraph:
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self.lock:  # the request's output buffer is reused by the next call: copy it
             return np.array(self.request.infer({0: batch})[self.output], copy=True)
+
+
+def _check_square(batch: np.ndarray, views: int) -> None:
+    """More than 4 views turn the image by 90 degrees: refuse a non-square batch."""
+    if views > 4 and batch.shape[-1] != batch.shape[-2]:
+        raise ValueError(f"{views} views turn the image by 90 degrees: the input must be square")
 
 
 def _logits_to_proba(logits: np.ndarray, temperature: float) -> np.ndarray:

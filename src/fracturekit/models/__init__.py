@@ -40,7 +40,7 @@ _LAZY = {
         "read_checkpoint",
         "save_checkpoint",
     ),
-    "_views": ("VIEW_OPS", "view_logits"),
+    "_views": ("INVERSE_VIEWS", "VIEW_OPS", "view_logits", "view_maps"),
     "_weights": (
         "EMBEDDED_FILES",
         "EMBEDDED_LITE0_SOURCE",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from fracturekit.config import CACHE_VIEWS
+from fracturekit.config import CACHE_VIEWS, INVERSE_VIEWS
 
 # Order matters: 2 views take the first two, 4 the first four, 8 all.
 VIEW_OPS: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
@@ -27,6 +27,18 @@ VIEW_OPS: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
     lambda x: x.transpose(-2, -1).flip(-2),  # 270-degree turn
     lambda x: x.transpose(-2, -1).flip(-2, -1),  # anti-transpose
 )
+
+
+def check_views(shape: tuple[int, ...], views: int) -> None:
+    """Refuse a view count not in ``config.CACHE_VIEWS``, or 90-degree turns of a non-square
+    batch (``shape``: the batch's shape)."""
+    if views not in CACHE_VIEWS:
+        raise ValueError(f"views must be one of {', '.join(map(str, CACHE_VIEWS))}, got {views}")
+    if views > 4 and shape[-1] != shape[-2]:
+        raise ValueError(
+            f"{views} views turn the image by 90 degrees: the input must be square, got "
+            f"{shape[-2]}x{shape[-1]}"
+        )
 
 
 def view_logits(
@@ -46,14 +58,26 @@ def view_logits(
     Raises:
         ValueError: ``views`` is not one of them, or a transposing view meets a non-square batch.
     """
-    if views not in CACHE_VIEWS:
-        raise ValueError(f"views must be one of {', '.join(map(str, CACHE_VIEWS))}, got {views}")
-    if views > 4 and batch.shape[-1] != batch.shape[-2]:
-        raise ValueError(
-            f"{views} views turn the image by 90 degrees: the input must be square, got "
-            f"{batch.shape[-2]}x{batch.shape[-1]}"
-        )
+    check_views(tuple(batch.shape), views)
     total = forward(batch)
     for op in VIEW_OPS[1:views]:
         total = total + forward(op(batch))
+    return total / views
+
+
+def view_maps(
+    forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, views: int
+) -> torch.Tensor:
+    """Pixel logits averaged over the first ``views`` of :data:`VIEW_OPS`, each brought back to
+    the input's orientation (``INVERSE_VIEWS``) before it is added: a segmenter's test-time
+    augmentation.
+
+    Args:
+        forward: maps an N x C x H x W batch to N x K x H x W pixel logits.
+        batch, views: as :func:`view_logits`.
+    """
+    check_views(tuple(batch.shape), views)
+    total = forward(batch)
+    for k in range(1, views):
+        total = total + VIEW_OPS[INVERSE_VIEWS[k]](forward(VIEW_OPS[k](batch)))
     return total / views

@@ -59,7 +59,7 @@ def measured_mask(
     """
     max_side = max_side or MEASURE_MAX_SIDE
     h, w = prob.shape
-    if max(w, h) <= max_side:
+    if max(w, h) <= max_side or not mask.any():  # nothing to measure: no need to reduce
         return mask, 1.0
     f = max_side / max(w, h)
     size = (max(1, round(w * f)), max(1, round(h * f)))
@@ -93,7 +93,8 @@ def segment_answer(
     px_per_mm: float | None,
 ) -> dict[str, Any]:
     """The JSON fields of ``/segment`` but the overlay and timings (``SegmentResponse``)."""
-    pred = predictor.segment_record(name, prob, mask)
+    pred = predictor.segment_record(name, prob, mask, keep_mask=True)
+    mask = pred.mask  # empty when a prior decides the image negative
     grid, scale = measured_mask(predictor, prob, mask)
     widths = width_summary(grid, px_per_mm=None if px_per_mm is None else px_per_mm / scale)
     widths = {**_scaled_widths(widths, scale), "px_per_mm": px_per_mm}
@@ -142,8 +143,8 @@ def _segment_sync(
     image, prob, mask, timing = _decode_and_segment(engine, data, name)
     predictor = engine.fast
     if want_png:
-        pred = predictor.segment_record(name, prob, mask)
-        return mask_png(mask), {
+        pred = predictor.segment_record(name, prob, mask, keep_mask=True)
+        return mask_png(pred.mask), {
             "label": pred.label,
             "score": pred.probabilities[predictor.positive],
             "crack_fraction": pred.crack_fraction,
@@ -152,6 +153,8 @@ def _segment_sync(
     out["overlay"] = None
     if with_overlay:
         shown = _downsized(image)
+        if out["label"] != predictor.positive:  # decided negative at a prior: nothing drawn
+            mask = np.zeros_like(mask)
         png = _png_bytes(mask_overlay(shown, mask))
         out["overlay"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     timing["total_ms"] = time.perf_counter() - start
@@ -169,7 +172,8 @@ def _explain_segment_sync(
 
     predictor = engine.fast
     image, prob, mask, timing = _decode_and_segment(engine, data, name)
-    pred = predictor.segment_record(name, prob, mask)
+    pred = predictor.segment_record(name, prob, mask, keep_mask=True)
+    mask = pred.mask
     shown = _downsized(image)
     png = _png_bytes(
         overlay(shown, resize_map(prob, shown.size), alpha=0.5, colormap=PROBABILITY_COLORMAP)

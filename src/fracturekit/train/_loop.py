@@ -815,6 +815,7 @@ def finalize(run: _Run) -> dict[str, Any]:
         last = run.history[-1] if run.history else {}
         metrics.update(train_loss=last.get("train_loss"), train_acc=last.get("train_acc"))
     else:
+        logits, labels = run.task.final_outputs(run, logits, labels)
         temperature, threshold, scores = run.task.calibrate(
             run.cfg, logits, labels, run.classes, run.positive, run.note
         )

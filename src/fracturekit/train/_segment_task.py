@@ -200,34 +200,61 @@ class SegmentTask:
 
     # ---- validation ----------------------------------------------------------------------
 
-    def validation_outputs(self, run: Any) -> tuple[dict, dict] | None:
-        """Probabilities (bytes) and masks of the validation images, and their mean loss."""
+    def validation_outputs(self, run: Any, views: int = 1) -> tuple[dict, dict] | None:
+        """Probabilities (bytes) and masks of the validation images, their mean loss, each
+        image's most probable pixel (float) and image-level truth (for ``--prior``); the pixel
+        logits averaged over ``views`` flipped views (``models.view_maps``)."""
         samples = list(run.splits.val)
         if not samples:
             return None
         from torch.utils.data import DataLoader
 
+        from fracturekit.masks import image_is_positive
+        from fracturekit.models import view_maps
+
+        named = self.meta(run)["classes"]
         data = self.dataset(run, samples, run.transform_eval)
         loader = DataLoader(data, batch_size=run.cfg.batch_size, num_workers=run.cfg.workers)
-        probs, masks, weights = [], [], []
+        probs, masks, weights, tops = [], [], [], []
         loss_sum = norm = 0.0
         run.model.eval()
         with torch.inference_mode():
             for batch in loader:
                 xb, (mb, wb) = self.to_device(batch, run.device, run.cfg.channels_last)
                 with run.autocast():
-                    logits = run.model(xb).float()
+                    logits = view_maps(lambda v: run.model(v).float(), xb, views)
                 n = float(wb.sum())
                 if n > 0:
                     loss_sum += float(run.criterion(logits, mb, wb)) * n
                     norm += n
                 probs.append(torch.round(torch.sigmoid(logits[:, 0]) * _LEVELS).byte().cpu())
+                tops.append(torch.sigmoid(logits.amax(dim=(1, 2, 3)).double()).cpu())
                 masks.append((mb[:, 0] >= 0.5).cpu())
                 weights.append(wb.cpu())
         run.model.train()
-        outputs = {"probs": torch.cat(probs), "loss": loss_sum / max(norm, 1e-12)}
+        outputs = {
+            "probs": torch.cat(probs),
+            "loss": loss_sum / max(norm, 1e-12),
+            "top": torch.cat(tops),
+        }
         truth = {"masks": torch.cat(masks), "weight": torch.cat(weights)}
+        truth["image"] = torch.tensor(
+            [
+                image_is_positive(sample.class_name, mask.numpy(), named, named[1])
+                for sample, mask in zip(samples, truth["masks"], strict=True)
+            ],
+            dtype=torch.bool,
+        )
         return outputs, truth
+
+    def final_outputs(self, run: Any, outputs: dict, truth: dict) -> tuple[dict, dict]:
+        """The best epoch's validation outputs as the checkpoint will predict: with ``tta`` > 1
+        computed again on the reloaded best model over that many views (epochs are compared on
+        one view, which is 1/``tta`` of the cost), so the threshold and ``min_area`` are fitted
+        on the averaged maps."""
+        if run.cfg.tta == 1:
+            return outputs, truth
+        return self.validation_outputs(run, run.cfg.tta) or (outputs, truth)
 
     def validate(self, outputs: dict, truth: dict, weight: Any) -> dict[str, float]:
         """``val_loss`` (the score, lower is better) and ``val_acc``: pooled pixel F1 at 0.5."""
@@ -261,6 +288,7 @@ class SegmentTask:
             "segmentation": segmentation_metrics(maps, [m.numpy() for m in masks], threshold)
         }
         metrics["min_area"] = self._min_area(cfg, maps, [m.numpy() for m in masks], threshold)
+        outputs["image_scores"] = image_scores(outputs, threshold, metrics["min_area"])
         return 1.0, float(threshold), metrics
 
     def _min_area(
@@ -279,9 +307,33 @@ class SegmentTask:
         return max(1, math.ceil(choose_threshold(truth, largest, metric="f1")))
 
     def validation_record(self, outputs: dict, truth: dict, temperature: float) -> dict[str, Any]:
-        """``meta["validation"]``: the counts only (probability maps are too large to keep)."""
+        """``meta["validation"]``: the counts, and each image's truth (class index: 1 for the
+        positive class) and image-score probabilities ``[1 - s, s]`` (``image_scores``), the
+        scores ``--prior`` re-weights (the probability maps are too large to keep)."""
         weight = truth["weight"]
-        return {"n": int(len(weight)), "with_pixel_truth": int(weight.sum())}
+        record: dict[str, Any] = {"n": int(len(weight)), "with_pixel_truth": int(weight.sum())}
+        scores = outputs.get("image_scores")
+        if scores is not None and "image" in truth:
+            record["labels"] = [int(t) for t in truth["image"]]
+            record["probabilities"] = [[1.0 - float(v), float(v)] for v in scores]
+        return record
+
+
+def image_scores(outputs: dict, threshold: float, min_area: int) -> np.ndarray:
+    """Each validation image's score as ``Predictor.segment_record`` gives it
+    (``masks.segment_image_score``): its most probable pixel, just below ``threshold`` when no
+    piece of ``min_area`` pixels passes it."""
+    from fracturekit.masks import drop_small_pieces, segment_image_score
+
+    level = round(threshold * _LEVELS)
+    return np.array(
+        [
+            segment_image_score(
+                np.array([float(top)]), drop_small_pieces((p >= level).numpy(), min_area), threshold
+            )
+            for p, top in zip(outputs["probs"], outputs["top"], strict=True)
+        ]
+    )
 
 
 def largest_piece(mask: np.ndarray) -> int:

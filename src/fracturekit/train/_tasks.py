@@ -76,6 +76,11 @@ class ClassifyTask:
 
         return cached_validation_outputs(run)
 
+    def final_outputs(self, run: Any, logits: torch.Tensor, labels: torch.Tensor) -> tuple:
+        """The best epoch's validation outputs for calibration: already over ``tta`` views (the
+        validation cache holds that many)."""
+        return logits, labels
+
     def positive(self, cfg: TrainConfig, classes: list[str], note: Callable[[str], None]) -> Any:
         """The positive class of a binary task (None otherwise)."""
         from fracturekit.train._loop import TrainError
