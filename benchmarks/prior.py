@@ -20,6 +20,10 @@ scores: it scores the run's validation tiles (``splits.csv`` beside the checkpoi
 ``Predictor`` (temperature and test-time augmentation applied, as training would) and writes a
 copy of the checkpoint with ``meta["validation"]`` into the output folder.
 
+A segmentation checkpoint (``crack500_segment.py --out DIR``: ``DIR/run/model.pt``, the same
+held-out photos) works the same way: its image score is the most probable pixel, and the prior
+moves its image decision (``Predictor.with_prior``).
+
 Target (issue "Decisions at the prevalence of use"): F1 >= 0.75 with ``--prior 0.03``.
 
 Run:
