@@ -926,6 +926,36 @@ def seg_none(make_seg_checkpoint):
         yield c
 
 
+def test_a_prior_decides_a_segmenter_s_images_not_its_pixels(
+    make_seg_checkpoint, picture: bytes
+) -> None:
+    """Every pixel at sigmoid(3) = 0.95; validation negatives up to 0.97: at 3% positives the
+    image needs more than that, so the image is negative and its mask empty."""
+    predictor = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0))
+    negatives = list(np.linspace(0.05, 0.97, 40))
+    positives = [0.98, 0.99, 0.995, 0.999] * 10
+    scores = negatives + positives
+    predictor.meta["validation"] = {
+        "labels": [0] * len(negatives) + [1] * len(positives),
+        "probabilities": [[1 - v, v] for v in scores],
+    }
+    with local_client(create_app(predictor.with_prior(0.03))) as c:
+        info = c.get("/model").json()
+        assert info["prior"] == pytest.approx(0.03) and info["threshold"] == 0.5
+        assert info["image_threshold"] > 0.97
+        body = c.post("/segment", files=upload(picture)).json()
+        assert body["label"] == "background" and body["crack_fraction"] == 0.0
+        assert body["polygons"] == [] and body["width"]["cracks"] == 0
+        assert body["threshold"] == 0.5 and body["image_threshold"] == info["image_threshold"]
+        assert body["score"] == pytest.approx(SIGMOID_3, abs=1e-5)
+        r = c.post("/segment?format=png", files=upload(picture))
+        assert r.status_code == 200 and not np.asarray(Image.open(io.BytesIO(r.content))).any()
+        assert r.headers["x-fracturekit-label"] == "background"
+        assert c.post("/predict", files=upload(picture)).json()["label"] == "background"
+        body = c.post("/segment?overlay=true", files=upload(picture)).json()
+        assert body["overlay"].startswith("data:image/png;base64,")
+
+
 def test_model_says_its_task(client: TestClient, seg_all: TestClient) -> None:
     body = client.get("/model").json()
     assert body["task"] == "classify" and body["min_area"] is None

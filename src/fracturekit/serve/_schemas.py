@@ -65,6 +65,11 @@ class ModelResponse(BaseModel):
         None,
         description="segmenters: pixels (at img_size x img_size) a predicted piece needs",
     )
+    image_threshold: float | None = Field(
+        None,
+        description="segmenters: the image score at or above which an image is positive (the "
+        "pixel threshold, or with --prior the one for that prevalence)",
+    )
 
 
 class ImageSize(BaseModel):
@@ -152,13 +157,20 @@ class SegmentResponse(BaseModel):
     """A segmentation model's answer for one image (``POST /segment``, JSON)."""
 
     path: str = Field(description="the uploaded file's name")
-    label: str = Field(description="the positive class when the mask holds a piece, else the other")
+    label: str = Field(
+        description="the positive class when the mask holds a piece (with --prior: and the score "
+        "reaches image_threshold), else the other"
+    )
     score: float = Field(
         description="max pixel probability; below the threshold when no piece of min_area"
     )
     positive: str | None
     crack_fraction: float = Field(description="the share of the image's pixels in the mask")
     threshold: float = Field(description="pixel probability at which a pixel is crack")
+    image_threshold: float = Field(
+        description="the score at or above which the image is positive: the pixel threshold, or "
+        "with --prior the one for that prevalence"
+    )
     min_area: int = Field(description="pixels (at img_size x img_size) a piece needs")
     width_px: int = Field(description="the uploaded image's width")
     height_px: int = Field(description="the uploaded image's height")
