@@ -16,6 +16,8 @@ Exit codes: 0 every image classified; 1 some images could not be read (see the e
 With --prior P the decisions are made for images where the positive class makes up P of the
 cases (0.03: a pavement survey with 3 % cracks), from the validation scores stored in the
 checkpoint; multi-class models take CLASS=P,... and move their probabilities to those priors.
+A segmentation checkpoint decides its images at P (on the most probable pixel, never below the
+pixel threshold, which does not move) and writes an empty mask for an image decided negative.
 
 Examples:
   fracturekit predict runs/demo/model.pt photos/ more.csv --out results.csv
