@@ -188,3 +188,11 @@ def test_a_segmenter_without_validation_scores_refuses_a_prior(make_seg_checkpoi
     predictor = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0))
     with pytest.raises(ValueError, match="stores no validation scores"):
         predictor.with_prior(0.03)
+
+
+def test_evaluate_refuses_a_threshold_for_a_segmenter(make_seg_checkpoint, tmp_path) -> None:
+    from fracturekit.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="--threshold\\) is for classifiers"):
+        evaluate_checkpoint(make_seg_checkpoint(), tmp_path, tmp_path / "out", threshold=0.9)
+    assert not (tmp_path / "out").exists()

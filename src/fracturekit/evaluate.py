@@ -580,6 +580,12 @@ def evaluate_checkpoint(
     from fracturekit.predict import Predictor
 
     predictor = Predictor.from_checkpoint(ckpt, prior=prior if threshold is None else None)
+    if getattr(predictor, "task", "classify") == "segment" and threshold is not None:
+        raise ValueError(
+            f"{ckpt}: a segmentation checkpoint decides with its stored pixel threshold and "
+            "min_area; threshold= (--threshold) is for classifiers. Use prior= (--prior) to "
+            "decide its images for another prevalence"
+        )
     splits, samples, used = _load_samples(predictor, data, split, layout, load_options)
     if getattr(predictor, "task", "classify") == "segment":
         source = {"checkpoint": str(ckpt), "data": str(data), "split": used}
