@@ -1,0 +1,250 @@
+"""Decisions at 3 % cracks, cross-validated: every CRACK500 tile scored by a model that never saw
+its photo.
+
+``benchmarks/prior.py`` builds its 3 %-crack view from one held-out fifth of the photos: 200
+``no_crack`` tiles and 6 crack tiles, so one or two false alarms move precision, and so F1, a
+lot. This script folds the 150 source photos into ``--folds`` groups (stratified by class,
+grouped by ``source_image``, fixed seed), trains the set-up (``--config``, the default
+classifier unless told) once per fold on the other folds, and scores the fold's tiles with that
+checkpoint. Every one of the 1,000 ``no_crack`` tiles is then held out once, and the view grows
+to all of them plus a 3 % share of crack tiles (31 of the 1,000, drawn ``--draws`` times).
+
+Each tile is decided the way a user of its fold's checkpoint decides it: at the checkpoint's
+stored threshold (chosen on its balanced validation split), and at the threshold its
+``--prior`` picks from the validation scores stored in the checkpoint
+(``Predictor.with_prior``, the code of ``predict/evaluate/serve --prior``). The best single
+threshold in hindsight on the pooled scores is printed for scale. A segmentation set-up
+(``--config default_segment``) works the same way: its image score is the most probable pixel
+and the prior moves its image decision.
+
+Folds already trained (``OUT/fold<k>/run/model.pt``) are reused: the script resumes.
+
+Target (issue "Decisions at the prevalence of use"): F1 >= 0.75 with ``--prior 0.03``.
+
+Run:
+    .venv/bin/python benchmarks/prior_cv.py --out DIR [--config default] [--folds 5]
+        [--prior 0.03] [--draws 200] [--seed 0] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import SHARED_DATA, target_line
+
+DEFAULT_DATA = SHARED_DATA / "crack500_patches"
+
+
+def fold_manifests(data: Path, out: Path, *, folds: int, seed: int, masks: bool) -> list[Path]:
+    """One ``manifest.csv`` (path,label,group,split[,mask]) per fold; ``split`` is ``test`` for
+    the fold's photos and ``train`` for the rest (training carves validation from it)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    with (data / "patches.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    paths = [next((data / r["label"]).glob(r["patch"] + ".*")) for r in rows]
+    labels = [r["label"] for r in rows]
+    groups = [r["source_image"] for r in rows]
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    manifests = []
+    for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(rows)), labels, groups)):
+        test = set(test_idx.tolist())
+        folder = out / f"fold{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "manifest.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "group", "split", *(["mask"] if masks else [])])
+            for i, (image, label, group) in enumerate(zip(paths, labels, groups, strict=True)):
+                row = [image, label, group, "test" if i in test else "train"]
+                if masks:
+                    mask = data / "masks" / (image.stem + ".png")
+                    row.append(mask if label == "crack" and mask.is_file() else "")
+                writer.writerow(row)
+        manifests.append(path)
+    return manifests
+
+
+def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
+    """Train the fold's checkpoint (unless it exists) and score its held-out tiles."""
+    from fracturekit.config import resolve_config
+    from fracturekit.predict import Predictor
+    from fracturekit.train import train
+
+    run = manifest.parent / "run"
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    if not (run / "model.pt").is_file():
+        cfg = resolve_config(
+            {"data": str(manifest), "seed": args.seed, "val_fraction": 0.2, **overrides},
+            args.config,
+        )
+        t0 = time.perf_counter()
+        train(cfg, run, progress=not args.no_progress, overwrite=True)
+        seconds = time.perf_counter() - t0
+        (run / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
+    predictor = Predictor.from_checkpoint(run / "model.pt")
+    stored = predictor.image_threshold
+    prior_threshold = predictor.with_prior(args.prior).image_threshold
+    with manifest.open(newline="") as fh:
+        test = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    preds = list(predictor.with_prior(None).predict_paths([r["path"] for r in test], 32))
+    bad = [p.path for p in preds if p.error]
+    if bad:
+        raise SystemExit(f"unreadable tiles: {bad[:3]}")
+    return [
+        {
+            "path": r["path"],
+            "fold": manifest.parent.name,
+            "label": r["label"],
+            "p_crack": p.probabilities["crack"],
+            "stored_threshold": stored,
+            "prior_threshold": prior_threshold,
+        }
+        for r, p in zip(test, preds, strict=True)
+    ]
+
+
+def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, np.ndarray]:
+    """F1 of each decision over ``n_draws`` views: every negative, a ``prior`` share of cracks."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from prior import _best_f1
+
+    y = np.array([r["label"] == "crack" for r in rows])
+    s = np.array([r["p_crack"] for r in rows])
+    decided = {
+        "stored": s >= np.array([r["stored_threshold"] for r in rows]),
+        "prior": s >= np.array([r["prior_threshold"] for r in rows]),
+    }
+    neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
+    n_crack = max(1, round(prior / (1 - prior) * neg.size))
+    rng = np.random.default_rng(seed + 1)
+    out: dict[str, list[float]] = {}
+    for _ in range(n_draws):
+        idx = np.r_[neg, rng.choice(pos, n_crack, replace=False)]
+        for name, d in decided.items():
+            for metric, fn in (("f1", f1_score), ("precision", precision_score)):
+                out.setdefault(f"{name} {metric}", []).append(fn(y[idx], d[idx], zero_division=0))
+            out.setdefault(f"{name} recall", []).append(recall_score(y[idx], d[idx]))
+        out.setdefault("best in hindsight f1", []).append(_best_f1(y[idx], s[idx]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--prior", type=float, default=0.03)
+    parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from fracturekit.config import resolve_config
+
+    if not (args.data / "patches.csv").is_file():
+        raise SystemExit(f"{args.data}: CRACK500 patches not found (pass --data)")
+    task = resolve_config({"data": str(args.data)}, args.config).task
+    load = os.getloadavg()
+    manifests = fold_manifests(
+        args.data, args.out, folds=args.folds, seed=args.seed, masks=task == "segment"
+    )
+    rows: list[dict] = []
+    for manifest in manifests:
+        rows += score_fold(manifest, args)
+    with (args.out / "scores.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    con = Console(width=140)
+    folds = Table(title=f"{args.folds} folds by source photo, config {args.config} {args.set}")
+    for col in ("fold", "tiles (cracks)", "ROC AUC", "stored threshold", "prior threshold"):
+        folds.add_column(col, justify="right")
+    for k in range(args.folds):
+        part = [r for r in rows if r["fold"] == f"fold{k}"]
+        y = [r["label"] == "crack" for r in part]
+        s = [r["p_crack"] for r in part]
+        folds.add_row(
+            str(k),
+            f"{len(part)} ({sum(y)})",
+            f"{roc_auc_score(y, s):.3f}",
+            f"{part[0]['stored_threshold']:.3f}",
+            f"{part[0]['prior_threshold']:.3f}",
+        )
+    con.print(folds)
+    y = np.array([r["label"] == "crack" for r in rows])
+    s = np.array([r["p_crack"] for r in rows])
+    spread = draws(rows, args.prior, args.draws, args.seed)
+    n_neg = int((~y).sum())
+    n_crack = max(1, round(args.prior / (1 - args.prior) * n_neg))
+    table = Table(
+        title=f"{n_neg} no_crack tiles + {n_crack} crack tiles ({args.prior:.0%}), "
+        f"{args.draws} draws of the cracks; every tile held out"
+    )
+    for col in ("decision", "F1 mean (5-95%)", "precision mean", "recall mean"):
+        table.add_column(col, justify="right" if col != "decision" else "left")
+    summary: dict = {}
+    for name, label in (("stored", "stored threshold"), ("prior", f"--prior {args.prior:g}")):
+        f1 = spread[f"{name} f1"]
+        summary[name] = {
+            "f1_mean": float(f1.mean()),
+            "f1_5": float(np.percentile(f1, 5)),
+            "f1_95": float(np.percentile(f1, 95)),
+            "precision_mean": float(spread[f"{name} precision"].mean()),
+            "recall_mean": float(spread[f"{name} recall"].mean()),
+        }
+        table.add_row(
+            label,
+            f"{f1.mean():.3f} ({np.percentile(f1, 5):.3f}-{np.percentile(f1, 95):.3f})",
+            f"{summary[name]['precision_mean']:.3f}",
+            f"{summary[name]['recall_mean']:.3f}",
+        )
+    best = spread["best in hindsight f1"]
+    summary["best_in_hindsight_f1_mean"] = float(best.mean())
+    table.add_row("best threshold in hindsight (pooled scores)", f"{best.mean():.3f}", "", "")
+    con.print(table)
+    summary.update(
+        roc_auc_pooled=float(roc_auc_score(y, s)),
+        average_precision_all_tiles=float(average_precision_score(y, s)),
+        config=args.config,
+        overrides=args.set,
+        folds=args.folds,
+        prevalence=args.prior,
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}",
+        train_seconds=[
+            float((m.parent / "run" / "train_seconds.txt").read_text())
+            for m in manifests
+            if (m.parent / "run" / "train_seconds.txt").is_file()
+        ],
+    )
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    con.print(
+        f"pooled ROC AUC {summary['roc_auc_pooled']:.3f}; written {args.out / 'summary.json'}"
+    )
+    con.print(
+        target_line(
+            f"F1 >= 0.75 with --prior {args.prior:g} (mean of draws)",
+            summary["prior"]["f1_mean"] >= 0.75,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
