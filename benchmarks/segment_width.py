@@ -7,6 +7,8 @@ crack, the mean absolute error, the signed bias and the median absolute error; t
 drawn width, and what one scale factor for every tile (the median drawn / predicted ratio, chosen
 in hindsight on these same tiles) would leave: if that is still far from 2 px, no threshold or
 width calibration brings the error there, because it is scatter from tile to tile, not a bias.
+Last, two other per-tile read-outs (the median width along the centre lines, the area over the
+centre lines' length), each against the same read-out of the drawn mask.
 
 Run:
     .venv/bin/python benchmarks/segment_width.py --run DIR
@@ -41,14 +43,15 @@ def main() -> None:
 
     predictor = Predictor.from_checkpoint(args.run / "run" / "model.pt")
     rows = [r for r in test_rows(args.run / "manifest.csv") if r["label"] == "crack" and r["mask"]]
-    maps, drawn = [], []
+    maps, drawn_masks = [], []
     for i in range(0, len(rows), args.batch_size):
         images = [read_image(r["path"]) for r in rows[i : i + args.batch_size]]
         maps += predictor.probability_maps(images)
-        drawn += [
-            _mean_width(read_mask(r["mask"], size=im.size))
+        drawn_masks += [
+            read_mask(r["mask"], size=im.size)
             for r, im in zip(rows[i : i + args.batch_size], images, strict=True)
         ]
+    drawn = [_mean_width(m) for m in drawn_masks]
 
     con = Console(width=120)
     stored = predictor.threshold
@@ -94,6 +97,48 @@ def main() -> None:
         f"median ratio in hindsight (x{scale:.3f}), leaves MAE "
         f"{np.abs(pred_w * scale - true_w).mean():.2f} px (target: 2 px)"
     )
+    readout_table(maps, drawn_masks, predictor)
+
+
+def _readouts(mask: np.ndarray) -> dict[str, float] | None:
+    """Other per-tile width read-outs of a mask: the median width along its centre lines, and
+    its area over the centre lines' length (None: no crack)."""
+    from fracturekit.width import measure_mask
+
+    widths = [c.widths_px for c in measure_mask(mask) if len(c.widths_px)]
+    if not widths:
+        return None
+    all_widths = np.concatenate(widths)
+    return {
+        "median width along the centre lines": float(np.median(all_widths)),
+        "area / centre-line length": float(mask.sum()) / all_widths.size,
+    }
+
+
+def readout_table(maps: list[np.ndarray], drawn_masks: list[np.ndarray], predictor) -> None:
+    """MAE and bias of the other read-outs, each compared with the same read-out of the drawn
+    mask (the mean width is the first table's)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fracturekit.masks import drop_small_pieces
+
+    table = Table(title=f"other width read-outs at the stored threshold {predictor.threshold:.2f}")
+    for col in ("read-out", "tiles", "MAE", "bias"):
+        table.add_column(col, justify="right")
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for p, m in zip(maps, drawn_masks, strict=True):
+        pred = _readouts(drop_small_pieces(p >= predictor.threshold, predictor.min_area))
+        true = _readouts(m)
+        if pred is None or true is None:
+            continue
+        for name in pred:
+            pairs.setdefault(name, []).append((pred[name], true[name]))
+    for name, values in pairs.items():
+        a = np.array(values)
+        err = a[:, 0] - a[:, 1]
+        table.add_row(name, str(len(a)), f"{np.abs(err).mean():.2f} px", f"{err.mean():+.2f} px")
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":
