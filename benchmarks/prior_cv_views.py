@@ -1,0 +1,235 @@
+"""Decisions at 3 % cracks, cross-validated, for a segmenter with test-time views.
+
+Takes the folds of ``benchmarks/prior_cv.py --out DIR --config default_segment`` (trained
+already) and asks what each fold's checkpoint decides when it averages the pixel logits of 1,
+4 or 8 flipped and turned views (``--views``; the ``tta`` setting). Training with
+``--set tta=N`` compares its epochs on one view and then fits the pixel threshold, ``min_area``
+and the stored validation image scores on the best epoch's validation maps averaged over N views
+(``SegmentTask.final_outputs``); this script does that last step on each fold's run with the
+training code's own functions (``SegmentTask.calibrate``, ``validation_record``), so each row
+is what ``prior_cv.py --config default_segment --set tta=N`` gives, without training again.
+One view must give every fold's stored threshold and ``min_area`` back (checked).
+
+The prior threshold comes from ``Predictor.with_prior`` on the refitted checkpoint description;
+each held-out tile's image score is ``SegmentTask``'s (``image_scores``: the most probable
+pixel, below the threshold when no piece reaches ``min_area``), checked against
+``Predictor.predict_paths`` on a few tiles per fold. The view and its draws are
+``prior_cv.py``'s: every ``no_crack`` tile, 3 % cracks drawn ``--draws`` times.
+
+Run:
+    .venv/bin/python benchmarks/prior_cv_views.py --cv DIR [--views 1 4 8] [--prior 0.03]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import target_line
+
+
+def view_outputs(
+    predictor, rows: list[dict], views: list[int], batch: int
+) -> dict[int, dict[str, object]]:
+    """For each count in ``views``: the probability maps (bytes, as training keeps them) and
+    each image's most probable pixel, the logits averaged over the first that many views."""
+    import torch
+
+    from fracturekit.io import read_image
+    from fracturekit.models._views import INVERSE_VIEWS, VIEW_OPS
+
+    model = predictor.model
+    probs: dict[int, list] = {v: [] for v in views}
+    tops: dict[int, list] = {v: [] for v in views}
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch):
+            part = rows[i : i + batch]
+            x = predictor.stack([predictor.preprocess(read_image(r["path"])) for r in part])
+            total = None
+            for k in range(max(views)):
+                view = VIEW_OPS[k](x).contiguous(memory_format=torch.channels_last)
+                out = VIEW_OPS[INVERSE_VIEWS[k]](model(view).float())
+                total = out if total is None else total + out
+                if k + 1 in views:
+                    mean = total / (k + 1)
+                    probs[k + 1].append(torch.round(torch.sigmoid(mean[:, 0]) * 255).byte())
+                    tops[k + 1].append(torch.sigmoid(mean.amax(dim=(1, 2, 3)).double()))
+    return {v: {"probs": torch.cat(probs[v]), "top": torch.cat(tops[v])} for v in views}
+
+
+def fold_rows(fold: Path, views: list[int], prior: float, batch: int) -> dict[int, list[dict]]:
+    """Refit each view count's calibration on the fold's validation tiles and score its
+    held-out tiles; rows as ``prior_cv.py`` writes them, per view count."""
+    import torch
+
+    from fracturekit.config import TrainConfig
+    from fracturekit.io import read_mask
+    from fracturekit.predict import Predictor
+    from fracturekit.train._segment_task import SegmentTask, image_scores
+
+    ckpt = fold / "run" / "model.pt"
+    predictor = Predictor.from_checkpoint(ckpt)
+    if predictor.task != "segment" or predictor.tta != 1:
+        raise SystemExit(f"{ckpt}: give the folds of a one-view segmenter (default_segment)")
+    cfg = TrainConfig.from_dict(predictor.meta["config"])
+    with (fold / "manifest.csv").open(newline="") as fh:
+        manifest = {r["path"]: r for r in csv.DictReader(fh)}
+    with (fold / "run" / "splits.csv").open(newline="") as fh:
+        val = [manifest[r["path"]] for r in csv.DictReader(fh) if r["split"] == "val"]
+    test = [r for r in manifest.values() if r["split"] == "test"]
+    size = (predictor.img_size, predictor.img_size)
+    truth = {
+        "masks": torch.from_numpy(
+            np.stack(
+                [
+                    read_mask(r["mask"], size=size) if r["mask"] else np.zeros(size, bool)
+                    for r in val
+                ]
+            )
+        ),
+        "weight": torch.ones(len(val)),
+        "image": torch.tensor([r["label"] == "crack" for r in val]),
+    }
+    stored = (predictor.threshold, predictor.min_area, predictor.meta["validation"]["labels"])
+    if stored[2] != [int(t) for t in truth["image"]]:
+        raise SystemExit(f"{ckpt}: validation truth differs from the stored labels")
+    val_out = view_outputs(predictor, val, views, batch)
+    test_out = view_outputs(predictor, test, views, batch)
+    rows: dict[int, list[dict]] = {}
+    for v in views:
+        outputs = dict(val_out[v])
+        _, threshold, fitted = SegmentTask().calibrate(
+            cfg, outputs, truth, predictor.classes, predictor.positive, lambda _: None
+        )
+        if v == 1 and (threshold, fitted["min_area"]) != stored[:2]:
+            raise SystemExit(
+                f"{ckpt}: one view gave threshold {threshold} / min_area {fitted['min_area']}, "
+                f"the run stores {stored[0]} / {stored[1]}: no longer calibrating as training does"
+            )
+        predictor.meta.update(
+            tta=v,
+            threshold=threshold,
+            min_area=fitted["min_area"],
+            validation=SegmentTask().validation_record(outputs, truth, 1.0),
+        )
+        image_threshold = predictor.with_prior(None).image_threshold
+        prior_threshold = predictor.with_prior(prior).image_threshold
+        scores = image_scores(test_out[v], threshold, fitted["min_area"])
+        check = list(predictor.with_prior(None).predict_paths([r["path"] for r in test[:4]], 4))
+        for p, s in zip(check, scores[:4], strict=True):
+            if abs(p.probabilities["crack"] - s) > 2e-3:
+                raise SystemExit(f"{p.path}: predict gives {p.probabilities['crack']}, here {s}")
+        rows[v] = [
+            {
+                "path": r["path"],
+                "fold": fold.name,
+                "label": r["label"],
+                "p_crack": float(s),
+                "stored_threshold": image_threshold,
+                "prior_threshold": prior_threshold,
+            }
+            for r, s in zip(test, scores, strict=True)
+        ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cv", type=Path, required=True, help="prior_cv.py --out DIR (segmenter)")
+    parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--prior", type=float, default=0.03)
+    parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+    from sklearn.metrics import roc_auc_score
+
+    from prior_cv import draws
+
+    views = sorted(set(args.views))
+    folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/model.pt"))
+    if not folds:
+        raise SystemExit(f"{args.cv}: no trained folds (run prior_cv.py --out DIR first)")
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    rows: dict[int, list[dict]] = {v: [] for v in views}
+    thresholds: dict[int, list[tuple[float, float]]] = {v: [] for v in views}
+    for fold in folds:
+        for v, part in fold_rows(fold, views, args.prior, args.batch_size).items():
+            rows[v] += part
+            thresholds[v].append((part[0]["stored_threshold"], part[0]["prior_threshold"]))
+    seconds = time.perf_counter() - t0
+
+    con = Console(width=150)
+    any_rows = rows[views[0]]
+    n_neg = sum(r["label"] != "crack" for r in any_rows)
+    n_crack = max(1, round(args.prior / (1 - args.prior) * n_neg))
+    table = Table(
+        title=f"{len(folds)} folds, {n_neg} no_crack + {n_crack} crack tiles ({args.prior:.0%}), "
+        f"{args.draws} draws; thresholds refitted on each fold's validation maps"
+    )
+    columns = ("views", "pooled ROC AUC", "stored: F1", f"--prior {args.prior:g}: F1 (5-95%)",
+               "precision", "recall", "best in hindsight", "prior thresholds")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="right")
+    summary: dict = {}
+    for v in views:
+        y = np.array([r["label"] == "crack" for r in rows[v]])
+        s = np.array([r["p_crack"] for r in rows[v]])
+        spread = draws(rows[v], args.prior, args.draws, args.seed)
+        f1 = spread["prior f1"]
+        summary[str(v)] = {
+            "roc_auc_pooled": float(roc_auc_score(y, s)),
+            "stored_f1_mean": float(spread["stored f1"].mean()),
+            "prior_f1_mean": float(f1.mean()),
+            "prior_f1_5": float(np.percentile(f1, 5)),
+            "prior_f1_95": float(np.percentile(f1, 95)),
+            "prior_precision_mean": float(spread["prior precision"].mean()),
+            "prior_recall_mean": float(spread["prior recall"].mean()),
+            "best_in_hindsight_f1_mean": float(spread["best in hindsight f1"].mean()),
+            "thresholds": thresholds[v],
+        }
+        sv = summary[str(v)]
+        table.add_row(
+            str(v),
+            f"{sv['roc_auc_pooled']:.3f}",
+            f"{sv['stored_f1_mean']:.3f}",
+            f"{f1.mean():.3f} ({sv['prior_f1_5']:.3f}-{sv['prior_f1_95']:.3f})",
+            f"{sv['prior_precision_mean']:.3f}",
+            f"{sv['prior_recall_mean']:.3f}",
+            f"{sv['best_in_hindsight_f1_mean']:.3f}",
+            " ".join(f"{p:.3f}" for _, p in thresholds[v]),
+        )
+        with (args.cv / f"scores_views{v}.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, list(rows[v][0]))
+            writer.writeheader()
+            writer.writerows(rows[v])
+    con.print(table)
+    summary["seconds"] = seconds
+    summary["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+    )
+    (args.cv / "summary_views.json").write_text(json.dumps(summary, indent=2) + "\n")
+    con.print(f"{seconds:.0f} s; written {args.cv / 'summary_views.json'}")
+    best = max(views, key=lambda v: summary[str(v)]["prior_f1_mean"])
+    con.print(
+        target_line(
+            f"F1 >= 0.75 with --prior {args.prior:g} (mean of draws, {best} views)",
+            summary[str(best)]["prior_f1_mean"] >= 0.75,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
