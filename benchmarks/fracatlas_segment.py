@@ -46,12 +46,17 @@ def write_manifest(root: Path, out: Path, *, seed: int, test_fraction: float, li
     return path, n_train, n_test
 
 
-def classifier_scores(checkpoint: Path, rows: list[dict], batch: int = 32) -> np.ndarray:
-    """The classifier's probability of ``fractured`` for each row."""
+def classifier_scores(
+    checkpoint: Path, rows: list[dict], batch: int = 32, views: int | None = None
+) -> np.ndarray:
+    """The classifier's probability of ``fractured`` for each row, with ``views`` test-time
+    views (``tta``) when given, else the checkpoint's own."""
     from fracturekit.io import read_image
     from fracturekit.predict import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
+    if views is not None:
+        predictor.meta["tta"] = views
     out = []
     for i in range(0, len(rows), batch):
         images = [read_image(r["path"]) for r in rows[i : i + batch]]

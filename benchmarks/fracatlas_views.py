@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from _common import start_clock, target_line
-from fracatlas_segment import POSITIVE
-from prior_cv_views import view_outputs
+from fracatlas_segment import POSITIVE, classifier_scores
+from segment_tta import view_outputs
 
 
 def bootstrap_auc(truth: np.ndarray, score: np.ndarray, n: int = 2000) -> tuple[float, float]:
@@ -43,20 +43,6 @@ def bootstrap_auc(truth: np.ndarray, score: np.ndarray, n: int = 2000) -> tuple[
         idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
         values.append(roc_auc_score(truth[idx], score[idx]))
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
-def classifier_scores(checkpoint: Path, rows: list[dict], views: int, batch: int) -> np.ndarray:
-    """The classifier's probability of ``fractured`` with ``views`` test-time views."""
-    from fracturekit.io import read_image
-    from fracturekit.predict import Predictor
-
-    predictor = Predictor.from_checkpoint(checkpoint)
-    predictor.meta["tta"] = views
-    out = []
-    for i in range(0, len(rows), batch):
-        images = [read_image(r["path"]) for r in rows[i : i + batch]]
-        out += [p.probabilities[POSITIVE] for p in predictor.predict_images(images)]
-    return np.array(out)
 
 
 def main() -> None:
@@ -94,7 +80,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     figures: dict = {"images": len(rows), "fractured": int(truth.sum()), "views": {}}
     for v in views:
-        cls = classifier_scores(args.classifier, rows, v, args.batch_size)
+        cls = classifier_scores(args.classifier, rows, args.batch_size, views=v)
         cells = []
         entry = {}
         for name, score in (

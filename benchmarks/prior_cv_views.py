@@ -25,52 +25,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import target_line
-
-
-def view_outputs(
-    predictor, rows: list[dict], views: list[int], batch: int
-) -> dict[int, dict[str, object]]:
-    """For each count in ``views``: the probability maps (bytes, as training keeps them) and
-    each image's most probable pixel, the logits averaged over the first that many views."""
-    import torch
-
-    from fracturekit.io import read_image
-    from fracturekit.models._views import INVERSE_VIEWS, VIEW_OPS
-
-    model = predictor.model
-    probs: dict[int, list] = {v: [] for v in views}
-    tops: dict[int, list] = {v: [] for v in views}
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch):
-            part = rows[i : i + batch]
-            x = predictor.stack([predictor.preprocess(read_image(r["path"])) for r in part])
-            total = None
-            for k in range(max(views)):
-                view = VIEW_OPS[k](x).contiguous(memory_format=torch.channels_last)
-                out = VIEW_OPS[INVERSE_VIEWS[k]](model(view).float())
-                total = out if total is None else total + out
-                if k + 1 in views:
-                    mean = total / (k + 1)
-                    probs[k + 1].append(torch.round(torch.sigmoid(mean[:, 0]) * 255).byte())
-                    tops[k + 1].append(torch.sigmoid(mean.amax(dim=(1, 2, 3)).double()))
-    return {v: {"probs": torch.cat(probs[v]), "top": torch.cat(tops[v])} for v in views}
+from _common import start_clock, target_line
+from segment_tta import validation_truth, view_outputs
 
 
 def fold_rows(fold: Path, views: list[int], prior: float, batch: int) -> dict[int, list[dict]]:
     """Refit each view count's calibration on the fold's validation tiles and score its
     held-out tiles; rows as ``prior_cv.py`` writes them, per view count."""
-    import torch
-
     from fracturekit.config import TrainConfig
-    from fracturekit.io import read_mask
     from fracturekit.predict import Predictor
     from fracturekit.train._segment_task import SegmentTask, image_scores
 
@@ -84,19 +51,7 @@ def fold_rows(fold: Path, views: list[int], prior: float, batch: int) -> dict[in
     with (fold / "run" / "splits.csv").open(newline="") as fh:
         val = [manifest[r["path"]] for r in csv.DictReader(fh) if r["split"] == "val"]
     test = [r for r in manifest.values() if r["split"] == "test"]
-    size = (predictor.img_size, predictor.img_size)
-    truth = {
-        "masks": torch.from_numpy(
-            np.stack(
-                [
-                    read_mask(r["mask"], size=size) if r["mask"] else np.zeros(size, bool)
-                    for r in val
-                ]
-            )
-        ),
-        "weight": torch.ones(len(val)),
-        "image": torch.tensor([r["label"] == "crack" for r in val]),
-    }
+    truth = validation_truth(val, (predictor.img_size, predictor.img_size))
     stored = (predictor.threshold, predictor.min_area, predictor.meta["validation"]["labels"])
     if stored[2] != [int(t) for t in truth["image"]]:
         raise SystemExit(f"{ckpt}: validation truth differs from the stored labels")
@@ -160,15 +115,14 @@ def main() -> None:
     folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/model.pt"))
     if not folds:
         raise SystemExit(f"{args.cv}: no trained folds (run prior_cv.py --out DIR first)")
-    load = os.getloadavg()
-    t0 = time.perf_counter()
+    clock = start_clock()
     rows: dict[int, list[dict]] = {v: [] for v in views}
     thresholds: dict[int, list[tuple[float, float]]] = {v: [] for v in views}
     for fold in folds:
         for v, part in fold_rows(fold, views, args.prior, args.batch_size).items():
             rows[v] += part
             thresholds[v].append((part[0]["stored_threshold"], part[0]["prior_threshold"]))
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - clock.start
 
     con = Console(width=150)
     any_rows = rows[views[0]]
@@ -216,10 +170,7 @@ def main() -> None:
             writer.writerows(rows[v])
     con.print(table)
     summary["seconds"] = seconds
-    summary["machine"] = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}"
-    )
+    summary["machine"] = clock.line()
     (args.cv / "summary_views.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print(f"{seconds:.0f} s; written {args.cv / 'summary_views.json'}")
     best = max(views, key=lambda v: summary[str(v)]["prior_f1_mean"])

@@ -25,33 +25,52 @@ import numpy as np
 from crack500_segment import score_segmenter, test_rows
 
 
-def validation_outputs(predictor, rows: list[dict], batch: int) -> tuple[dict, dict]:
-    """The validation outputs ``SegmentTask.calibrate`` takes, from ``predictor``'s maps at
-    ``img_size`` (as training scores them)."""
+def view_outputs(
+    predictor, rows: list[dict], views: list[int], batch: int
+) -> dict[int, dict[str, object]]:
+    """The outputs ``SegmentTask.calibrate`` takes, for each count in ``views``: the probability
+    maps at ``img_size`` (bytes, as training keeps them) and each image's most probable pixel,
+    the pixel logits averaged over the first that many views (``models.VIEW_OPS``, each turned
+    back), all counts from one pass over the views."""
     import torch
 
-    from fracturekit.io import read_image, read_mask
+    from fracturekit.io import read_image
+    from fracturekit.models._views import INVERSE_VIEWS, VIEW_OPS, check_views
 
-    size = (predictor.img_size, predictor.img_size)
-    probs, masks = [], []
-    for i in range(0, len(rows), batch):
-        part = rows[i : i + batch]
-        tensors = predictor.stack([predictor.preprocess(read_image(r["path"])) for r in part])
-        probs += predictor.predict_proba_maps(tensors)
-        masks += [
-            read_mask(r["mask"], size=size) if r["mask"] else np.zeros(size, bool) for r in part
-        ]
-    stacked = torch.from_numpy(np.stack(probs))
-    outputs = {
-        "probs": torch.round(stacked * 255).to(torch.uint8),
-        "top": stacked.flatten(1).amax(1).double(),
-    }
-    truth = {
+    model = predictor.model
+    probs: dict[int, list] = {v: [] for v in views}
+    tops: dict[int, list] = {v: [] for v in views}
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch):
+            part = rows[i : i + batch]
+            x = predictor.stack([predictor.preprocess(read_image(r["path"])) for r in part])
+            for v in views:
+                check_views(tuple(x.shape), v)
+            total = None
+            for k in range(max(views)):
+                view = VIEW_OPS[k](x).contiguous(memory_format=torch.channels_last)
+                out = VIEW_OPS[INVERSE_VIEWS[k]](model(view).float())
+                total = out if total is None else total + out
+                if k + 1 in views:
+                    mean = total / (k + 1)
+                    probs[k + 1].append(torch.round(torch.sigmoid(mean[:, 0]) * 255).byte())
+                    tops[k + 1].append(torch.sigmoid(mean.amax(dim=(1, 2, 3)).double()))
+    return {v: {"probs": torch.cat(probs[v]), "top": torch.cat(tops[v])} for v in views}
+
+
+def validation_truth(rows: list[dict], size: tuple[int, int]) -> dict:
+    """The truth ``SegmentTask.calibrate`` takes: each row's mask at ``size`` (empty without a
+    mask file), unit weights, and whether its label is ``crack``."""
+    import torch
+
+    from fracturekit.io import read_mask
+
+    masks = [read_mask(r["mask"], size=size) if r["mask"] else np.zeros(size, bool) for r in rows]
+    return {
         "masks": torch.from_numpy(np.stack(masks)),
         "weight": torch.ones(len(rows)),
         "image": torch.tensor([r["label"] == "crack" for r in rows]),
     }
-    return outputs, truth
 
 
 def main() -> None:
@@ -84,11 +103,12 @@ def main() -> None:
                "image F1", "image ROC AUC", "crack found", "width MAE", "test seconds")  # fmt: skip
     for col in columns:
         table.add_column(col, justify="right")
+    val_outputs = view_outputs(predictor, val, args.views, args.batch_size)
+    truth = validation_truth(val, (predictor.img_size, predictor.img_size))
     for views in args.views:
         predictor.meta["tta"] = views
-        outputs, truth = validation_outputs(predictor, val, args.batch_size)
         _, threshold, fitted = SegmentTask().calibrate(
-            cfg, outputs, truth, predictor.classes, predictor.positive, print
+            cfg, dict(val_outputs[views]), truth, predictor.classes, predictor.positive, print
         )
         min_area = fitted["min_area"]
         if views == 1 and (threshold, min_area) != stored:
