@@ -34,14 +34,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED_DATA, target_line
+from _common import SHARED_DATA, start_clock, target_line
 
 DEFAULT_DATA = SHARED_DATA / "crack500_patches"
 
@@ -141,6 +139,24 @@ def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, 
     return {k: np.array(v) for k, v in out.items()}
 
 
+def f1_summary(spread: dict[str, np.ndarray], name: str) -> dict[str, float]:
+    """Mean and 5-95% range of decision ``name``'s F1 over the draws, and its mean precision
+    and recall (``name`` is ``stored`` or ``prior``, keys of :func:`draws`)."""
+    f1 = spread[f"{name} f1"]
+    return {
+        "f1_mean": float(f1.mean()),
+        "f1_5": float(np.percentile(f1, 5)),
+        "f1_95": float(np.percentile(f1, 95)),
+        "precision_mean": float(spread[f"{name} precision"].mean()),
+        "recall_mean": float(spread[f"{name} recall"].mean()),
+    }
+
+
+def f1_cell(summary: dict[str, float]) -> str:
+    """``mean (5%-95%)`` of an :func:`f1_summary`."""
+    return f"{summary['f1_mean']:.3f} ({summary['f1_5']:.3f}-{summary['f1_95']:.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -163,7 +179,7 @@ def main() -> None:
     if not (args.data / "patches.csv").is_file():
         raise SystemExit(f"{args.data}: CRACK500 patches not found (pass --data)")
     task = resolve_config({"data": str(args.data)}, args.config).task
-    load = os.getloadavg()
+    clock = start_clock()
     manifests = fold_manifests(
         args.data, args.out, folds=args.folds, seed=args.seed, masks=task == "segment"
     )
@@ -204,17 +220,10 @@ def main() -> None:
         table.add_column(col, justify="right" if col != "decision" else "left")
     summary: dict = {}
     for name, label in (("stored", "stored threshold"), ("prior", f"--prior {args.prior:g}")):
-        f1 = spread[f"{name} f1"]
-        summary[name] = {
-            "f1_mean": float(f1.mean()),
-            "f1_5": float(np.percentile(f1, 5)),
-            "f1_95": float(np.percentile(f1, 95)),
-            "precision_mean": float(spread[f"{name} precision"].mean()),
-            "recall_mean": float(spread[f"{name} recall"].mean()),
-        }
+        summary[name] = f1_summary(spread, name)
         table.add_row(
             label,
-            f"{f1.mean():.3f} ({np.percentile(f1, 5):.3f}-{np.percentile(f1, 95):.3f})",
+            f1_cell(summary[name]),
             f"{summary[name]['precision_mean']:.3f}",
             f"{summary[name]['recall_mean']:.3f}",
         )
@@ -229,8 +238,7 @@ def main() -> None:
         overrides=args.set,
         folds=args.folds,
         prevalence=args.prior,
-        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}",
+        machine=clock.line(),
         train_seconds=[
             float((m.parent / "run" / "train_seconds.txt").read_text())
             for m in manifests

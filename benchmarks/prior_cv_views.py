@@ -109,7 +109,7 @@ def main() -> None:
     from rich.table import Table
     from sklearn.metrics import roc_auc_score
 
-    from prior_cv import draws
+    from prior_cv import draws, f1_cell, f1_summary
 
     views = sorted(set(args.views))
     folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/model.pt"))
@@ -141,26 +141,20 @@ def main() -> None:
         y = np.array([r["label"] == "crack" for r in rows[v]])
         s = np.array([r["p_crack"] for r in rows[v]])
         spread = draws(rows[v], args.prior, args.draws, args.seed)
-        f1 = spread["prior f1"]
-        summary[str(v)] = {
+        sv = summary[str(v)] = {
             "roc_auc_pooled": float(roc_auc_score(y, s)),
-            "stored_f1_mean": float(spread["stored f1"].mean()),
-            "prior_f1_mean": float(f1.mean()),
-            "prior_f1_5": float(np.percentile(f1, 5)),
-            "prior_f1_95": float(np.percentile(f1, 95)),
-            "prior_precision_mean": float(spread["prior precision"].mean()),
-            "prior_recall_mean": float(spread["prior recall"].mean()),
+            "stored": f1_summary(spread, "stored"),
+            "prior": f1_summary(spread, "prior"),
             "best_in_hindsight_f1_mean": float(spread["best in hindsight f1"].mean()),
             "thresholds": thresholds[v],
         }
-        sv = summary[str(v)]
         table.add_row(
             str(v),
             f"{sv['roc_auc_pooled']:.3f}",
-            f"{sv['stored_f1_mean']:.3f}",
-            f"{f1.mean():.3f} ({sv['prior_f1_5']:.3f}-{sv['prior_f1_95']:.3f})",
-            f"{sv['prior_precision_mean']:.3f}",
-            f"{sv['prior_recall_mean']:.3f}",
+            f"{sv['stored']['f1_mean']:.3f}",
+            f1_cell(sv["prior"]),
+            f"{sv['prior']['precision_mean']:.3f}",
+            f"{sv['prior']['recall_mean']:.3f}",
             f"{sv['best_in_hindsight_f1_mean']:.3f}",
             " ".join(f"{p:.3f}" for _, p in thresholds[v]),
         )
@@ -173,11 +167,11 @@ def main() -> None:
     summary["machine"] = clock.line()
     (args.cv / "summary_views.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print(f"{seconds:.0f} s; written {args.cv / 'summary_views.json'}")
-    best = max(views, key=lambda v: summary[str(v)]["prior_f1_mean"])
+    best = max(views, key=lambda v: summary[str(v)]["prior"]["f1_mean"])
     con.print(
         target_line(
             f"F1 >= 0.75 with --prior {args.prior:g} (mean of draws, {best} views)",
-            summary[str(best)]["prior_f1_mean"] >= 0.75,
+            summary[str(best)]["prior"]["f1_mean"] >= 0.75,
         )
     )
 
