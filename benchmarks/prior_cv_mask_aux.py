@@ -60,7 +60,8 @@ def fold_tiles(fold: Path) -> dict[str, list[dict]]:
 def cache_split(model, start: int, rows: list[dict], masks: Path, transform) -> tuple:
     """Frozen-prefix activations, masks (1 x H x W) and labels of ``rows``."""
     import torch
-    from PIL import Image
+
+    from fracturekit.io import read_image, read_mask
 
     feats, cells, labels = [], [], []
     model.eval()
@@ -68,13 +69,12 @@ def cache_split(model, start: int, rows: list[dict], masks: Path, transform) -> 
         for i in range(0, len(rows), BATCH):
             xs, ms = [], []
             for r in rows[i : i + BATCH]:
-                image = Image.open(r["path"])
+                image = read_image(r["path"])
                 mask_file = masks / (Path(r["path"]).stem + ".png")
                 if r["label"] == "crack":
                     if not mask_file.is_file():
                         raise SystemExit(f"{r['path']}: crack tile without a mask ({mask_file})")
-                    mask = np.asarray(Image.open(mask_file)) > 0
-                    mask = mask[..., 0] if mask.ndim == 3 else mask
+                    mask = read_mask(mask_file, size=image.size)
                 else:
                     mask = np.zeros((image.height, image.width), bool)
                 x, m = transform(image, mask)
