@@ -114,7 +114,10 @@ def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
 
 
 def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, np.ndarray]:
-    """F1 of each decision over ``n_draws`` views: every negative, a ``prior`` share of cracks."""
+    """F1 of each decision over ``n_draws`` views: every negative, a ``prior`` share of cracks.
+
+    A decision is scored when the rows carry its threshold: ``stored`` (``stored_threshold``)
+    and ``prior`` (``prior_threshold``)."""
     from sklearn.metrics import f1_score, precision_score, recall_score
 
     from prior import _best_f1
@@ -122,8 +125,9 @@ def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, 
     y = np.array([r["label"] == "crack" for r in rows])
     s = np.array([r["p_crack"] for r in rows])
     decided = {
-        "stored": s >= np.array([r["stored_threshold"] for r in rows]),
-        "prior": s >= np.array([r["prior_threshold"] for r in rows]),
+        name: s >= np.array([r[f"{name}_threshold"] for r in rows])
+        for name in ("stored", "prior")
+        if f"{name}_threshold" in rows[0]
     }
     neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
     n_crack = max(1, round(prior / (1 - prior) * neg.size))

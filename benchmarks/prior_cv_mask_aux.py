@@ -206,7 +206,7 @@ def main() -> None:
             prior = threshold_at_prior(vy, np.stack([1 - vs, vs], 1), 1, args.prior)
             rows[name] += [
                 {"path": r["path"], "fold": fold.name, "label": r["label"], "p_crack": float(p),
-                 "stored_threshold": float("nan"), "prior_threshold": prior}
+                 "prior_threshold": prior}
                 for r, p in zip(out["test_rows"], out[name]["test"][1], strict=True)
             ]  # fmt: skip
 

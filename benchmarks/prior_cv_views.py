@@ -10,6 +10,12 @@ training code's own functions (``SegmentTask.calibrate``, ``validation_record``)
 is what ``prior_cv.py --config default_segment --set tta=N`` gives, without training again.
 One view must give every fold's stored threshold and ``min_area`` back (checked).
 
+``--expand N`` adds a row that decides on one view as the checkpoint does, but takes the prior
+threshold from N times as many validation scores: each validation tile's image score under each
+of the first N flipped and turned views, pooled (at the stored pixel threshold and
+``min_area``). At 3 % the threshold sits among the top few validation negatives; the turned
+copies of those tiles sample that tail more finely (they are not independent draws).
+
 The prior threshold comes from ``Predictor.with_prior`` on the refitted checkpoint description;
 each held-out tile's image score is ``SegmentTask``'s (``image_scores``: the most probable
 pixel, below the threshold when no piece reaches ``min_area``), checked against
@@ -18,6 +24,7 @@ pixel, below the threshold when no piece reaches ``min_area``), checked against
 
 Run:
     .venv/bin/python benchmarks/prior_cv_views.py --cv DIR [--views 1 4 8] [--prior 0.03]
+        [--expand 8]
 """
 
 from __future__ import annotations
@@ -34,9 +41,12 @@ from _common import start_clock, target_line
 from segment_tta import validation_truth, view_outputs
 
 
-def fold_rows(fold: Path, views: list[int], prior: float, batch: int) -> dict[int, list[dict]]:
+def fold_rows(
+    fold: Path, views: list[int], prior: float, batch: int, expand: int = 0
+) -> dict[str, list[dict]]:
     """Refit each view count's calibration on the fold's validation tiles and score its
-    held-out tiles; rows as ``prior_cv.py`` writes them, per view count."""
+    held-out tiles; rows as ``prior_cv.py`` writes them, per view count (and, with ``expand``,
+    for one view with the validation scores of ``expand`` single views: :func:`_expanded`)."""
     from fracturekit.config import TrainConfig
     from fracturekit.predict import Predictor
     from fracturekit.train._segment_task import SegmentTask, image_scores
@@ -53,11 +63,12 @@ def fold_rows(fold: Path, views: list[int], prior: float, batch: int) -> dict[in
     test = [r for r in manifest.values() if r["split"] == "test"]
     truth = validation_truth(val, (predictor.img_size, predictor.img_size))
     stored = (predictor.threshold, predictor.min_area, predictor.meta["validation"]["labels"])
+    stored_validation = predictor.meta["validation"]
     if stored[2] != [int(t) for t in truth["image"]]:
         raise SystemExit(f"{ckpt}: validation truth differs from the stored labels")
     val_out = view_outputs(predictor, val, views, batch)
     test_out = view_outputs(predictor, test, views, batch)
-    rows: dict[int, list[dict]] = {}
+    rows: dict[str, list[dict]] = {}
     for v in views:
         outputs = dict(val_out[v])
         _, threshold, fitted = SegmentTask().calibrate(
@@ -81,24 +92,65 @@ def fold_rows(fold: Path, views: list[int], prior: float, batch: int) -> dict[in
         for p, s in zip(check, scores[:4], strict=True):
             if abs(p.probabilities["crack"] - s) > 2e-3:
                 raise SystemExit(f"{p.path}: predict gives {p.probabilities['crack']}, here {s}")
-        rows[v] = [
-            {
-                "path": r["path"],
-                "fold": fold.name,
-                "label": r["label"],
-                "p_crack": float(s),
-                "stored_threshold": image_threshold,
-                "prior_threshold": prior_threshold,
-            }
-            for r, s in zip(test, scores, strict=True)
-        ]
+        rows[str(v)] = _rows(fold, test, scores, image_threshold, prior_threshold)
+    if expand:
+        predictor.meta.update(
+            tta=1, threshold=stored[0], min_area=stored[1], validation=stored_validation
+        )
+        one = test_out[1] if 1 in views else view_outputs(predictor, test, [1], batch)[1]
+        scores = image_scores(one, stored[0], stored[1])
+        image_threshold = predictor.with_prior(None).image_threshold
+        prior_threshold = _expanded(predictor, val, truth, expand, prior, batch)
+        rows[expanded_name(expand)] = _rows(fold, test, scores, image_threshold, prior_threshold)
     return rows
+
+
+def expanded_name(n: int) -> str:
+    return f"1, validation x{n}"
+
+
+def _rows(fold: Path, test: list[dict], scores, image_threshold: float, prior_threshold: float):
+    return [
+        {
+            "path": r["path"],
+            "fold": fold.name,
+            "label": r["label"],
+            "p_crack": float(s),
+            "stored_threshold": image_threshold,
+            "prior_threshold": prior_threshold,
+        }
+        for r, s in zip(test, scores, strict=True)
+    ]
+
+
+def _expanded(predictor, val: list[dict], truth: dict, n: int, prior: float, batch: int) -> float:
+    """The one-view checkpoint's prior threshold from its validation image scores under each of
+    the first ``n`` single views, pooled (labels repeated); the stored scores must come back for
+    view 1 (checked)."""
+    from fracturekit.train._segment_task import image_scores
+
+    threshold, min_area = predictor.threshold, predictor.min_area
+    single = view_outputs(predictor, val, list(range(1, n + 1)), batch, single=True)
+    scores = [image_scores(single[k], threshold, min_area) for k in range(1, n + 1)]
+    stored = np.array([p[1] for p in predictor.meta["validation"]["probabilities"]])
+    if np.abs(scores[0] - stored).max() > 1e-6:
+        raise SystemExit("view 1 does not give the stored validation scores back")
+    labels = [int(t) for t in truth["image"]] * n
+    pooled = np.concatenate(scores)
+    predictor.meta["validation"] = {
+        **predictor.meta["validation"],
+        "labels": labels,
+        "probabilities": [[1.0 - float(v), float(v)] for v in pooled],
+    }
+    return predictor.with_prior(prior).image_threshold
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cv", type=Path, required=True, help="prior_cv.py --out DIR (segmenter)")
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--expand", type=int, default=0, choices=(0, 2, 4, 8),
+                        help="also: one view, prior threshold from N views' validation scores")  # fmt: skip
     parser.add_argument("--prior", type=float, default=0.03)
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -116,16 +168,17 @@ def main() -> None:
     if not folds:
         raise SystemExit(f"{args.cv}: no trained folds (run prior_cv.py --out DIR first)")
     clock = start_clock()
-    rows: dict[int, list[dict]] = {v: [] for v in views}
-    thresholds: dict[int, list[tuple[float, float]]] = {v: [] for v in views}
+    names = [str(v) for v in views] + ([expanded_name(args.expand)] if args.expand else [])
+    rows: dict[str, list[dict]] = {v: [] for v in names}
+    thresholds: dict[str, list[tuple[float, float]]] = {v: [] for v in names}
     for fold in folds:
-        for v, part in fold_rows(fold, views, args.prior, args.batch_size).items():
+        for v, part in fold_rows(fold, views, args.prior, args.batch_size, args.expand).items():
             rows[v] += part
             thresholds[v].append((part[0]["stored_threshold"], part[0]["prior_threshold"]))
     seconds = time.perf_counter() - clock.start
 
     con = Console(width=150)
-    any_rows = rows[views[0]]
+    any_rows = rows[names[0]]
     n_neg = sum(r["label"] != "crack" for r in any_rows)
     n_crack = max(1, round(args.prior / (1 - args.prior) * n_neg))
     table = Table(
@@ -137,11 +190,11 @@ def main() -> None:
     for col in columns:
         table.add_column(col, justify="right")
     summary: dict = {}
-    for v in views:
+    for v in names:
         y = np.array([r["label"] == "crack" for r in rows[v]])
         s = np.array([r["p_crack"] for r in rows[v]])
         spread = draws(rows[v], args.prior, args.draws, args.seed)
-        sv = summary[str(v)] = {
+        sv = summary[v] = {
             "roc_auc_pooled": float(roc_auc_score(y, s)),
             "stored": f1_summary(spread, "stored"),
             "prior": f1_summary(spread, "prior"),
@@ -149,7 +202,7 @@ def main() -> None:
             "thresholds": thresholds[v],
         }
         table.add_row(
-            str(v),
+            v,
             f"{sv['roc_auc_pooled']:.3f}",
             f"{sv['stored']['f1_mean']:.3f}",
             f1_cell(sv["prior"]),
@@ -158,7 +211,8 @@ def main() -> None:
             f"{sv['best_in_hindsight_f1_mean']:.3f}",
             " ".join(f"{p:.3f}" for _, p in thresholds[v]),
         )
-        with (args.cv / f"scores_views{v}.csv").open("w", newline="") as fh:
+        csv_name = f"scores_views{v}.csv" if v.isdigit() else f"scores_views1_val{args.expand}.csv"
+        with (args.cv / csv_name).open("w", newline="") as fh:
             writer = csv.DictWriter(fh, list(rows[v][0]))
             writer.writeheader()
             writer.writerows(rows[v])
@@ -167,11 +221,11 @@ def main() -> None:
     summary["machine"] = clock.line()
     (args.cv / "summary_views.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print(f"{seconds:.0f} s; written {args.cv / 'summary_views.json'}")
-    best = max(views, key=lambda v: summary[str(v)]["prior"]["f1_mean"])
+    best = max(names, key=lambda v: summary[v]["prior"]["f1_mean"])
     con.print(
         target_line(
             f"F1 >= 0.75 with --prior {args.prior:g} (mean of draws, {best} views)",
-            summary[str(best)]["prior"]["f1_mean"] >= 0.75,
+            summary[best]["prior"]["f1_mean"] >= 0.75,
         )
     )
 

@@ -26,33 +26,34 @@ from crack500_segment import score_segmenter, test_rows
 
 
 def view_outputs(
-    predictor, rows: list[dict], views: list[int], batch: int
+    predictor, rows: list[dict], views: list[int], batch: int, *, single: bool = False
 ) -> dict[int, dict[str, object]]:
     """The outputs ``SegmentTask.calibrate`` takes, for each count in ``views``: the probability
     maps at ``img_size`` (bytes, as training keeps them) and each image's most probable pixel,
     the pixel logits averaged over the first that many views (``models.VIEW_OPS``, each turned
-    back), all counts from one pass over the views."""
+    back), all counts from one pass over the views. ``single``: for each ``k`` in ``views``,
+    view ``k`` alone (the image flipped and turned as ``VIEW_OPS[k - 1]``, 1 = as it is)."""
     import torch
 
     from fracturekit.io import read_image
     from fracturekit.models._views import INVERSE_VIEWS, VIEW_OPS, check_views
 
     model = predictor.model
+    for v in [max(views)] if single else views:  # every batch is img_size square
+        check_views((predictor.img_size, predictor.img_size), v)
     probs: dict[int, list] = {v: [] for v in views}
     tops: dict[int, list] = {v: [] for v in views}
     with torch.inference_mode():
         for i in range(0, len(rows), batch):
             part = rows[i : i + batch]
             x = predictor.stack([predictor.preprocess(read_image(r["path"])) for r in part])
-            for v in views:
-                check_views(tuple(x.shape), v)
             total = None
             for k in range(max(views)):
                 view = VIEW_OPS[k](x).contiguous(memory_format=torch.channels_last)
                 out = VIEW_OPS[INVERSE_VIEWS[k]](model(view).float())
-                total = out if total is None else total + out
+                total = out if total is None or single else total + out
                 if k + 1 in views:
-                    mean = total / (k + 1)
+                    mean = total if single else total / (k + 1)
                     probs[k + 1].append(torch.round(torch.sigmoid(mean[:, 0]) * 255).byte())
                     tops[k + 1].append(torch.sigmoid(mean.amax(dim=(1, 2, 3)).double()))
     return {v: {"probs": torch.cat(probs[v]), "top": torch.cat(tops[v])} for v in views}
