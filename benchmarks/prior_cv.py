@@ -161,6 +161,52 @@ def f1_cell(summary: dict[str, float]) -> str:
     return f"{summary['f1_mean']:.3f} ({summary['f1_5']:.3f}-{summary['f1_95']:.3f})"
 
 
+def score_summary(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict:
+    """One score's pooled ROC AUC, its :func:`f1_summary` per decision the rows carry
+    (``prior``, and ``stored`` when they have it; see :func:`draws`) and its mean best F1 in
+    hindsight."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([r["label"] == "crack" for r in rows])
+    s = np.array([r["p_crack"] for r in rows])
+    spread = draws(rows, prior, n_draws, seed)
+    out: dict = {"roc_auc_pooled": float(roc_auc_score(y, s))}
+    for name in ("stored", "prior"):
+        if f"{name} f1" in spread:
+            out[name] = f1_summary(spread, name)
+    out["best_in_hindsight_f1_mean"] = float(spread["best in hindsight f1"].mean())
+    return out
+
+
+def prior_columns(prior: float) -> list[str]:
+    """The headers of :func:`prior_cells`."""
+    return ["pooled ROC AUC", f"--prior {prior:g}: F1 (5-95%)", "precision", "recall",
+            "best in hindsight"]  # fmt: skip
+
+
+def prior_cells(sv: dict) -> list[str]:
+    """The table cells of one score's summary (``roc_auc_pooled``, ``prior``: an
+    :func:`f1_summary`, ``best_in_hindsight_f1_mean``): ROC AUC, F1 (5-95%), precision,
+    recall, best in hindsight."""
+    prior = sv["prior"]
+    return [
+        f"{sv['roc_auc_pooled']:.3f}",
+        f1_cell(prior),
+        f"{prior['precision_mean']:.3f}",
+        f"{prior['recall_mean']:.3f}",
+        f"{sv['best_in_hindsight_f1_mean']:.3f}",
+    ]
+
+
+def best_prior_line(summaries: dict[str, dict], prior: float, unit: str = "") -> str:
+    """The target line for the best of ``summaries`` (name -> a summary with ``prior``)."""
+    best = max(summaries, key=lambda n: summaries[n]["prior"]["f1_mean"])
+    return target_line(
+        f"F1 >= 0.75 with --prior {prior:g} (mean of draws, {best}{unit})",
+        summaries[best]["prior"]["f1_mean"] >= 0.75,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED_DATA, start_clock, target_line
+from _common import SHARED_DATA, start_clock
 
 BACKBONE, TRAIN_LAST, IMG = "efficientnet_lite0", 3, 224
 EPOCHS, BATCH, LR, WEIGHT_DECAY, PATIENCE = 15, 32, 5e-4, 1e-4, 5
@@ -183,10 +183,9 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
-    from sklearn.metrics import roc_auc_score
 
     from fracturekit.calibration import threshold_at_prior
-    from prior_cv import draws, f1_cell, f1_summary
+    from prior_cv import best_prior_line, prior_cells, prior_columns, score_summary
 
     folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/splits.csv"))
     if not folds:
@@ -215,27 +214,12 @@ def main() -> None:
         title=f"{len(folds)} folds, mask term weight {args.weight:g}; every no_crack tile + "
         f"{args.prior:.0%} cracks, {args.draws} draws"
     )
-    for col in ("image score", "pooled ROC AUC", f"--prior {args.prior:g}: F1 (5-95%)",
-                "precision", "recall", "best in hindsight"):  # fmt: skip
+    for col in ("image score", *prior_columns(args.prior)):
         table.add_column(col, justify="right")
     summary: dict = {"weight": args.weight, "train_seconds": seconds}
     for name in SCORES:
-        y = np.array([r["label"] == "crack" for r in rows[name]])
-        s = np.array([r["p_crack"] for r in rows[name]])
-        spread = draws(rows[name], args.prior, args.draws, args.seed)
-        sv = summary[name] = {
-            "roc_auc_pooled": float(roc_auc_score(y, s)),
-            "prior": f1_summary(spread, "prior"),
-            "best_in_hindsight_f1_mean": float(spread["best in hindsight f1"].mean()),
-        }
-        table.add_row(
-            name,
-            f"{sv['roc_auc_pooled']:.3f}",
-            f1_cell(sv["prior"]),
-            f"{sv['prior']['precision_mean']:.3f}",
-            f"{sv['prior']['recall_mean']:.3f}",
-            f"{sv['best_in_hindsight_f1_mean']:.3f}",
-        )
+        sv = summary[name] = score_summary(rows[name], args.prior, args.draws, args.seed)
+        table.add_row(name, *prior_cells(sv))
         with (args.out / f"scores_{name}.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, list(rows[name][0]))
             writer.writeheader()
@@ -245,13 +229,7 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print(f"training {min(seconds):.0f}-{max(seconds):.0f} s a fold (cache excluded); "
               f"{summary['machine']}; written {args.out / 'summary.json'}")  # fmt: skip
-    best = max(SCORES, key=lambda n: summary[n]["prior"]["f1_mean"])
-    con.print(
-        target_line(
-            f"F1 >= 0.75 with --prior {args.prior:g} (mean of draws, {best})",
-            summary[best]["prior"]["f1_mean"] >= 0.75,
-        )
-    )
+    con.print(best_prior_line({n: summary[n] for n in SCORES}, args.prior))
 
 
 if __name__ == "__main__":

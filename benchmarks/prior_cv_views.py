@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import start_clock, target_line
+from _common import start_clock
 from segment_tta import validation_truth, view_outputs
 
 
@@ -159,9 +159,8 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
-    from sklearn.metrics import roc_auc_score
 
-    from prior_cv import draws, f1_cell, f1_summary
+    from prior_cv import best_prior_line, f1_cell, score_summary
 
     views = sorted(set(args.views))
     folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/model.pt"))
@@ -191,16 +190,8 @@ def main() -> None:
         table.add_column(col, justify="right")
     summary: dict = {}
     for v in names:
-        y = np.array([r["label"] == "crack" for r in rows[v]])
-        s = np.array([r["p_crack"] for r in rows[v]])
-        spread = draws(rows[v], args.prior, args.draws, args.seed)
-        sv = summary[v] = {
-            "roc_auc_pooled": float(roc_auc_score(y, s)),
-            "stored": f1_summary(spread, "stored"),
-            "prior": f1_summary(spread, "prior"),
-            "best_in_hindsight_f1_mean": float(spread["best in hindsight f1"].mean()),
-            "thresholds": thresholds[v],
-        }
+        sv = summary[v] = score_summary(rows[v], args.prior, args.draws, args.seed)
+        sv["thresholds"] = thresholds[v]
         table.add_row(
             v,
             f"{sv['roc_auc_pooled']:.3f}",
@@ -221,13 +212,7 @@ def main() -> None:
     summary["machine"] = clock.line()
     (args.cv / "summary_views.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print(f"{seconds:.0f} s; written {args.cv / 'summary_views.json'}")
-    best = max(names, key=lambda v: summary[v]["prior"]["f1_mean"])
-    con.print(
-        target_line(
-            f"F1 >= 0.75 with --prior {args.prior:g} (mean of draws, {best} views)",
-            summary[best]["prior"]["f1_mean"] >= 0.75,
-        )
-    )
+    con.print(best_prior_line({v: summary[v] for v in names}, args.prior, " views"))
 
 
 if __name__ == "__main__":
