@@ -113,6 +113,26 @@ def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
     ]
 
 
+def cv_parser(doc: str, cv_help: str | None) -> argparse.ArgumentParser:
+    """The options of the scripts that read this script's folds: ``--cv DIR`` (``cv_help``;
+    None: no ``--cv``), ``--prior``, ``--draws`` and ``--seed`` (the view's draws)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if cv_help:
+        parser.add_argument("--cv", type=Path, required=True, help=cv_help)
+    parser.add_argument("--prior", type=float, default=0.03)
+    parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def trained_folds(cv: Path, marker: str = "model.pt") -> list[Path]:
+    """``cv``'s fold folders whose ``run/<marker>`` exists; exits with a message when none."""
+    folds = sorted(p.parent.parent for p in cv.glob(f"fold*/run/{marker}"))
+    if not folds:
+        raise SystemExit(f"{cv}: no trained folds (run prior_cv.py --out DIR first)")
+    return folds
+
+
 def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, np.ndarray]:
     """F1 of each decision over ``n_draws`` views: every negative, a ``prior`` share of cracks.
 
@@ -199,10 +219,12 @@ def prior_cells(sv: dict) -> list[str]:
 
 
 def best_prior_line(summaries: dict[str, dict], prior: float, unit: str = "") -> str:
-    """The target line for the best of ``summaries`` (name -> a summary with ``prior``)."""
+    """The target line for the best of ``summaries`` (name -> a summary with ``prior``); with
+    several, it says that the best was picked on the folds it is scored on."""
     best = max(summaries, key=lambda n: summaries[n]["prior"]["f1_mean"])
+    picked = f", the best of {len(summaries)} picked on these folds" if len(summaries) > 1 else ""
     return target_line(
-        f"F1 >= 0.75 with --prior {prior:g} (mean of draws, {best}{unit})",
+        f"F1 >= 0.75 with --prior {prior:g} (mean of draws, {best}{unit}{picked})",
         summaries[best]["prior"]["f1_mean"] >= 0.75,
     )
 

@@ -38,6 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from _common import SHARED_DATA, start_clock
+from prior_cv import (
+    best_prior_line,
+    cv_parser,
+    prior_cells,
+    prior_columns,
+    score_summary,
+    trained_folds,
+)
 
 BACKBONE, TRAIN_LAST, IMG = "efficientnet_lite0", 3, 224
 EPOCHS, BATCH, LR, WEIGHT_DECAY, PATIENCE = 15, 32, 5e-4, 1e-4, 5
@@ -171,25 +179,18 @@ def train_fold(fold: Path, args: argparse.Namespace) -> tuple[dict[str, dict], f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cv", type=Path, required=True, help="prior_cv.py --out DIR (classifier)")
+    parser = cv_parser(__doc__, "prior_cv.py --out DIR (classifier)")
     parser.add_argument("--masks", type=Path, default=SHARED_DATA / "crack500_patches" / "masks")
     parser.add_argument("--out", type=Path, help="results (default CV/mask_aux_w<weight>)")
     parser.add_argument("--weight", type=float, default=1.0)
-    parser.add_argument("--prior", type=float, default=0.03)
-    parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
     from fracturekit.calibration import threshold_at_prior
-    from prior_cv import best_prior_line, prior_cells, prior_columns, score_summary
 
-    folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/splits.csv"))
-    if not folds:
-        raise SystemExit(f"{args.cv}: no trained folds (run prior_cv.py --out DIR first)")
+    folds = trained_folds(args.cv, "splits.csv")
     if not args.masks.is_dir():
         raise SystemExit(f"{args.masks}: CRACK500 masks not found (pass --masks)")
     args.out = args.out or args.cv / f"mask_aux_w{args.weight:g}"

@@ -17,7 +17,6 @@ Run:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import start_clock
+from prior_cv import best_prior_line, cv_parser, prior_cells, prior_columns, score_summary
 
 MEANS = {
     "classifier alone": lambda c, s: c,
@@ -52,12 +52,9 @@ def validation_paths(run: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cv_parser(__doc__, None)
     parser.add_argument("--classifier", type=Path, required=True, help="prior_cv.py --out DIR")
     parser.add_argument("--segmenter", type=Path, required=True, help="the same, default_segment")
-    parser.add_argument("--prior", type=float, default=0.03)
-    parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="summary JSON (default: SEGMENTER/pair.json)")
     args = parser.parse_args()
 
@@ -65,7 +62,6 @@ def main() -> None:
     from rich.table import Table
 
     from fracturekit.calibration import threshold_at_prior
-    from prior_cv import best_prior_line, prior_cells, prior_columns, score_summary
 
     clock = start_clock()
     scores = {}

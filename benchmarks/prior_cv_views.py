@@ -29,7 +29,6 @@ Run:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import start_clock
+from prior_cv import best_prior_line, cv_parser, f1_cell, score_summary, trained_folds
 from segment_tta import validation_truth, view_outputs
 
 
@@ -146,26 +146,18 @@ def _expanded(predictor, val: list[dict], truth: dict, n: int, prior: float, bat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cv", type=Path, required=True, help="prior_cv.py --out DIR (segmenter)")
+    parser = cv_parser(__doc__, "prior_cv.py --out DIR (segmenter)")
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--expand", type=int, default=0, choices=(0, 2, 4, 8),
                         help="also: one view, prior threshold from N views' validation scores")  # fmt: skip
-    parser.add_argument("--prior", type=float, default=0.03)
-    parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
-    from prior_cv import best_prior_line, f1_cell, score_summary
-
     views = sorted(set(args.views))
-    folds = sorted(p.parent.parent for p in args.cv.glob("fold*/run/model.pt"))
-    if not folds:
-        raise SystemExit(f"{args.cv}: no trained folds (run prior_cv.py --out DIR first)")
+    folds = trained_folds(args.cv)
     clock = start_clock()
     names = [str(v) for v in views] + ([expanded_name(args.expand)] if args.expand else [])
     rows: dict[str, list[dict]] = {v: [] for v in names}

@@ -1,0 +1,125 @@
+"""Decisions at 3 % cracks, cross-validated, for a segmenter with other image scores.
+
+A segmenter's image score is its most probable pixel (``masks.segment_image_score``). This
+script asks whether a read-out of more of the map ranks and decides better at ``--prior``: the
+mean of the ``k`` most probable pixels (k = 4 ... 1,024), the predicted crack area at 0.5 and
+the sum of the probabilities (both over the map's pixels). It takes the folds of
+``benchmarks/prior_cv.py --out DIR --config default_segment``, runs each fold's checkpoint on
+its validation tiles and held-out tiles (one view, ``Predictor.probability_maps``), reads each
+score's threshold at ``--prior`` from its validation values with ``threshold_at_prior`` (as
+``--prior`` does with the stored scores) and draws the view as ``prior_cv.py`` does: every
+``no_crack`` tile, 3 % cracks drawn ``--draws`` times. The row ``max`` is the checkpoint's own
+score without its ``min_area`` rule (on the default segmenter's folds it gives ``prior_cv.py``'s
+figure back). The scores are cached in ``DIR/image_scores.npz``.
+
+Run:
+    .venv/bin/python benchmarks/prior_cv_scores.py --cv DIR [--prior 0.03] [--draws 200]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from _common import start_clock
+from prior_cv import (
+    best_prior_line,
+    cv_parser,
+    prior_cells,
+    prior_columns,
+    score_summary,
+    trained_folds,
+)
+
+TOP_K = (1, 4, 16, 64, 256, 1024)
+SCORES = [f"top {k}" if k > 1 else "max" for k in TOP_K] + ["area at 0.5", "sum"]
+
+
+def map_scores(prob: np.ndarray) -> list[float]:
+    """:data:`SCORES` of one probability map."""
+    ranked = np.sort(prob.ravel())[::-1]
+    return [float(ranked[:k].mean()) for k in TOP_K] + [
+        float((prob >= 0.5).mean()),
+        float(prob.mean()),
+    ]
+
+
+def fold_scores(fold: Path, batch: int) -> dict[str, np.ndarray]:
+    """The fold's validation and held-out tiles: :data:`SCORES` (N, S), truth, paths."""
+    from fracturekit.io import read_image
+    from fracturekit.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(fold / "run" / "model.pt")
+    with (fold / "manifest.csv").open(newline="") as fh:
+        manifest = {r["path"]: r for r in csv.DictReader(fh)}
+    with (fold / "run" / "splits.csv").open(newline="") as fh:
+        val = [manifest[r["path"]] for r in csv.DictReader(fh) if r["split"] == "val"]
+    test = [r for r in manifest.values() if r["split"] == "test"]
+    out: dict[str, np.ndarray] = {}
+    for part, rows in (("val", val), ("test", test)):
+        values = []
+        for i in range(0, len(rows), batch):
+            images = [read_image(r["path"]) for r in rows[i : i + batch]]
+            values += [map_scores(p) for p in predictor.probability_maps(images)]
+        out[part] = np.array(values)
+        out[f"{part}_crack"] = np.array([r["label"] == "crack" for r in rows])
+        out[f"{part}_paths"] = np.array([r["path"] for r in rows])
+    return out
+
+
+def main() -> None:
+    parser = cv_parser(__doc__, "prior_cv.py --out DIR (segmenter)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from fracturekit.calibration import threshold_at_prior
+
+    folds = trained_folds(args.cv)
+    clock = start_clock()
+    cache = args.cv / "image_scores.npz"
+    if cache.is_file():
+        saved = np.load(cache)
+        per_fold = [{k.split("__", 1)[1]: saved[k] for k in saved if k.startswith(f"{f.name}__")}
+                    for f in folds]  # fmt: skip
+    else:
+        per_fold = [fold_scores(f, args.batch_size) for f in folds]
+        flat = {f"{f.name}__{k}": v for f, d in zip(folds, per_fold, strict=True) for k, v in d.items()}  # fmt: skip
+        np.savez(cache, **flat)
+    rows: dict[str, list[dict]] = {name: [] for name in SCORES}
+    for fold, d in zip(folds, per_fold, strict=True):
+        for j, name in enumerate(SCORES):
+            v, t = d["val"][:, j], d["test"][:, j]
+            labels = d["val_crack"].astype(int)
+            threshold = threshold_at_prior(labels, np.stack([1 - v, v], 1), 1, args.prior)
+            rows[name] += [
+                {"path": str(p), "fold": fold.name, "label": "crack" if y else "no_crack",
+                 "p_crack": float(s), "prior_threshold": threshold}
+                for p, y, s in zip(d["test_paths"], d["test_crack"], t, strict=True)
+            ]  # fmt: skip
+
+    table = Table(
+        title=f"{len(folds)} folds, one view; every no_crack tile + {args.prior:.0%} cracks, "
+        f"{args.draws} draws; each score's threshold from its validation values"
+    )
+    for col in ("image score", *prior_columns(args.prior)):
+        table.add_column(col, justify="right")
+    summary: dict = {}
+    for name in SCORES:
+        summary[name] = score_summary(rows[name], args.prior, args.draws, args.seed)
+        table.add_row(name, *prior_cells(summary[name]))
+    con = Console(width=140)
+    con.print(table)
+    summary["machine"] = clock.line()
+    (args.cv / "summary_scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+    con.print(f"{summary['machine']}; written {args.cv / 'summary_scores.json'}")
+    con.print(best_prior_line({n: summary[n] for n in SCORES}, args.prior))
+
+
+if __name__ == "__main__":
+    main()
