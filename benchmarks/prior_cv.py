@@ -134,6 +134,25 @@ def trained_folds(cv: Path, marker: str = "model.pt") -> list[Path]:
     return folds
 
 
+def decided_rows(
+    fold: str, val_crack, val_scores, test: list[tuple[str, str]], test_scores, prior: float
+) -> list[dict]:
+    """One fold's rows for one image score, as :func:`draws` takes them (no stored decision):
+    the held-out tiles ``test`` (path, label) with their ``test_scores``, decided at the
+    threshold ``threshold_at_prior`` reads at ``prior`` from the fold's validation truth
+    (True: crack) and scores, as ``--prior`` reads it from a checkpoint's stored scores."""
+    from fracturekit.calibration import threshold_at_prior
+
+    v = np.asarray(val_scores)
+    labels = np.asarray(val_crack).astype(int)
+    threshold = threshold_at_prior(labels, np.stack([1 - v, v], 1), 1, prior)
+    return [
+        {"path": path, "fold": fold, "label": label, "p_crack": float(s),
+         "prior_threshold": threshold}
+        for (path, label), s in zip(test, test_scores, strict=True)
+    ]  # fmt: skip
+
+
 def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, np.ndarray]:
     """F1 of each decision over ``n_draws`` views: every negative, a ``prior`` share of cracks.
 

@@ -41,6 +41,7 @@ from _common import SHARED_DATA, start_clock
 from prior_cv import (
     best_prior_line,
     cv_parser,
+    decided_rows,
     prior_cells,
     prior_columns,
     score_summary,
@@ -188,8 +189,6 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fracturekit.calibration import threshold_at_prior
-
     folds = trained_folds(args.cv, "splits.csv")
     if not args.masks.is_dir():
         raise SystemExit(f"{args.masks}: CRACK500 masks not found (pass --masks)")
@@ -201,14 +200,10 @@ def main() -> None:
     for fold in folds:
         out, s = train_fold(fold, args)
         seconds.append(round(s, 1))
+        test = [(r["path"], r["label"]) for r in out["test_rows"]]
         for name in SCORES:
             vy, vs = out[name]["val"]
-            prior = threshold_at_prior(vy, np.stack([1 - vs, vs], 1), 1, args.prior)
-            rows[name] += [
-                {"path": r["path"], "fold": fold.name, "label": r["label"], "p_crack": float(p),
-                 "prior_threshold": prior}
-                for r, p in zip(out["test_rows"], out[name]["test"][1], strict=True)
-            ]  # fmt: skip
+            rows[name] += decided_rows(fold.name, vy, vs, test, out[name]["test"][1], args.prior)
 
     con = Console(width=140)
     table = Table(

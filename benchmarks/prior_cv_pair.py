@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from _common import start_clock
-from prior_cv import best_prior_line, cv_parser, prior_cells, prior_columns, score_summary
+from prior_cv import (
+    best_prior_line,
+    cv_parser,
+    decided_rows,
+    prior_cells,
+    prior_columns,
+    score_summary,
+)
 
 MEANS = {
     "classifier alone": lambda c, s: c,
@@ -61,8 +68,6 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fracturekit.calibration import threshold_at_prior
-
     clock = start_clock()
     scores = {}
     for name, cv in (("classifier", args.classifier), ("segmenter", args.segmenter)):
@@ -86,14 +91,10 @@ def main() -> None:
             raise SystemExit(f"{fold}: the two runs hold out different tiles")
         t_c = np.array([float(scores["classifier"][p]["p_crack"]) for p in test])
         t_s = np.array([float(scores["segmenter"][p]["p_crack"]) for p in test])
+        tiles = [(p, scores["classifier"][p]["label"]) for p in test]
         for name, mean in MEANS.items():
-            v = mean(v_c, v_s)
-            threshold = threshold_at_prior(y_c.astype(int), np.stack([1 - v, v], 1), 1, args.prior)
-            rows[name] += [
-                {"path": p, "fold": fold, "label": scores["classifier"][p]["label"],
-                 "p_crack": float(s), "prior_threshold": threshold}
-                for p, s in zip(test, mean(t_c, t_s), strict=True)
-            ]  # fmt: skip
+            v, t = mean(v_c, v_s), mean(t_c, t_s)
+            rows[name] += decided_rows(fold, y_c, v, tiles, t, args.prior)
 
     con = Console(width=140)
     table = Table(

@@ -28,6 +28,7 @@ from _common import start_clock
 from prior_cv import (
     best_prior_line,
     cv_parser,
+    decided_rows,
     prior_cells,
     prior_columns,
     score_summary,
@@ -78,8 +79,6 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fracturekit.calibration import threshold_at_prior
-
     folds = trained_folds(args.cv)
     clock = start_clock()
     cache = args.cv / "image_scores.npz"
@@ -93,15 +92,11 @@ def main() -> None:
         np.savez(cache, **flat)
     rows: dict[str, list[dict]] = {name: [] for name in SCORES}
     for fold, d in zip(folds, per_fold, strict=True):
+        test = [(str(p), "crack" if y else "no_crack")
+                for p, y in zip(d["test_paths"], d["test_crack"], strict=True)]  # fmt: skip
         for j, name in enumerate(SCORES):
             v, t = d["val"][:, j], d["test"][:, j]
-            labels = d["val_crack"].astype(int)
-            threshold = threshold_at_prior(labels, np.stack([1 - v, v], 1), 1, args.prior)
-            rows[name] += [
-                {"path": str(p), "fold": fold.name, "label": "crack" if y else "no_crack",
-                 "p_crack": float(s), "prior_threshold": threshold}
-                for p, y, s in zip(d["test_paths"], d["test_crack"], t, strict=True)
-            ]  # fmt: skip
+            rows[name] += decided_rows(fold.name, d["val_crack"], v, test, t, args.prior)
 
     table = Table(
         title=f"{len(folds)} folds, one view; every no_crack tile + {args.prior:.0%} cracks, "

@@ -51,9 +51,9 @@ def view_outputs(
             for k in range(max(views)):
                 view = VIEW_OPS[k](x).contiguous(memory_format=torch.channels_last)
                 out = VIEW_OPS[INVERSE_VIEWS[k]](model(view).float())
-                total = out if total is None or single else total + out
+                total = out if total is None else total + out
                 if k + 1 in views:
-                    mean = total if single else total / (k + 1)
+                    mean = out if single else total / (k + 1)
                     probs[k + 1].append(torch.round(torch.sigmoid(mean[:, 0]) * 255).byte())
                     tops[k + 1].append(torch.sigmoid(mean.amax(dim=(1, 2, 3)).double()))
     return {v: {"probs": torch.cat(probs[v]), "top": torch.cat(tops[v])} for v in views}
