@@ -147,11 +147,34 @@ def decided_rows(
     v = np.asarray(val_scores)
     labels = np.asarray(val_crack).astype(int)
     threshold = threshold_at_prior(labels, np.stack([1 - v, v], 1), 1, prior)
+    return rows_at(fold, test, test_scores, threshold)
+
+
+def rows_at(fold: str, test: list[tuple[str, str]], test_scores, threshold: float) -> list[dict]:
+    """The rows of :func:`decided_rows` for a threshold already read."""
     return [
         {"path": path, "fold": fold, "label": label, "p_crack": float(s),
          "prior_threshold": threshold}
         for (path, label), s in zip(test, test_scores, strict=True)
     ]  # fmt: skip
+
+
+def stored_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A checkpoint's stored validation truth (True: crack) and its crack scores, in the order
+    of its ``splits.csv`` validation rows (:func:`validation_paths`)."""
+    from fracturekit.calibration import default_positive, validation_scores
+    from fracturekit.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(run / "model.pt")
+    labels, proba = validation_scores(predictor.meta, str(run / "model.pt"))
+    pos = predictor.classes.index(predictor.positive or default_positive(predictor.classes))
+    return np.asarray(labels) == pos, np.asarray(proba)[:, pos]
+
+
+def validation_paths(run: Path) -> list[str]:
+    """The validation tiles of a run, in its ``splits.csv`` order."""
+    with (run / "splits.csv").open(newline="") as fh:
+        return [r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
 
 
 def draws(rows: list[dict], prior: float, n_draws: int, seed: int) -> dict[str, np.ndarray]:

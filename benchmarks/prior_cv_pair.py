@@ -4,11 +4,12 @@ Takes sets of folds of ``benchmarks/prior_cv.py`` made with the same ``--folds``
 (so the same tiles in every fold's training, validation and test parts, checked): the default
 classifier's (``--classifier DIR``) and the default segmenter's (``--segmenter DIR``,
 ``--config default_segment``; repeat it for segmenters trained with other settings: the
-training seed also draws the validation split, so folds of another ``--set seed=N`` are refused). Each tile's score is a mean of the checkpoints' scores for it (the classifier's crack
-probability, a segmenter's image score: its most probable pixel), arithmetic and geometric, over
-all of them and, with a classifier and two or more segmenters, over the segmenters alone; each
-fold's ``--prior`` threshold is read, as ``threshold_at_prior`` reads it for one checkpoint,
-from the same mean of the checkpoints' stored validation scores. No model runs: the held-out
+training seed also draws the validation split, so folds of another ``--set seed=N`` are
+refused). Each tile's score is a mean of the checkpoints' scores for it (the classifier's crack
+probability, a segmenter's image score: its most probable pixel), arithmetic and geometric,
+over all of them and, with a classifier and two or more segmenters, over the segmenters alone;
+each fold's ``--prior`` threshold is read, as ``threshold_at_prior`` reads it for one
+checkpoint, from the same mean of the checkpoints' stored validation scores. No model runs: the held-out
 scores are the folds' ``scores.csv``. The view and its draws are ``prior_cv.py``'s: every
 ``no_crack`` tile, 3 % cracks drawn ``--draws`` times.
 
@@ -33,6 +34,8 @@ from prior_cv import (
     prior_cells,
     prior_columns,
     score_summary,
+    stored_validation,
+    validation_paths,
 )
 
 
@@ -57,23 +60,6 @@ def mean_of(kind: str, columns: list[np.ndarray]) -> np.ndarray:
     """Arithmetic or geometric mean of equal-length score columns."""
     stack = np.stack(columns)
     return stack.mean(0) if kind == "arithmetic" else np.exp(np.log(stack).mean(0))
-
-
-def stored_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A checkpoint's stored validation truth (True: crack) and its crack scores, in the order
-    of its ``splits.csv`` validation rows."""
-    from fracturekit.calibration import default_positive, validation_scores
-    from fracturekit.predict import Predictor
-
-    predictor = Predictor.from_checkpoint(run / "model.pt")
-    labels, proba = validation_scores(predictor.meta, str(run / "model.pt"))
-    pos = predictor.classes.index(predictor.positive or default_positive(predictor.classes))
-    return np.asarray(labels) == pos, np.asarray(proba)[:, pos]
-
-
-def validation_paths(run: Path) -> list[str]:
-    with (run / "splits.csv").open(newline="") as fh:
-        return [r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
 
 
 def main() -> None:

@@ -35,23 +35,30 @@ from pathlib import Path
 import numpy as np
 
 from _common import start_clock
-from prior_cv import best_prior_line, cv_parser, prior_cells, prior_columns, score_summary
+from prior_cv import (
+    best_prior_line,
+    cv_parser,
+    prior_cells,
+    prior_columns,
+    rows_at,
+    score_summary,
+    stored_validation,
+    validation_paths,
+)
 
 # y (True: crack), validation scores, photo of each tile, prior, rng, bootstrap copies -> threshold
 Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, float, np.random.Generator, int], float]
 BOUND = 0.84  # one-sided beta bound of the pessimistic counts: about one standard error
 
 
-def _raw(y: np.ndarray, v: np.ndarray, prior: float) -> float:
+def _raw(y: np.ndarray, v: np.ndarray, prior: float, smooth: bool = False) -> float:
     from fracturekit.calibration import threshold_at_prior
 
-    return threshold_at_prior(y.astype(int), np.stack([1 - v, v], 1), 1, prior)
+    return threshold_at_prior(y.astype(int), np.stack([1 - v, v], 1), 1, prior, smooth=smooth)
 
 
 def _smoothed(y, v, groups, prior, rng, boot) -> float:
-    from fracturekit.calibration import threshold_at_prior
-
-    return threshold_at_prior(y.astype(int), np.stack([1 - v, v], 1), 1, prior, smooth=True)
+    return _raw(y, v, prior, smooth=True)
 
 
 def _bagged_tiles(y, v, groups, prior, rng, boot) -> float:
@@ -77,15 +84,16 @@ def _bagged_photos(y, v, groups, prior, rng, boot) -> float:
 def _pessimistic(y, v, groups, prior, rng, boot) -> float:
     from scipy.stats import beta
 
-    from fracturekit.calibration import THRESHOLD_METRICS, _counts_at_each_score
+    from fracturekit.calibration import _best_threshold, _counts_at_each_score
 
     scores, tp, fp, fn, tn = _counts_at_each_score(y, v)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     tpr = beta.ppf(1 - BOUND, tp + 1, n_pos - tp + 1)
     fpr = beta.ppf(BOUND, fp + 1, n_neg - fp + 1)
-    f1 = THRESHOLD_METRICS["f1"](prior * tpr, (1 - prior) * fpr, prior * (1 - tpr), 0 * tpr)
-    k = int(np.argmax(f1))
-    return float((scores[k] + scores[k + 1]) / 2) if k + 1 < scores.size else float(scores[k])
+    return _best_threshold(
+        scores, prior * tpr, (1 - prior) * fpr, prior * (1 - tpr), (1 - prior) * (1 - fpr),
+        metric="f1", target_recall=None,
+    )  # fmt: skip
 
 
 RULES: dict[str, Rule] = {
@@ -98,22 +106,15 @@ RULES: dict[str, Rule] = {
 
 
 def fold_validation(fold: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The fold checkpoint's stored validation truth (True: crack), crack scores and each
-    tile's source photo, in the order of its ``splits.csv`` validation rows."""
-    from fracturekit.calibration import default_positive, validation_scores
-    from fracturekit.predict import Predictor
-
+    """The fold checkpoint's stored validation truth (True: crack) and crack scores
+    (``prior_cv.stored_validation``), and each validation tile's source photo."""
     run = fold / "run"
-    predictor = Predictor.from_checkpoint(run / "model.pt")
-    labels, proba = validation_scores(predictor.meta, str(run / "model.pt"))
-    pos = predictor.classes.index(predictor.positive or default_positive(predictor.classes))
-    with (fold / "manifest.csv").open(newline="") as fh:
-        group = {r["path"]: r["group"] for r in csv.DictReader(fh)}
-    with (run / "splits.csv").open(newline="") as fh:
-        paths = [r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
-    y, v = np.asarray(labels) == pos, np.asarray(proba)[:, pos]
+    y, v = stored_validation(run)
+    paths = validation_paths(run)
     if len(paths) != y.size:
         raise SystemExit(f"{run}: {y.size} stored validation scores, {len(paths)} in splits.csv")
+    with (fold / "manifest.csv").open(newline="") as fh:
+        group = {r["path"]: r["group"] for r in csv.DictReader(fh)}
     return y, v, np.array([group[p] for p in paths])
 
 
@@ -140,14 +141,12 @@ def main() -> None:
         for fold in sorted({r["fold"] for r in held_out}):
             y, v, groups = fold_validation(cv / fold)
             test = [r for r in held_out if r["fold"] == fold]
+            tiles = [(r["path"], r["label"]) for r in test]
+            scores = [float(r["p_crack"]) for r in test]
             for i, (name, rule) in enumerate(RULES.items()):
                 t = rule(y, v, groups, args.prior, np.random.default_rng([args.seed, i]), args.boot)
                 thresholds[name].append(t)
-                rows[name] += [
-                    {"path": r["path"], "fold": fold, "label": r["label"],
-                     "p_crack": float(r["p_crack"]), "prior_threshold": t}
-                    for r in test
-                ]  # fmt: skip
+                rows[name] += rows_at(fold, tiles, scores, t)
         table = Table(title=f"{cv}: {len(thresholds['raw counts (default)'])} folds, every "
                       f"no_crack tile + {args.prior:.0%} cracks, {args.draws} draws")  # fmt: skip
         for col in ("threshold rule", *prior_columns(args.prior), "thresholds of the folds"):
@@ -156,8 +155,7 @@ def main() -> None:
         for name in RULES:
             sv = summary[name] = score_summary(rows[name], args.prior, args.draws, args.seed)
             sv["thresholds"] = thresholds[name]
-            cells = prior_cells(sv)
-            table.add_row(name, *cells, " ".join(f"{t:.3f}" for t in thresholds[name]))
+            table.add_row(name, *prior_cells(sv), " ".join(f"{t:.3f}" for t in thresholds[name]))
         con.print(table)
         con.print(best_prior_line(summary, args.prior))
         report[str(cv)] = summary
