@@ -114,6 +114,23 @@ def test_one_tree_plus_fraction_is_stratified_and_seeded(tmp_path: Path) -> None
     assert len(paths) == len(set(paths)) == 50
 
 
+def test_split_seed_keeps_the_split_while_seed_changes(tmp_path: Path) -> None:
+    from fracturekit.evaluate import training_split_options
+    from fracturekit.train import load_options
+
+    root = make_class_folders(tmp_path / "d", {"major": 40, "minor": 10})
+
+    def val_of(**fields: object) -> list[Path]:
+        cfg = TrainConfig(data=str(root), val_fraction=0.2, test_fraction=0.1, **fields)
+        return [s.path for s in load_dataset(root, **load_options(cfg)).val]
+
+    assert val_of(seed=1, split_seed=0) == val_of(seed=0) != val_of(seed=1)
+    # a checkpoint's stored config carves the same split again when evaluated on its own data
+    stored = {"data": str(root), "seed": 5, "split_seed": 0, "val_fraction": 0.2}
+    assert training_split_options(stored, root)["seed"] == 0
+    assert training_split_options({**stored, "split_seed": None}, root)["seed"] == 5
+
+
 def test_csv_manifest_paths_groups_and_split_column(tmp_path: Path) -> None:
     root = make_class_folders(tmp_path / "imgs", {"crack": 4, "no_crack": 4})
     other = tmp_path / "elsewhere.png"

@@ -8,6 +8,7 @@ A run's configuration is one flat dataclass so that every field is also a CLI fl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ CACHE_VIEWS = (1, 2, 4, 8)
 # the turns by 90 and 270 degrees undo each other, every other view undoes itself.
 INVERSE_VIEWS = (0, 1, 2, 3, 4, 6, 5, 7)
 # The TrainConfig fields that decide how ``data.load_dataset`` reads and splits DATA: training
-# passes them (``train.load_options``), and evaluating a checkpoint on its own training data
-# passes the stored ones again, so that the same test split is carved.
+# passes them (``split_options``), and evaluating a checkpoint on its own training data passes
+# the stored ones again, so that the same test split is carved. ``split_seed``, when set, stands
+# in for ``seed`` (see ``split_options``).
 SPLIT_FIELDS = (
     "layout",
     "val",
@@ -121,6 +123,7 @@ class TrainConfig:
     calibrate: bool = True
     # run
     seed: int = 0
+    split_seed: int | None = None  # seed of the val/test split (None: seed)
     device: str = "auto"
     resume: str | None = None
     max_train_batches: int | None = None  # for smoke tests: stop each epoch early
@@ -339,11 +342,26 @@ HELP: dict[str, str] = {
     "for predict, evaluate and serve",
     "calibrate": "fit temperature scaling on validation logits",
     "seed": "random seed (splits, initialisation, order)",
+    "split_seed": "seed of the carved val/test split alone (default: --seed), so that runs "
+    "with other seeds validate and test on the same images (seed spread, ensembles)",
     "device": "auto, cpu, cuda or cuda:N",
     "resume": "continue the interrupted run in this folder from its last.pt",
     "max_train_batches": "smoke tests: stop each epoch after this many batches",
     "note": "free text stored with the run",
 }
+
+
+def split_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``data.load_dataset`` keyword arguments that carve a config's split again.
+
+    ``config``: a ``TrainConfig`` as a dict (a checkpoint's stored config). Fields it lacks or
+    holds as None are left to ``load_dataset``'s defaults; ``split_seed``, when set, is the
+    split's seed in place of ``seed``.
+    """
+    options = {k: config[k] for k in SPLIT_FIELDS if config.get(k) is not None}
+    if config.get("split_seed") is not None:
+        options["seed"] = config["split_seed"]
+    return options
 
 
 def find_config(name: str | Path) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 
 from fracturekit._files import atomic_write, atomic_write_text
 from fracturekit.calibration import ECE_BINS, class_priors, default_positive, reliability_bins
-from fracturekit.config import SPLIT_FIELDS
+from fracturekit.config import split_options
 from fracturekit.contracts import METRICS_FILE, MODEL_FILE
 from fracturekit.masks import image_is_positive, segment_image_score
 from fracturekit.metrics import (
@@ -490,7 +490,7 @@ def training_split_options(config: dict[str, Any] | None, data: str | Path) -> d
         return {}
     if not same:
         return {}
-    return {k: config[k] for k in SPLIT_FIELDS if config.get(k) is not None}
+    return split_options(config)
 
 
 def _decision_rule(

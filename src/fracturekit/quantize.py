@@ -9,7 +9,7 @@ checkpoint's validation images, and the file is written only when ROC AUC drops 
 ``max_auc_drop`` (0.005) and F1 by at most ``max_f1_drop`` (0.01).
 
 The training and validation images come from the checkpoint's stored config (``config.data``
-split with the stored ``SPLIT_FIELDS``, so the validation split is the one training carved).
+split again by ``config.split_options``), so the validation split is the one training carved).
 Where that data is not reachable, ``calibration_images`` (any images) and ``validation_data``
 (labelled data, every image of it used) must be given.
 
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fracturekit._files import atomic_write
-from fracturekit.config import SPLIT_FIELDS
+from fracturekit.config import split_options
 from fracturekit.export import ExportError, export_onnx
 from fracturekit.predict import Predictor, decide, expand_inputs
 
@@ -110,7 +110,7 @@ def checkpoint_splits(meta: dict[str, Any], ckpt: str | Path) -> Any:
         raise Int8Error(f"{ckpt}: the checkpoint does not name its training data; {hint}")
     if not Path(data).expanduser().exists():
         raise Int8Error(f"{ckpt}: its training data {data} is not reachable here; {hint}")
-    options = {k: config[k] for k in SPLIT_FIELDS if config.get(k) is not None}
+    options = split_options(config)
     try:
         return load_dataset(data, **options)
     except DatasetError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fracturekit.config import SPLIT_FIELDS, TrainConfig, save_yaml
+from fracturekit.config import TrainConfig, save_yaml, split_options
 from fracturekit.contracts import LAST_FILE, MODEL_FILE, RUN_FILES
 from fracturekit.train._cache import FeatureCache, build_cache
 from fracturekit.train._console import Console, epoch_line
@@ -97,7 +97,7 @@ class TrainResult:
 
 def load_options(cfg: TrainConfig) -> dict[str, Any]:
     """``fracturekit.data.load_dataset`` keyword arguments of a config (the same split)."""
-    return {**{k: getattr(cfg, k) for k in SPLIT_FIELDS}, "strict": cfg.strict}
+    return {**split_options(dataclasses.asdict(cfg)), "strict": cfg.strict}
 
 
 def train(
