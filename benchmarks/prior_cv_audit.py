@@ -8,12 +8,16 @@ crack decide the F1 of ``benchmarks/prior_cv.py``. CRACK500's masks are not comp
 at its fold's ``--prior`` threshold, with the verdict of a by-eye review (``--review FILE``,
 default ``benchmarks/crack500_review.txt``: crack / unsure / no, or "not reviewed"), writes them
 as a contact sheet (``--sheet PNG``), and scores the view again with the tiles judged ``crack``
-left out, then with ``crack`` and ``unsure`` left out.
+(then ``crack`` or ``unsure``) left out of the held-out tiles, then also out of each fold's
+stored validation scores, its ``--prior`` threshold read again without them (unmarked cracks
+among the validation ``no_crack`` tiles push the threshold up, past real cracks).
 
 Read those rows as an upper bound of what the missing marks cost, not as the tool's F1: only
-tiles a model flagged were reviewed (a crack-bearing ``no_crack`` tile the model scores low
-stays a negative, where relabelling it would cost recall), by one reviewer. No model runs: the
-scores are the folds' ``scores.csv``; the view and its draws are ``prior_cv.py``'s.
+tiles a model scored high were reviewed (a crack-bearing ``no_crack`` tile the model scores low
+stays a negative, where relabelling it would cost recall), by one reviewer, and the models
+were still trained on the tiles as labelled. No model runs: the held-out scores are the folds'
+``scores.csv``, the validation scores those the checkpoints store; the view and its draws are
+``prior_cv.py``'s.
 
 Run:
     .venv/bin/python benchmarks/prior_cv_audit.py --cv DIR [--cv DIR ...]
@@ -26,13 +30,30 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+
 from _common import start_clock
-from prior_cv import best_prior_line, cv_parser, prior_cells, prior_columns, score_summary
+from prior_cv import (
+    best_prior_line,
+    cv_parser,
+    decided_rows,
+    prior_cells,
+    prior_columns,
+    score_summary,
+    stored_validation,
+    validation_paths,
+)
 
 REVIEW = Path(__file__).with_name("crack500_review.txt")
 VERDICTS = ("crack", "unsure", "no")
-LEFT_OUT = {"as labelled": (), "judged crack left out": ("crack",),
-            "judged crack or unsure left out": ("crack", "unsure")}  # fmt: skip
+# name -> (verdicts left out, also out of each fold's validation: its threshold read again)
+LEFT_OUT = {
+    "as labelled": ((), False),
+    "crack: out of held-out": (("crack",), False),
+    "crack, unsure: out of held-out": (("crack", "unsure"), False),
+    "crack: out of both": (("crack",), True),
+    "crack, unsure: out of both": (("crack", "unsure"), True),
+}
 
 
 def read_review(path: Path) -> dict[str, tuple[str, str]]:
@@ -54,6 +75,30 @@ def flagged(rows: list[dict]) -> list[dict]:
     confident first."""
     hits = [r for r in rows if r["label"] == "no_crack" and r["p_crack"] >= r["prior_threshold"]]
     return sorted(hits, key=lambda r: -r["p_crack"])
+
+
+def without(
+    cv: Path, rows: list[dict], out: set[str], validation_too: bool, prior: float
+) -> tuple[list[dict], int]:
+    """``rows`` less the tiles named in ``out`` and, with ``validation_too``, each fold decided
+    again at the ``prior`` threshold read from its stored validation scores less those tiles
+    (as ``prior_cv.decided_rows`` reads it); also how many validation tiles were left out."""
+    kept = [r for r in rows if Path(r["path"]).stem not in out]
+    if not validation_too:
+        return kept, 0
+    decided: list[dict] = []
+    n_val = 0
+    for fold in sorted({r["fold"] for r in kept}):
+        run = cv / fold / "run"
+        y, v = stored_validation(run)
+        keep = np.array([Path(p).stem not in out for p in validation_paths(run)])
+        n_val += int((~keep).sum())
+        test = [r for r in kept if r["fold"] == fold]
+        decided += decided_rows(
+            fold, y[keep], v[keep], [(r["path"], r["label"]) for r in test],
+            [r["p_crack"] for r in test], prior,
+        )  # fmt: skip
+    return decided, n_val
 
 
 def write_sheet(items: list[tuple[str, str, str]], out: Path, columns: int = 6) -> None:
@@ -86,7 +131,7 @@ def main() -> None:
     from rich.table import Table
 
     clock = start_clock()
-    con = Console(width=150)
+    con = Console(width=180)
     review = read_review(args.review)
     report: dict = {"review": str(args.review)}
     sheet: dict[str, list[str]] = {}
@@ -111,15 +156,18 @@ def main() -> None:
         con.print(listing)
         table = Table(title=f"{cv}: every no_crack tile + {args.prior:.0%} cracks, "
                       f"{args.draws} draws, the review's tiles left out or not")  # fmt: skip
-        for col in ("no_crack tiles", "left out", *prior_columns(args.prior)):
+        for col in ("judged tiles", "out: held", "val", *prior_columns(args.prior),
+                    "thresholds of the folds"):  # fmt: skip
             table.add_column(col, justify="right")
         summary: dict = {}
-        for name, verdicts in LEFT_OUT.items():
+        for name, (verdicts, validation_too) in LEFT_OUT.items():
             out = {p for p, (v, _) in review.items() if v in verdicts}
-            kept = [r for r in rows if Path(r["path"]).stem not in out]
+            kept, n_val = without(cv, rows, out, validation_too, args.prior)
             sv = summary[name] = score_summary(kept, args.prior, args.draws, args.seed)
-            sv["left_out"] = len(rows) - len(kept)
-            table.add_row(name, str(sv["left_out"]), *prior_cells(sv))
+            sv["left_out"] = {"held_out": len(rows) - len(kept), "validation": n_val}
+            sv["thresholds"] = list({r["fold"]: r["prior_threshold"] for r in kept}.values())
+            table.add_row(name, str(len(rows) - len(kept)), str(n_val), *prior_cells(sv),
+                          " ".join(f"{t:.3f}" for t in sv["thresholds"]))  # fmt: skip
         con.print(table)
         con.print(best_prior_line({"as labelled": summary["as labelled"]}, args.prior))
         summary["flagged"] = [
