@@ -33,7 +33,7 @@ def _line_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_default_and_table() -> None:
     assert DEFAULT_SEG_LOSS == "bce_dice"
-    assert list(SEG_LOSSES) == ["bce_dice", "focal_dice", "tversky", "cldice"]
+    assert list(SEG_LOSSES) == ["bce_dice", "focal_dice", "tversky", "cldice", "bce_dice_image"]
     with pytest.raises(ValueError, match="unknown segmentation loss 'iou'"):
         build_seg_loss("iou")
     with pytest.raises(ValueError, match="'tversky'.*pos_weight"):
@@ -50,6 +50,24 @@ def test_known_values_at_half_probability() -> None:
     assert build_seg_loss("focal_dice")(logits, target).item() == pytest.approx(0.25 * LN2 + 0.5)
     # Tversky: TP = FP = FN = 1, 1 - 1 / (1 + 0.3 + 0.7).
     assert build_seg_loss("tversky")(logits, target).item() == pytest.approx(0.5)
+
+
+def test_image_term_scores_the_top_pixels_against_any_crack() -> None:
+    # Two 4x4 images: the first holds one crack pixel, the second none.
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, 1, 2] = 1.0
+    logits = torch.full((2, 1, 4, 4), -4.0)
+    logits[0, 0, 1, 2] = 2.0  # the crack pixel
+    logits[1, 0, 0, :2] = 3.0  # two crack-like pixels in the empty image
+    term = build_seg_loss("bce_dice_image", top_k=2).terms[2]
+    # image logits: mean of the top 2 = (2 - 4) / 2 = -1 (crack), (3 + 3) / 2 = 3 (no crack)
+    want = (math.log1p(math.exp(1.0)) + math.log1p(math.exp(3.0))) / 2
+    assert term(logits, target).item() == pytest.approx(want)
+    # the empty image's false pixels cost it more than the same pixels cost the pixel BCE
+    pixel = build_seg_loss("bce_dice_image").terms[0](logits, target).item()
+    assert term(logits, target).item() > pixel
+    with pytest.raises(ValueError, match="top_k"):
+        build_seg_loss("bce_dice_image", top_k=0)
 
 
 def test_perfect_prediction_is_near_zero() -> None:

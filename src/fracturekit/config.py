@@ -25,7 +25,7 @@ TASKS = ("classify", "segment")
 # models.DECODERS and models.SEG_LOSSES keys (a test keeps them equal): flags and checks
 # without importing the models.
 DECODER_NAMES = ("unet", "unet_small", "fpn")
-SEG_LOSS_NAMES = ("bce_dice", "focal_dice", "tversky", "cldice")
+SEG_LOSS_NAMES = ("bce_dice", "focal_dice", "tversky", "cldice", "bce_dice_image")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LAYOUTS = ("auto", "folders", "split-folders", "csv", "labelling-export", "masked-images")
 THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRESHOLD_METRICS
@@ -305,7 +305,8 @@ HELP: dict[str, str] = {
     "freeze": "none (train everything), all-but-head, or train-last (with --train-last P)",
     "train_last": "with --freeze train-last: how many last backbone blocks train",
     "decoder": "task=segment: the decoder over the backbone (unet, unet_small or fpn)",
-    "seg_loss": "task=segment: pixel loss (bce_dice, focal_dice, tversky or cldice)",
+    "seg_loss": "task=segment: pixel loss (bce_dice, focal_dice, tversky, cldice or "
+    "bce_dice_image: with an image-level term)",
     "min_area": "task=segment: connected predicted pieces smaller than this many pixels (at "
     "img_size) are dropped; an image is positive when a piece remains (0: chosen on validation "
     "for the best image-level F1)",

@@ -72,6 +72,29 @@ class ClDiceLoss(nn.Module):
         return 1.0 - 2.0 * tprec * tsens / (tprec + tsens)
 
 
+class ImageTermLoss(nn.Module):
+    """BCE of an image-level logit against "the image holds a crack pixel".
+
+    The image logit is the mean of the image's ``top_k`` highest pixel logits: a smooth stand-in
+    for the most probable pixel, which is the segmenter's image score, so that the term ranks
+    whole images as they are decided (a ``no_crack`` image whose brightest pixels look like a
+    crack costs here even when its pixels are few). Mean over the images of the batch.
+    """
+
+    def __init__(self, top_k: int = 16) -> None:
+        super().__init__()
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.top_k = int(top_k)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat = logits.flatten(1)
+        k = min(self.top_k, flat.shape[1])
+        image_logit = flat.topk(k, dim=1).values.mean(1)
+        has_crack = (target.flatten(1).amax(1) > 0.5).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(image_logit, has_crack)
+
+
 class SegLoss(nn.Module):
     """A weighted sum of pixel-loss terms with per-sample ignoring.
 
@@ -158,6 +181,12 @@ def _cldice(
     ]
 
 
+def _bce_dice_image(
+    pos_weight: float | None = None, image_weight: float = 0.5, top_k: int = 16
+) -> list[tuple[float, nn.Module]]:
+    return [*_bce_dice(pos_weight), (float(image_weight), ImageTermLoss(top_k))]
+
+
 @dataclass(frozen=True)
 class SegLossSpec:
     """One row of ``SEG_LOSSES``: the terms' factory (keyword options) and a line of help."""
@@ -178,6 +207,11 @@ SEG_LOSSES: dict[str, SegLossSpec] = {
     ),
     "cldice": SegLossSpec(
         _cldice, "BCE + 0.7 Dice + 0.3 soft clDice (Shit et al. 2021): keeps centre lines whole"
+    ),
+    "bce_dice_image": SegLossSpec(
+        _bce_dice_image,
+        "BCE + Dice + 0.5 image term: BCE of the mean of each image's 16 highest pixel logits "
+        "against 'holds a crack pixel' (ranks whole images as their image score does)",
     ),
 }
 
