@@ -5,13 +5,14 @@ Takes sets of folds of ``benchmarks/prior_cv.py`` made with the same ``--folds``
 classifier's (``--classifier DIR``) and the default segmenter's (``--segmenter DIR``,
 ``--config default_segment``; repeat it for segmenters trained with other settings: the
 training seed also draws the validation split, so folds of another ``--set seed=N`` are
-refused). Each tile's score is a mean of the checkpoints' scores for it (the classifier's crack
-probability, a segmenter's image score: its most probable pixel), arithmetic and geometric,
-over all of them and, with a classifier and two or more segmenters, over the segmenters alone;
-each fold's ``--prior`` threshold is read, as ``threshold_at_prior`` reads it for one
-checkpoint, from the same mean of the checkpoints' stored validation scores. No model runs: the held-out
-scores are the folds' ``scores.csv``. The view and its draws are ``prior_cv.py``'s: every
-``no_crack`` tile, 3 % cracks drawn ``--draws`` times.
+refused unless trained with ``--set split_seed=0``, the first set's split). Each tile's score
+is a mean of the checkpoints' scores for it (the classifier's crack probability, a segmenter's
+image score: its most probable pixel), arithmetic and geometric, over all of them and, with a
+classifier and two or more segmenters, over the segmenters alone; each fold's ``--prior``
+threshold is read, as ``threshold_at_prior`` reads it for one checkpoint, from the same mean of
+the checkpoints' stored validation scores. No model runs: the held-out scores are the folds'
+``scores.csv``. The view and its draws are ``prior_cv.py``'s: every ``no_crack`` tile, 3 %
+cracks drawn ``--draws`` times.
 
 Run:
     .venv/bin/python benchmarks/prior_cv_pair.py [--classifier DIR] --segmenter DIR
@@ -66,7 +67,7 @@ def main() -> None:
     parser = cv_parser(__doc__, None)
     parser.add_argument("--classifier", type=Path, help="prior_cv.py --out DIR")
     parser.add_argument("--segmenter", type=Path, action="append", required=True,
-                        help="the same, default_segment (repeat: other settings, same seed)")  # fmt: skip
+                        help="the same, default_segment (repeat: other settings, same split)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="summary JSON (default: SEGMENTER/pair.json)")
     args = parser.parse_args()
     if args.classifier is None and len(args.segmenter) < 2:
