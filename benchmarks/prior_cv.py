@@ -87,12 +87,21 @@ def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
     run = manifest.parent / "run"
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if not (run / "model.pt").is_file():
+        # A run of several members (--set members=K) whose members/ folder is there already
+        # (some trained, or put there from earlier folds of the same seeds and split) resumes.
+        members = (run / "members").is_dir() and (run / "config.yaml").is_file()
         cfg = resolve_config(
-            {"data": str(manifest), "seed": args.seed, "val_fraction": 0.2, **overrides},
+            {
+                "data": str(manifest),
+                "seed": args.seed,
+                "val_fraction": 0.2,
+                **overrides,
+                **({"resume": str(run)} if members else {}),
+            },
             args.config,
         )
         t0 = time.perf_counter()
-        train(cfg, run, progress=not args.no_progress, overwrite=True)
+        train(cfg, run, progress=not args.no_progress, overwrite=not members)
         seconds = time.perf_counter() - t0
         (run / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
     predictor = Predictor.from_checkpoint(run / "model.pt")

@@ -340,3 +340,134 @@ def test_tta_segmenter_is_calibrated_on_the_averaged_maps(seg_run, tmp_path: Pat
     assert kept.any()
     four, one = tops(4), tops(1)
     assert np.abs(stored - four)[kept].max() <= 1e-4 < np.abs(stored - one)[kept].max()
+
+
+# ---------------------------------------------------------------------------------------------
+# several segmenters as one (train --members K)
+
+
+def _segmenters(n: int) -> list[Segmenter]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(build_segmenter("efficientnet_lite0", pretrained=False).eval())
+    return out
+
+
+def test_segmenter_mean_averages_logits_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    from fracturekit.models import SegmenterMean
+
+    members = _segmenters(2)
+    mean = SegmenterMean(members).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = (members[0](x) + members[1](x)) / 2
+        assert torch.allclose(mean(x), expected, atol=1e-6)
+        assert not torch.allclose(members[0](x), members[1](x))  # the members differ
+    path = save_checkpoint(tmp_path / "mean.pt", mean, {"img_size": 64, "threshold": 0.4})
+    again, meta = load_segmenter(path)
+    assert isinstance(again, SegmenterMean) and meta["members"] == 2
+    with torch.no_grad():
+        assert torch.equal(again(x), mean(x))
+    # A single segmenter's meta has no members key.
+    single = save_checkpoint(tmp_path / "one.pt", members[0], {"img_size": 64})
+    assert "members" not in read_checkpoint(single)["meta"]
+
+
+def test_segmenter_mean_refuses_mixed_or_too_few_members() -> None:
+    from fracturekit.models import SegmenterError, SegmenterMean
+
+    with pytest.raises(SegmenterError, match="2..16"):
+        SegmenterMean(_segmenters(1))
+    other = build_segmenter("efficientnet_lite0", decoder="fpn", pretrained=False)
+    with pytest.raises(SegmenterError, match="one architecture"):
+        SegmenterMean([_segmenters(1)[0], other])
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [({"members": 0}, "members"), ({"members": 17}, "members"), ({"members": "2"}, "members")],
+)
+def test_check_meta_bounds_the_member_count(seg_ckpt: Path, change: dict, needle: str) -> None:
+    meta = {**read_checkpoint(seg_ckpt)["meta"], **change}
+    with pytest.raises(CheckpointError, match=needle):
+        check_meta(seg_ckpt, meta)
+
+
+def test_a_classifier_meta_cannot_hold_members(tmp_path: Path) -> None:
+    from fracturekit.models import build_model
+
+    path = tmp_path / "clf.pt"
+    save_checkpoint(path, build_model("simple_cnn", 2, pretrained=False), {"img_size": 32})
+    with pytest.raises(CheckpointError, match="members"):
+        check_meta(path, {**read_checkpoint(path)["meta"], "members": 2})
+
+
+def test_members_config_checks_and_member_seeds(tmp_path: Path) -> None:
+    from fracturekit.train._members import member_config, member_folder
+
+    with pytest.raises(ConfigError, match="task=segment"):
+        TrainConfig(members=2).validate()
+    with pytest.raises(ConfigError, match="members=0"):
+        TrainConfig(task="segment", members=0).validate()
+    cfg = TrainConfig(task="segment", members=3, seed=5).validate()
+    members = [member_config(cfg, tmp_path, i) for i in range(3)]
+    assert [m.seed for m in members] == [5, 6, 7]
+    assert {m.split_seed for m in members} == {5} and {m.members for m in members} == {1}
+    assert (
+        member_config(TrainConfig(task="segment", members=2, split_seed=9), tmp_path, 1).split_seed
+        == 9
+    )
+    # Resuming the whole run resumes the members that began (a last.pt), starts the others.
+    member_folder(tmp_path, 0).mkdir(parents=True)
+    (member_folder(tmp_path, 0) / "last.pt").write_bytes(b"")
+    resumed = TrainConfig(task="segment", members=2, resume=str(tmp_path))
+    assert member_config(resumed, tmp_path, 0).resume == str(member_folder(tmp_path, 0))
+    assert member_config(resumed, tmp_path, 1).resume is None
+    assert member_config(cfg, tmp_path, 0).resume is None  # not resuming: never
+
+
+def test_members_refuse_a_folder_holding_a_run(tmp_path: Path) -> None:
+    from fracturekit.train import train
+
+    (tmp_path / "members" / "0").mkdir(parents=True)
+    cfg = TrainConfig(data=str(tmp_path), task="segment", members=2)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_train_members_writes_their_calibrated_mean(seg_run, tmp_path: Path) -> None:
+    from fracturekit.models import SegmenterMean
+    from fracturekit.train._members import member_folder
+
+    data, _ = seg_run
+    out = tmp_path / "pair"
+    _train(data, out, "--members", "2", "--epochs", "1")
+    model, meta = load_checkpoint(out / "model.pt")
+    assert isinstance(model, SegmenterMean) and meta["members"] == 2
+    assert [m["seed"] for m in meta["metrics"]["members"]] == [0, 1]
+    assert meta["config"]["members"] == 2
+    # Each member is a whole checkpoint of its own, on the same validation images.
+    for i in range(2):
+        member, member_meta = load_checkpoint(member_folder(out, i) / "model.pt")
+        assert isinstance(member, Segmenter) and member_meta["config"]["seed"] == i
+        assert member_meta["validation"]["labels"] == meta["validation"]["labels"]
+        for a, b in zip(member.parameters(), model.members[i].parameters(), strict=True):
+            assert torch.equal(a, b)
+    # The stored validation scores are the mean's, not a member's.
+    with (out / "splits.csv").open() as fh:
+        val = [r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
+    predictor = Predictor.from_checkpoint(out / "model.pt")
+    images = [Image.open(p).convert("RGB") for p in val]
+    tops = np.array([m.max() for m in predictor.probability_maps(images)])
+    stored = np.array(meta["validation"]["probabilities"])[:, 1]
+    kept = stored >= predictor.threshold
+    assert kept.any() and np.abs(stored - tops)[kept].max() <= 1e-4
+    # Resuming the finished run trains nothing again and writes the same mean.
+    from fracturekit.cli import main
+
+    assert main(["train", "--resume", str(out)]) == 0
+    again = read_checkpoint(out / "model.pt")
+    assert again["meta"]["validation"] == meta["validation"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in again["state_dict"].items())

@@ -32,6 +32,8 @@ THRESHOLD_METRICS = ("f1", "balanced_accuracy", "accuracy")  # calibration.THRES
 # Cached views of each training image: 1 as is; 2 + horizontal mirror; 4 + vertical mirror and
 # both (a 180-degree turn); 8 the whole dihedral group (adds the four transposed/90-degree ones).
 CACHE_VIEWS = (1, 2, 4, 8)
+# Segmenters one checkpoint may average (``members``): far above any useful ensemble.
+MAX_MEMBERS = 16
 # The index of each view's inverse in the views' order (models.VIEW_OPS, predict.NUMPY_VIEWS):
 # the turns by 90 and 270 degrees undo each other, every other view undoes itself.
 INVERSE_VIEWS = (0, 1, 2, 3, 4, 6, 5, 7)
@@ -124,6 +126,7 @@ class TrainConfig:
     # run
     seed: int = 0
     split_seed: int | None = None  # seed of the val/test split (None: seed)
+    members: int = 1  # segmenters trained with seeds seed, seed+1, ... and averaged as one
     device: str = "auto"
     resume: str | None = None
     max_train_batches: int | None = None  # for smoke tests: stop each epoch early
@@ -210,6 +213,13 @@ class TrainConfig:
             raise ConfigError(f"tile_focus={self.tile_focus}: must be between 0 and 1")
         if any(int(h) < 1 for h in self.hidden):
             raise ConfigError(f"hidden={self.hidden}: layer widths must be positive")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise ConfigError(f"members={self.members}: must be a whole number in 1..{MAX_MEMBERS}")
+        if self.members > 1 and self.task != "segment":
+            raise ConfigError(
+                f"members={self.members} averages segmenters: it needs task=segment (a "
+                f"{self.task} model trains alone)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -345,6 +355,9 @@ HELP: dict[str, str] = {
     "seed": "random seed (splits, initialisation, order)",
     "split_seed": "seed of the carved val/test split alone (default: --seed), so that runs "
     "with other seeds validate and test on the same images (seed spread, ensembles)",
+    "members": "segmenters: train this many with seeds seed, seed+1, ... on one split and "
+    "average their pixel logits as one checkpoint (fewer false alarms; K times the training and "
+    "prediction time)",
     "device": "auto, cpu, cuda or cuda:N",
     "resume": "continue the interrupted run in this folder from its last.pt",
     "max_train_batches": "smoke tests: stop each epoch after this many batches",

@@ -15,7 +15,7 @@ Metadata (``metadata_props``):
   non-finite numbers become ``null`` so any JSON reader accepts it.
 * readable twins for other tools: ``classes``, ``img_size``, ``mean``, ``std``, ``in_chans``,
   ``interpolation``, ``threshold``, ``temperature``, ``positive``, ``backbone``, and where the
-  meta has them ``task``, ``decoder``, ``min_area``.
+  meta has them ``task``, ``decoder``, ``min_area``, ``members``.
 * ``checkpoint_sha256``: the SHA-256 of the exported checkpoint file; ``serving_onnx`` (the
   service's ONNX Runtime path) uses a ``model.onnx`` beside a checkpoint only when it matches.
 
@@ -60,6 +60,7 @@ READABLE_KEYS = (
     "task",
     "decoder",
     "min_area",
+    "members",
 )
 DIGEST_KEY = "checkpoint_sha256"  # the exported checkpoint file's SHA-256
 SPATIAL_AXES = {2: "height", 3: "width"}  # a segmenter's dynamic axes besides the batch

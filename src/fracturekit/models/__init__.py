@@ -54,6 +54,7 @@ _LAZY = {
         "DEFAULT_DECODER",
         "Segmenter",
         "SegmenterError",
+        "SegmenterMean",
         "build_segmenter",
         "freeze_encoder",
         "load_segmenter",

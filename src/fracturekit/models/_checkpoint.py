@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fracturekit._files import atomic_write
-from fracturekit.config import CACHE_VIEWS
+from fracturekit.config import CACHE_VIEWS, MAX_MEMBERS
 from fracturekit.models._net import FractureNet, build_model
 from fracturekit.models._table import data_config
 from fracturekit.models._weights import CHECKPOINT_FORMAT
@@ -147,9 +147,9 @@ def build_meta(model: FractureNet, meta: Mapping[str, Any] | None = None) -> dic
 def checkpoint_payload(model: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """The checkpoint dict of ``model``: its completed meta (``build_meta`` for a classifier,
     ``segment_meta`` for a segmenter) and a CPU copy of its state dict."""
-    from fracturekit.models._segment import Segmenter, segment_meta
+    from fracturekit.models._segment import Segmenter, SegmenterMean, segment_meta
 
-    complete = segment_meta if isinstance(model, Segmenter) else build_meta
+    complete = segment_meta if isinstance(model, Segmenter | SegmenterMean) else build_meta
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -208,20 +208,22 @@ def _hidden(meta: dict) -> str | None:
 
 
 def _segment_rule(meta: dict, key: str) -> str | None:
-    """``task``, and for a segmenter its ``decoder`` and ``min_area``."""
+    """``task``, and for a segmenter its ``decoder``, ``min_area`` and ``members``."""
     from fracturekit.models._segment import DECODERS, TASK
 
     task = meta.get("task")
     if task not in (None, "classify", TASK):
         return f"must be null, 'classify' or {TASK!r}"
     if task != TASK:
-        return None
+        return None if meta.get("members") in (None, 1) else "must be 'segment' to hold members"
     if meta.get("decoder") not in DECODERS:
         return f"a segmenter needs decoder in {', '.join(DECODERS)} (got {meta.get('decoder')!r})"
     if meta.get("threshold") is None:
         return "a segmenter needs a pixel threshold"
     if not _count(meta.get("min_area", 0), 0, 2**62):
         return f"a segmenter needs min_area >= 0 (got {_short(meta.get('min_area'))})"
+    if not _count(meta.get("members", 1), 1, MAX_MEMBERS):
+        return f"members must be a whole number in 1..{MAX_MEMBERS} (got {_short(meta['members'])})"
     return None
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fracturekit.config import MAX_MEMBERS
 from fracturekit.models._families import FAMILIES, family_for
 from fracturekit.models._net import PretrainedUnavailableWarning, _make_trunk, set_train_mode
 from fracturekit.models._table import BackboneSpec, data_config, get_spec
@@ -178,6 +179,59 @@ class Segmenter(nn.Module):
         super().train(mode)
         set_train_mode(self.net, mode)  # every submodule lives under .net
         return self
+
+
+class SegmenterMean(nn.Module):
+    """Segmenters of one architecture trained with different seeds, used as one: the mean of
+    their pixel logits, ``[N, C, H, W] -> [N, 1, H, W]``.
+
+    Averaging the logits of independently trained networks cancels part of each one's own
+    mistakes (a shadow one seed takes for a crack, the other does not), which is what moves the
+    highest-scoring negatives below the decision threshold. Everything that reads a segmenter
+    (prediction, masks, widths, scanning, ONNX export) calls ``forward`` and the attributes
+    below, so the mean takes a single segmenter's place; its checkpoint stores ``members`` and
+    the members' weights under ``members.<i>.``.
+
+    Attributes:
+        members: the segmenters (an ``nn.ModuleList``).
+        spec, decoder, arch, stride: the members' (all equal).
+        pretrained: where the first member's encoder weights came from.
+    """
+
+    def __init__(self, members: list[Segmenter]) -> None:
+        super().__init__()
+        if not 2 <= len(members) <= MAX_MEMBERS:
+            raise SegmenterError(f"a mean needs 2..{MAX_MEMBERS} segmenters, got {len(members)}")
+        first = members[0]
+        for i, member in enumerate(members):
+            if not isinstance(member, Segmenter):
+                raise SegmenterError(f"member {i} is a {type(member).__name__}, not a Segmenter")
+            if member.arch != first.arch:
+                raise SegmenterError(
+                    f"member {i} has architecture {member.arch}, member 0 {first.arch}: a mean "
+                    "needs segmenters of one architecture"
+                )
+        self.members = nn.ModuleList(members)
+        self.spec, self.decoder, self.stride = first.spec, first.decoder, first.stride
+        self.arch = dict(first.arch)
+        self.pretrained = first.pretrained
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse inputs whose height or width is not a multiple of the stride (32)."""
+        self.members[0].check_input(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' mean pixel logits ``[N, 1, H, W]``."""
+        self.check_input(x)
+        total = self.members[0](x)
+        for member in self.members[1:]:
+            total = total + member(x)
+        return total / len(self.members)
+
+
+def member_count(model: nn.Module) -> int:
+    """How many segmenters ``model`` averages (1 for a plain ``Segmenter``)."""
+    return len(model.members) if isinstance(model, SegmenterMean) else 1
 
 
 def _split_encoder(encoder: nn.Module) -> list[nn.Module] | None:
@@ -352,11 +406,12 @@ def build_segmenter(
     return Segmenter(net, spec=spec, decoder=decoder, arch=arch, pretrained=source)
 
 
-def segmenter_from_meta(meta: Mapping[str, Any]) -> Segmenter:
+def segmenter_from_meta(meta: Mapping[str, Any]) -> Segmenter | SegmenterMean:
     """Rebuild a checkpoint's segmenter with random initialisation (never a download).
 
-    ``meta`` needs ``task == "segment"``, ``backbone``, ``decoder`` and ``in_chans``; the
-    caller then loads the state dict strictly and sets ``pretrained`` from the meta.
+    ``meta`` needs ``task == "segment"``, ``backbone``, ``decoder`` and ``in_chans``; with
+    ``members`` > 1 a ``SegmenterMean`` of that many. The caller then loads the state dict
+    strictly and sets ``pretrained`` from the meta.
 
     Raises:
         SegmenterError: ``task`` is not ``"segment"`` or a key is missing.
@@ -366,12 +421,18 @@ def segmenter_from_meta(meta: Mapping[str, Any]) -> Segmenter:
     missing = [k for k in ("backbone", "decoder", "in_chans") if k not in meta]
     if missing:
         raise SegmenterError(f"segmenter checkpoint meta lacks {', '.join(missing)}")
-    return build_segmenter(
-        meta["backbone"], decoder=meta["decoder"], pretrained=False, in_chans=meta["in_chans"]
-    )
+    members = [
+        build_segmenter(
+            meta["backbone"], decoder=meta["decoder"], pretrained=False, in_chans=meta["in_chans"]
+        )
+        for _ in range(int(meta.get("members") or 1))
+    ]
+    return members[0] if len(members) == 1 else SegmenterMean(members)
 
 
-def segment_data_config(model: Segmenter, img_size: int | None = None) -> dict[str, Any]:
+def segment_data_config(
+    model: Segmenter | SegmenterMean, img_size: int | None = None
+) -> dict[str, Any]:
     """``data_config`` for a segmenter: the row's size rounded up to a multiple of the stride.
 
     Lite1's 240 px becomes 256 and Lite2's 260 px 288, so the decoder gets back to full size;
@@ -386,7 +447,9 @@ def segment_data_config(model: Segmenter, img_size: int | None = None) -> dict[s
     return data_config(arch["backbone"], int(img_size), in_chans=arch["in_chans"])
 
 
-def segment_meta(model: Segmenter, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def segment_meta(
+    model: Segmenter | SegmenterMean, meta: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Complete a segmenter checkpoint's ``meta``: architecture, preprocessing, decision rule.
 
     Architecture keys (``SEGMENT_ARCH_KEYS``) come from the model (a contradicting value is an
@@ -394,7 +457,8 @@ def segment_meta(model: Segmenter, meta: Mapping[str, Any] | None = None) -> dic
     ``data_config`` preprocessing, ``threshold`` 0.5 (on the pixel probability), ``min_area``
     0 (connected components smaller than this many pixels are dropped from a drawn mask),
     ``temperature`` 1.0, ``tta`` 1, ``classes`` ``["background", "crack"]``, ``positive``
-    ``"crack"``, empty ``config``/``metrics``.
+    ``"crack"``, empty ``config``/``metrics``. A ``SegmenterMean`` records ``members`` (the
+    number of segmenters it averages); a single segmenter's meta has no such key.
     """
     from fracturekit.models._checkpoint import _plain, _versions
 
@@ -418,6 +482,9 @@ def segment_meta(model: Segmenter, meta: Mapping[str, Any] | None = None) -> dic
     }
     out.update({k: v for k, v in meta.items() if v is not None or k not in out})
     out.update(model.arch)
+    out.pop("members", None)
+    if member_count(model) > 1:
+        out["members"] = member_count(model)
     out["pretrained"] = model.pretrained
     out["versions"] = {**_versions(), **dict(meta.get("versions") or {})}
     threshold, min_area = float(out["threshold"]), int(out["min_area"])
@@ -429,7 +496,9 @@ def segment_meta(model: Segmenter, meta: Mapping[str, Any] | None = None) -> dic
     return _plain(out, "meta")
 
 
-def save_segmenter(path: str | Path, model: Segmenter, meta: Mapping[str, Any] | None) -> Path:
+def save_segmenter(
+    path: str | Path, model: Segmenter | SegmenterMean, meta: Mapping[str, Any] | None
+) -> Path:
     """Write ``model`` and its completed ``meta`` (``segment_meta``) as a fracturekit checkpoint.
 
     The one checkpoint layout (``models.save_checkpoint``, which dispatches on the model);
@@ -437,19 +506,20 @@ def save_segmenter(path: str | Path, model: Segmenter, meta: Mapping[str, Any] |
     """
     from fracturekit.models._checkpoint import save_checkpoint
 
-    if not isinstance(model, Segmenter):
+    if not isinstance(model, Segmenter | SegmenterMean):
         raise SegmenterError(f"save_segmenter needs a Segmenter, got {type(model).__name__}")
     return save_checkpoint(path, model, meta)
 
 
 def load_segmenter(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[Segmenter, dict]:
+) -> tuple[Segmenter | SegmenterMean, dict]:
     """Rebuild a segmenter from its checkpoint (``models.load_checkpoint``, refusing a
     classifier).
 
     Returns:
-        ``(segmenter in eval mode, meta dict)``.
+        ``(segmenter in eval mode, meta dict)``: a ``SegmenterMean`` when the checkpoint holds
+        several members.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -459,7 +529,7 @@ def load_segmenter(
     from fracturekit.models._checkpoint import CheckpointError, load_checkpoint
 
     model, meta = load_checkpoint(path, map_location)
-    if not isinstance(model, Segmenter):
+    if not isinstance(model, Segmenter | SegmenterMean):
         raise CheckpointError(
             path, f"not a usable segmenter checkpoint: task is {meta.get('task')!r}, not {TASK!r}"
         )

@@ -36,6 +36,10 @@ validation score, what the checkpoint stores) is a row of ``TASKS``: ``classify`
 first encoder stages frozen and run without autograd, on random tiles (``tile``) with mirrors
 and 90-degree turns; the pixel threshold and ``min_area`` are chosen on validation; see
 ``_segment_task``).
+
+``members`` K > 1 (segmenters): K runs with seeds ``seed .. seed+K-1`` on one split in
+``out/members/<i>/``, then their mean (``models.SegmenterMean``) calibrated as one checkpoint in
+``out/model.pt`` (``_members``).
 """
 
 from fracturekit.train._cache import FeatureCache, build_cache

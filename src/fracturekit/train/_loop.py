@@ -113,6 +113,10 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; they train one
     DistributedDataParallel model and only rank 0 writes files and prints.
 
+    With ``cfg.members`` K > 1 (segmenters) it trains K runs with seeds ``seed .. seed+K-1`` on
+    one split in ``out/members/<i>/`` and writes their mean, calibrated as one model, to
+    ``out/model.pt`` (``_members``).
+
     Args:
         cfg: the run's configuration; ``cfg.resume`` names a run folder to continue.
         out: the run folder (created). It must not hold a model unless ``cfg.resume`` or
@@ -127,6 +131,10 @@ def train(
     t_start = time.perf_counter()
     out = Path(out)
     cfg = _resolved(cfg)
+    if cfg.members > 1:
+        from fracturekit.train._members import train_members
+
+        return train_members(cfg, out, progress=progress, overwrite=overwrite, t_start=t_start)
     device = _resolve_device(cfg.device, env_world())
     dist = setup(device.type)
     try:
@@ -324,9 +332,12 @@ def _preflight(cfg: TrainConfig, out: Path, overwrite: bool, task: Any) -> Any:
     return splits
 
 
-def _prepare_run_dir(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
-    """Refuse to train over a finished or interrupted run unless asked to."""
-    existing = [name for name in (MODEL_FILE, LAST_FILE) if (out / name).exists()]
+def _prepare_run_dir(
+    out: Path, cfg: TrainConfig, overwrite: bool, folders: tuple[str, ...] = ()
+) -> None:
+    """Refuse to train over a finished or interrupted run unless asked to; ``folders``:
+    subfolders that hold part of a run too (refused like a model, removed to overwrite)."""
+    existing = [name for name in (MODEL_FILE, LAST_FILE, *folders) if (out / name).exists()]
     if cfg.resume is not None:
         return
     if existing and not overwrite:
@@ -337,7 +348,8 @@ def _prepare_run_dir(out: Path, cfg: TrainConfig, overwrite: bool) -> None:
     if overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / ".cache", ignore_errors=True)
+        for name in (".cache", *folders):
+            shutil.rmtree(out / name, ignore_errors=True)
 
 
 def _set_device_and_precision(run: _Run) -> None:
@@ -794,7 +806,7 @@ def save_epoch(run: _Run, row: dict[str, Any], improved: bool) -> None:
 def finalize(run: _Run) -> dict[str, Any]:
     """Reload the best epoch, let the task fit its calibration on that epoch's validation
     outputs, and rewrite ``model.pt`` with the calibration, metrics and validation outputs."""
-    from fracturekit.models import read_checkpoint, save_checkpoint
+    from fracturekit.models import read_checkpoint
 
     figures = {
         "mode": run.mode,
@@ -808,30 +820,45 @@ def finalize(run: _Run) -> dict[str, Any]:
     run.model.load_state_dict(read_checkpoint(ckpt)["state_dict"])
     best, logits, labels = run.best, run.best_logits, run.best_labels
     meta = {**run.base_meta, "epoch": best.get("epoch")}
-    temperature, threshold = 1.0, None
     metrics: dict[str, Any] = {"best_epoch": best.get("epoch"), "epochs_run": len(run.history)}
     if logits is None or labels is None or len(labels) == 0 or len(run.splits.val) == 0:
         run.note("no validation data: no early stopping, threshold 0.5, no temperature scaling")
         last = run.history[-1] if run.history else {}
         metrics.update(train_loss=last.get("train_loss"), train_acc=last.get("train_acc"))
+        metrics.update(threshold=None, temperature=1.0)
     else:
         logits, labels = run.task.final_outputs(run, logits, labels)
-        temperature, threshold, scores = run.task.calibrate(
-            run.cfg, logits, labels, run.classes, run.positive, run.note
-        )
         metrics["val_loss"] = best.get("val_loss")
-        metrics.update(scores)
-        meta.update({k: scores[k] for k in run.task.meta_keys if k in scores})
-        metrics["note"] = (
-            "validation metrics: the threshold and temperature were fitted on these images, so "
-            "they are optimistic; use `fracturekit evaluate` on a test set for honest figures"
-        )
-        meta["validation"] = run.task.validation_record(logits, labels, temperature)
-    metrics["threshold"] = threshold
-    metrics["temperature"] = temperature
-    metrics.update(figures)
-    meta.update(temperature=temperature, threshold=threshold, metrics=metrics)
-    save_checkpoint(ckpt, run.model, meta)
+        calibrate_into(run, logits, labels, meta, metrics)
+    return save_final(run, meta, {**metrics, **figures})
+
+
+def calibrate_into(
+    run: _Run, outputs: Any, truth: Any, meta: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """Let the task fit its threshold and temperature on validation ``outputs``/``truth`` and
+    put them, its metrics and the validation record (what ``--prior`` re-weights) into
+    ``meta`` and ``metrics``."""
+    temperature, threshold, scores = run.task.calibrate(
+        run.cfg, outputs, truth, run.classes, run.positive, run.note
+    )
+    metrics.update(scores)
+    meta.update({k: scores[k] for k in run.task.meta_keys if k in scores})
+    metrics["note"] = (
+        "validation metrics: the threshold and temperature were fitted on these images, so "
+        "they are optimistic; use `fracturekit evaluate` on a test set for honest figures"
+    )
+    meta["validation"] = run.task.validation_record(outputs, truth, temperature)
+    metrics.update(threshold=threshold, temperature=temperature)
+
+
+def save_final(run: _Run, meta: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model.pt`` (``run.model`` with ``meta``, its threshold and temperature taken
+    from ``metrics``), print the summary line; return ``metrics``."""
+    from fracturekit.models import save_checkpoint
+
+    meta.update(temperature=metrics["temperature"], threshold=metrics["threshold"], metrics=metrics)
+    save_checkpoint(run.out / MODEL_FILE, run.model, meta)
     _print_summary(run, metrics)
     return metrics
 
@@ -839,7 +866,10 @@ def finalize(run: _Run) -> dict[str, Any]:
 def _print_summary(run: _Run, metrics: dict[str, Any]) -> None:
     threshold, temperature = metrics["threshold"], metrics["temperature"]
     if threshold is not None or "f1" in metrics:
-        parts = [f"best epoch {metrics['best_epoch']}"]
+        members = metrics.get("members")
+        parts = [
+            f"mean of {len(members)} members" if members else f"best epoch {metrics['best_epoch']}"
+        ]
         for key in ("val_loss", "accuracy", "f1", "roc_auc"):
             if metrics.get(key) is not None:
                 parts.append(f"{key} {metrics[key]:.4f}")
