@@ -694,3 +694,25 @@ def test_evaluate_run_needs_a_finished_run(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="no model.pt"):
         evaluate_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_members_in_one_process_group(tmp_path: Path) -> None:
+    from fracturekit.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "d", 16, 64, 0, workers=1)
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--standalone", "-m", "fracturekit", "train", str(data), "--out", str(run),
+            "--task", "segment", "--no-pretrained", "--img-size", "64", "--tile", "32",
+            "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--members", "2"]  # fmt: skip
+    proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("calibrating the mean of 2 members") == 1  # rank 0 alone
+    meta = read_checkpoint(run / "model.pt")["meta"]
+    with (run / "splits.csv").open() as fh:
+        n_val = sum(r["split"] == "val" for r in csv.DictReader(fh))
+    assert meta["members"] == 2 and len(meta["validation"]["labels"]) == n_val
+    for i in range(2):
+        member = read_checkpoint(run / "members" / str(i) / "model.pt")["meta"]
+        assert member["metrics"]["world_size"] == 2 and member["config"]["seed"] == i

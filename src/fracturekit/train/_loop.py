@@ -131,25 +131,39 @@ def train(
     t_start = time.perf_counter()
     out = Path(out)
     cfg = _resolved(cfg)
-    if cfg.members > 1:
-        from fracturekit.train._members import train_members
-
-        return train_members(cfg, out, progress=progress, overwrite=overwrite, t_start=t_start)
     device = _resolve_device(cfg.device, env_world())
-    dist = setup(device.type)
+    dist = setup(device.type)  # one process group for the whole call, members included
     try:
-        run = _Run(
-            cfg=cfg,
-            out=out,
-            dist=dist,
-            device=device,
-            console=Console(progress and dist.main),
-            task=TASKS[cfg.task],
-            t_start=t_start,
-        )
-        return _train(run, overwrite)
+        if cfg.members > 1:
+            from fracturekit.train._members import train_members
+
+            return train_members(cfg, out, dist, device, progress, overwrite, t_start)
+        return train_run(cfg, out, dist, device, progress, overwrite, t_start)
     finally:
         dist.shutdown()
+
+
+def train_run(
+    cfg: TrainConfig,
+    out: Path,
+    dist: Dist,
+    device: torch.device,
+    progress: bool,
+    overwrite: bool,
+    t_start: float,
+) -> TrainResult:
+    """One model's run in ``out`` (what :func:`train` does without members), in a process group
+    already set up."""
+    run = _Run(
+        cfg=cfg,
+        out=out,
+        dist=dist,
+        device=device,
+        console=Console(progress and dist.main),
+        task=TASKS[cfg.task],
+        t_start=t_start,
+    )
+    return _train(run, overwrite)
 
 
 def _train(run: _Run, overwrite: bool) -> TrainResult:

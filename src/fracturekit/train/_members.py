@@ -22,7 +22,7 @@ from typing import Any
 from fracturekit.config import TrainConfig, save_yaml, split_options
 from fracturekit.contracts import LAST_FILE, MODEL_FILE
 from fracturekit.train._console import Console
-from fracturekit.train._dist import Dist, setup
+from fracturekit.train._dist import Dist
 
 MEMBERS_DIR = "members"
 
@@ -47,45 +47,37 @@ def member_config(cfg: TrainConfig, out: str | Path, index: int) -> TrainConfig:
 
 
 def train_members(
-    cfg: TrainConfig, out: Path, *, progress: bool, overwrite: bool, t_start: float
+    cfg: TrainConfig,
+    out: Path,
+    dist: Dist,
+    device: Any,
+    progress: bool,
+    overwrite: bool,
+    t_start: float,
 ) -> Any:
     """Train ``cfg.members`` segmenters and write their mean as ``out/model.pt`` (see the
-    module docstring). Returns a ``TrainResult`` whose ``history`` holds every member's epochs
-    (with a ``member`` column) and whose ``last_checkpoint`` is the last member's ``last.pt``.
+    module docstring), every member in the caller's process group ``dist``. Returns a
+    ``TrainResult`` whose ``history`` holds every member's epochs (with a ``member`` column)
+    and whose ``last_checkpoint`` is the last member's ``last.pt``.
     """
-    from fracturekit.train._loop import _prepare_run_dir, train
+    from fracturekit.train._loop import TrainResult, _prepare_run_dir, train_run
 
-    main = Dist.from_env().main
-    if main:
+    if dist.main:
         _prepare_run_dir(out, cfg, overwrite, folders=(MEMBERS_DIR,))
-    console = Console(progress and main)
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
+        out.mkdir(parents=True, exist_ok=True)
         save_yaml({**cfg.to_dict(), "resume": None}, out / "config.yaml")
+    dist.barrier()
+    console = Console(progress and dist.main)
     results = []
     for index in range(cfg.members):
         member = member_config(cfg, out, index)
         console.print(f"member {index + 1} of {cfg.members} (seed {member.seed})")
-        results.append(train(member, member_folder(out, index), progress=progress))
-    return combine(cfg, out, results, progress=progress, t_start=t_start)
-
-
-def combine(
-    cfg: TrainConfig, out: Path, results: list[Any], *, progress: bool, t_start: float
-) -> Any:
-    """Calibrate the mean of the members' best checkpoints on the run's validation split and
-    write it to ``out/model.pt`` (rank 0; the other ranks get its metrics)."""
-    from fracturekit.train._loop import TrainResult, _resolve_device, env_world
-
-    device = _resolve_device(cfg.device, env_world())
-    dist = setup(device.type)
-    try:
-        metrics: dict[str, Any] = {}
-        if dist.main:
-            metrics = _combine_main(cfg, out, results, device, dist, Console(progress), t_start)
-        metrics = dist.broadcast(metrics)
-    finally:
-        dist.shutdown()
+        folder = member_folder(out, index)
+        results.append(train_run(member, folder, dist, device, progress, False, t_start))
+    metrics: dict[str, Any] = {}
+    if dist.main:
+        metrics = _combine(cfg, out, results, device, dist, console, t_start)
+    metrics = dist.broadcast(metrics)
     history = [{"member": i, **row} for i, r in enumerate(results) for row in r.history]
     return TrainResult(
         checkpoint=out / MODEL_FILE,
@@ -101,7 +93,7 @@ def combine(
     )
 
 
-def _combine_main(
+def _combine(
     cfg: TrainConfig,
     out: Path,
     results: list[Any],
@@ -110,7 +102,8 @@ def _combine_main(
     console: Console,
     t_start: float,
 ) -> dict[str, Any]:
-    """Rank 0's part of :func:`combine`."""
+    """Calibrate the mean of the members' best checkpoints on the run's validation split and
+    write it to ``out/model.pt`` (rank 0)."""
     from fracturekit.models import SegmenterMean, load_checkpoint
     from fracturekit.models._segment import segment_data_config
     from fracturekit.train._loop import (
