@@ -141,6 +141,7 @@ def test_records_agree_with_predictor_masks(make_seg_checkpoint, photos) -> None
 def test_describe_says_the_task(make_seg_checkpoint) -> None:
     info = Predictor.from_checkpoint(make_seg_checkpoint(bias=3.0)).describe()
     assert (info["task"], info["decoder"], info["min_area"]) == ("segment", "unet", 0)
+    assert info["members"] == 1
 
 
 def _with_validation(predictor: Predictor, negatives: list[float], positives: list[float]):

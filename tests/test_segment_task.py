@@ -464,6 +464,7 @@ def test_train_members_writes_their_calibrated_mean(seg_run, tmp_path: Path) -> 
     stored = np.array(meta["validation"]["probabilities"])[:, 1]
     kept = stored >= predictor.threshold
     assert kept.any() and np.abs(stored - tops)[kept].max() <= 1e-4
+    assert predictor.describe()["members"] == 2  # GET /model
     # Resuming the finished run trains nothing again and writes the same mean.
     from fracturekit.cli import main
 

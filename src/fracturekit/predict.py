@@ -713,6 +713,7 @@ class Predictor:
                 decoder=self.meta.get("decoder"),
                 min_area=self.min_area,
                 image_threshold=self.image_threshold,
+                members=int(self.meta.get("members") or 1),
             )
         return out
 

@@ -70,6 +70,10 @@ class ModelResponse(BaseModel):
         description="segmenters: the image score at or above which an image is positive (the "
         "pixel threshold, or with --prior the one for that prevalence)",
     )
+    members: int | None = Field(
+        None,
+        description="segmenters: how many trainings (seeds) the model averages (train --members)",
+    )
 
 
 class ImageSize(BaseModel):
