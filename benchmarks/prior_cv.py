@@ -26,7 +26,11 @@ Measured (README, "Deciding at 3% cracks", 2-core AMD EPYC): the default classif
 0.749 (0.772) and 0.718 (0.780) retrained with training seed 0, 0.722 (0.761) and 0.704
 (0.749) retrained with ``--set seed=1`` (the same folds), 0.728 (0.802) with ``--set seed=1
 --set split_seed=0`` (seed 0's validation split; its mean with seed 0's scores, by
-``prior_cv_pair.py``: 0.778).
+``prior_cv_pair.py``: 0.778), 0.731 (0.788) with ``--set seed=2 --set split_seed=0``; one
+checkpoint of several members (``--set members=K``, members put in ``fold<k>/run/members/<i>/``
+from those runs and resumed): 0.741 (0.815) for seeds 0 + 1, 0.779 (0.812) for 1 + 2
+(``--set seed=1 --set split_seed=0 --set members=2``), 0.769 (0.812) for 0 + 1 + 2
+(``--set members=3``, ``--config survey_segment``).
 
 Run:
     .venv/bin/python benchmarks/prior_cv.py --out DIR [--config default] [--folds 5]

@@ -112,6 +112,7 @@ def test_every_packaged_config_validates() -> None:
         "fracatlas",
         "default_segment",
         "fracatlas_segment",
+        "survey_segment",
     } <= set(configs)
     for name, path in configs.items():
         cfg = resolve_config({}, name)  # by name, as --config NAME finds it
@@ -121,6 +122,10 @@ def test_every_packaged_config_validates() -> None:
         get_spec(cfg.backbone)
     seed5 = resolve_config({}, "seed5_concrete_lenet")
     assert (seed5.backbone, seed5.img_size, seed5.balance) == ("lenet", 227, "undersample:3")
+    # The survey set-up is the default segmenter, averaged over three trainings.
+    survey = resolve_config({}, "survey_segment")
+    assert survey.members == 3
+    assert dataclasses.replace(survey, members=1) == resolve_config({}, "default_segment")
     fracture = resolve_config({}, "fracatlas_segment")
     assert (fracture.task, fracture.tile, fracture.balance) == ("segment", 224, "sampler")
     assert 0 < fracture.tile_focus <= 1
