@@ -333,9 +333,15 @@ def _read_resume(cfg: TrainConfig) -> dict | None:
 
 def _preflight(cfg: TrainConfig, out: Path, overwrite: bool, task: Any) -> Any:
     """Rank 0's checks and data loading (broadcast to the other ranks)."""
+    _prepare_run_dir(out, cfg, overwrite)
+    return load_splits(cfg, task)
+
+
+def load_splits(cfg: TrainConfig, task: Any) -> Any:
+    """The run's data and split (``load_dataset`` with the config's split options), checked by
+    ``task``, the training part undersampled when ``balance`` asks for it."""
     from fracturekit.data import load_dataset, undersample
 
-    _prepare_run_dir(out, cfg, overwrite)
     if not cfg.data:
         raise TrainError("no training data given (DATA)")
     splits = load_dataset(cfg.data, **load_options(cfg))

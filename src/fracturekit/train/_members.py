@@ -109,10 +109,10 @@ def _combine(
     from fracturekit.train._loop import (
         TrainError,
         _build_objective,
-        _preflight,
         _Run,
         _set_device_and_precision,
         calibrate_into,
+        load_splits,
         save_final,
     )
     from fracturekit.train._records import write_splits
@@ -134,7 +134,7 @@ def _combine(
         task=TASKS[cfg.task],
         t_start=t_start,
     )
-    run.splits = _preflight(dataclasses.replace(cfg, resume=str(out)), out, False, run.task)
+    run.splits = load_splits(cfg, run.task)
     run.classes = list(run.splits.classes)
     run.positive = run.task.positive(cfg, run.classes, run.note)
     _set_device_and_precision(run)
