@@ -147,9 +147,9 @@ def build_meta(model: FractureNet, meta: Mapping[str, Any] | None = None) -> dic
 def checkpoint_payload(model: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """The checkpoint dict of ``model``: its completed meta (``build_meta`` for a classifier,
     ``segment_meta`` for a segmenter) and a CPU copy of its state dict."""
-    from fracturekit.models._segment import Segmenter, SegmenterMean, segment_meta
+    from fracturekit.models._segment import AnySegmenter, segment_meta
 
-    complete = segment_meta if isinstance(model, Segmenter | SegmenterMean) else build_meta
+    complete = segment_meta if isinstance(model, AnySegmenter) else build_meta
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,

@@ -229,6 +229,10 @@ class SegmenterMean(nn.Module):
         return total / len(self.members)
 
 
+# Either kind of segmenter: what checkpoints, predictors and trainers take as "a segmenter".
+AnySegmenter = Segmenter | SegmenterMean
+
+
 def member_count(model: nn.Module) -> int:
     """How many segmenters ``model`` averages (1 for a plain ``Segmenter``)."""
     return len(model.members) if isinstance(model, SegmenterMean) else 1
@@ -406,7 +410,7 @@ def build_segmenter(
     return Segmenter(net, spec=spec, decoder=decoder, arch=arch, pretrained=source)
 
 
-def segmenter_from_meta(meta: Mapping[str, Any]) -> Segmenter | SegmenterMean:
+def segmenter_from_meta(meta: Mapping[str, Any]) -> AnySegmenter:
     """Rebuild a checkpoint's segmenter with random initialisation (never a download).
 
     ``meta`` needs ``task == "segment"``, ``backbone``, ``decoder`` and ``in_chans``; with
@@ -430,9 +434,7 @@ def segmenter_from_meta(meta: Mapping[str, Any]) -> Segmenter | SegmenterMean:
     return members[0] if len(members) == 1 else SegmenterMean(members)
 
 
-def segment_data_config(
-    model: Segmenter | SegmenterMean, img_size: int | None = None
-) -> dict[str, Any]:
+def segment_data_config(model: AnySegmenter, img_size: int | None = None) -> dict[str, Any]:
     """``data_config`` for a segmenter: the row's size rounded up to a multiple of the stride.
 
     Lite1's 240 px becomes 256 and Lite2's 260 px 288, so the decoder gets back to full size;
@@ -447,9 +449,7 @@ def segment_data_config(
     return data_config(arch["backbone"], int(img_size), in_chans=arch["in_chans"])
 
 
-def segment_meta(
-    model: Segmenter | SegmenterMean, meta: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def segment_meta(model: AnySegmenter, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Complete a segmenter checkpoint's ``meta``: architecture, preprocessing, decision rule.
 
     Architecture keys (``SEGMENT_ARCH_KEYS``) come from the model (a contradicting value is an
@@ -496,9 +496,7 @@ def segment_meta(
     return _plain(out, "meta")
 
 
-def save_segmenter(
-    path: str | Path, model: Segmenter | SegmenterMean, meta: Mapping[str, Any] | None
-) -> Path:
+def save_segmenter(path: str | Path, model: AnySegmenter, meta: Mapping[str, Any] | None) -> Path:
     """Write ``model`` and its completed ``meta`` (``segment_meta``) as a fracturekit checkpoint.
 
     The one checkpoint layout (``models.save_checkpoint``, which dispatches on the model);
@@ -506,14 +504,14 @@ def save_segmenter(
     """
     from fracturekit.models._checkpoint import save_checkpoint
 
-    if not isinstance(model, Segmenter | SegmenterMean):
+    if not isinstance(model, AnySegmenter):
         raise SegmenterError(f"save_segmenter needs a Segmenter, got {type(model).__name__}")
     return save_checkpoint(path, model, meta)
 
 
 def load_segmenter(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[Segmenter | SegmenterMean, dict]:
+) -> tuple[AnySegmenter, dict]:
     """Rebuild a segmenter from its checkpoint (``models.load_checkpoint``, refusing a
     classifier).
 
@@ -529,7 +527,7 @@ def load_segmenter(
     from fracturekit.models._checkpoint import CheckpointError, load_checkpoint
 
     model, meta = load_checkpoint(path, map_location)
-    if not isinstance(model, Segmenter | SegmenterMean):
+    if not isinstance(model, AnySegmenter):
         raise CheckpointError(
             path, f"not a usable segmenter checkpoint: task is {meta.get('task')!r}, not {TASK!r}"
         )
