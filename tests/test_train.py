@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
+from torch import nn
 
 from fracturekit.cli import build_parser, main
 from fracturekit.config import (
@@ -27,6 +28,7 @@ from fracturekit.config import (
 )
 from fracturekit.models import VIEW_OPS, load_checkpoint, read_checkpoint
 from fracturekit.train import HISTORY_COLUMNS, TrainError, build_cache, train
+from fracturekit.train._ema import averaged_weights, build_ema, set_horizon
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -721,3 +723,84 @@ def test_torchrun_trains_members_in_one_process_group(tmp_path: Path) -> None:
     for i in range(2):
         member = read_checkpoint(run / "members" / str(i) / "model.pt")["meta"]
         assert member["metrics"]["world_size"] == 2 and member["config"]["seed"] == i
+
+
+# --------------------------------------------------------------------------------------------
+# The moving average of the weights (ema_epochs)
+
+
+@pytest.mark.parametrize("value", [-0.5, 3.5])
+def test_ema_epochs_outside_zero_to_epochs_is_refused(value: float) -> None:
+    with pytest.raises(ConfigError, match="ema_epochs"):
+        TrainConfig(data="x", epochs=3, ema_epochs=value).validate()
+    TrainConfig(data="x", epochs=3, ema_epochs=3).validate()  # the bounds themselves pass
+
+
+def test_no_average_without_ema_epochs() -> None:
+    assert build_ema(0.0, nn.Linear(2, 1)) is None
+
+
+def test_running_mean_first_then_exponential_at_the_horizon() -> None:
+    model = nn.Linear(3, 1, bias=False)
+    ema = build_ema(1.0, model)
+    set_horizon(ema, 1.0, 4)  # one epoch of 4 steps: decay 0.75
+    assert ema.decay == pytest.approx(0.75)
+    seen = []
+    for step in range(1, 6):
+        with torch.no_grad():
+            model.weight.fill_(float(step * step))
+        seen.append(float(step * step))
+        ema.update(model, step=step)
+        if step == 4:  # (k - 1) / k <= 0.75 up to here: every step so far weighs alike
+            mean = torch.full((1, 3), sum(seen) / 4)
+            assert torch.allclose(ema.module.weight, mean)
+    expected = 0.75 * (sum(seen[:4]) / 4) + 0.25 * seen[4]  # step 5: the horizon's decay
+    assert torch.allclose(ema.module.weight, torch.full((1, 3), expected))
+
+
+def test_averaged_weights_swap_in_and_come_back() -> None:
+    model = nn.Linear(2, 2)
+    ema = build_ema(1.0, model)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.fill_(7.0)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    with averaged_weights(ema, model):
+        assert all(torch.all(v == 7.0) for v in model.state_dict().values())
+    assert all(torch.equal(own[k], v) for k, v in model.state_dict().items())
+    with averaged_weights(None, model):  # no average: nothing moves
+        assert all(torch.equal(own[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("augment", ["none", "default"])  # cached and end-to-end training
+def test_model_pt_holds_the_average_and_last_pt_both(
+    data: Path, tmp_path: Path, augment: str
+) -> None:
+    cfg = cfg_for(data, ema_epochs=1.0, val_fraction=0.0, augment=augment)
+    cfg = dataclasses.replace(cfg, freeze="train-last", train_last=1)
+    train(cfg, tmp_path / "run", progress=False)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    state = last["train_state"]["ema"]
+    steps = 2 * 4  # 2 epochs of 32 training images in batches of 8
+    assert state["step"] == steps and state["decay"] == pytest.approx(1 - 1 / 4)
+    saved = read_checkpoint(tmp_path / "run" / "model.pt")["state_dict"]
+    trained = [k for k, v in saved.items() if v.is_floating_point()]
+    # Without validation every epoch is the best: model.pt is the last epoch's average.
+    assert all(torch.equal(saved[k], state["state_dict"][k]) for k in trained)
+    assert any(not torch.equal(saved[k], last["state_dict"][k]) for k in trained)
+
+
+def test_resume_continues_the_average_and_refuses_a_run_without_one(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    cfg = cfg_for(data, ema_epochs=1.0)
+    train(cfg, run, progress=False)
+    first = torch.load(run / "last.pt", weights_only=True)["train_state"]["ema"]["step"]
+    train(dataclasses.replace(cfg, epochs=3, resume=str(run)), run, progress=False)
+    again = torch.load(run / "last.pt", weights_only=True)["train_state"]["ema"]["step"]
+    assert again == first * 3 // 2  # one more epoch of the same number of steps
+    plain = tmp_path / "plain"
+    train(cfg_for(data), plain, progress=False)
+    with pytest.raises(TrainError, match="no weight average"):
+        train(dataclasses.replace(cfg, epochs=3, resume=str(plain)), plain, progress=False)

@@ -109,6 +109,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     early_stop: int | None = 5
+    ema_epochs: float = 0.0  # average the weights over about this many epochs (0: off)
     label_smoothing: float = 0.0
     cache_features: bool = (
         True  # frozen backbone + no augmentation: train the head on cached features
@@ -195,6 +196,10 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing}: must lie in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout={self.dropout}: must lie in [0, 1)")
+        if not 0 <= self.ema_epochs <= self.epochs:
+            raise ConfigError(
+                f"ema_epochs={self.ema_epochs}: must lie in [0, epochs] (0: no weight average)"
+            )
         if self.early_stop is not None and self.early_stop < 1:
             raise ConfigError("early_stop must be >= 1 epoch (leave it out to never stop early)")
         if self.img_size is not None and self.img_size < 8:
@@ -334,6 +339,8 @@ HELP: dict[str, str] = {
     "weight_decay": "weight decay (decoupled for adamw)",
     "schedule": "learning-rate schedule over the epochs: cosine, step (x0.1 every third) or none",
     "early_stop": "stop after this many epochs without a lower validation loss (none: never)",
+    "ema_epochs": "keep a moving average of the weights over about this many epochs (updated "
+    "every step) and validate, pick the best epoch and save model.pt with it (0: off)",
     "label_smoothing": "label smoothing of the training loss",
     "cache_features": "frozen backbone prefix and no augmentation: compute its output once and "
     "train the rest on it",

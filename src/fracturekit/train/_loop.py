@@ -28,6 +28,14 @@ from fracturekit.contracts import LAST_FILE, MODEL_FILE, RUN_FILES
 from fracturekit.train._cache import FeatureCache, build_cache
 from fracturekit.train._console import Console, epoch_line
 from fracturekit.train._dist import Dist, env_world, setup
+from fracturekit.train._ema import (
+    averaged_weights,
+    build_ema,
+    ema_state,
+    load_ema_state,
+    model_to_save,
+    set_horizon,
+)
 from fracturekit.train._optim import build_optimizer, schedule_factor
 from fracturekit.train._records import (
     TRAIN_STATE_KEY,
@@ -232,6 +240,8 @@ class _Run:
     scheduler: Any = None
     lr_factor: Any = None
     scaler: Any = None
+    ema: Any = None  # the moving average of the weights (ema_epochs), or None
+    ema_step: int = 0  # optimiser steps the average has seen
     runner: Runner | None = None
     train_module: nn.Module | None = None  # the runner, DDP-wrapped under torchrun
     base_meta: dict[str, Any] = field(default_factory=dict)
@@ -296,6 +306,7 @@ def prepare(run: _Run, overwrite: bool) -> None:
     run.optimizer = build_optimizer(run.cfg, run.model)
     run.lr_factor = schedule_factor(run.cfg.schedule, run.cfg.epochs)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, run.lr_factor)
+    run.ema = build_ema(run.cfg.ema_epochs, run.model)
 
 
 def _checks_and_data(run: _Run, overwrite: bool) -> None:
@@ -559,6 +570,12 @@ def resume(run: _Run) -> None:
     run.scheduler.lr_lambdas = [run.lr_factor] * len(run.optimizer.param_groups)
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema") is None:
+        raise TrainError(
+            f"{run.resume_path}: the run kept no weight average; resume it with its own "
+            "config.yaml (ema_epochs 0)"
+        )
+    run.ema_step = load_ema_state(run.ema, state.get("ema"))
     run.history = [dict(r) for r in state["history"]]
     run.best = dict(state["best"])
     run.best_logits = run.best.pop("val_logits", None)
@@ -672,7 +689,8 @@ def run_epochs(run: _Run) -> None:
             "val_acc": None,
             "lr": lr,
         }
-        improved = validate(run, row)
+        with averaged_weights(run.ema, run.model):
+            improved = validate(run, row)
         row["seconds"] = time.perf_counter() - t0
         run.history.append(row)
         if cfg.early_stop is not None and run.best["bad_epochs"] >= cfg.early_stop:
@@ -699,6 +717,7 @@ def train_one_epoch(run: _Run, epoch: int, train_ds: Any) -> tuple[float, float,
     run.runner.train()
     batches, n_batches = _epoch_batches(run, epoch, train_ds)
     bar = con.task(f"epoch {epoch}/{cfg.epochs}", n_batches)
+    set_horizon(run.ema, cfg.ema_epochs, n_batches)
     loss_sum = correct = seen = 0.0
     for batch in batches:
         xb, yb = task.to_device(batch, run.device, cfg.channels_last)
@@ -709,6 +728,9 @@ def train_one_epoch(run: _Run, epoch: int, train_ds: Any) -> tuple[float, float,
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema_step += 1
+            run.ema.update(run.model, step=run.ema_step)
         b = int(xb.shape[0])
         loss_sum += float(loss.detach()) * b
         correct += task.hits(logits, yb)
@@ -802,7 +824,7 @@ def save_epoch(run: _Run, row: dict[str, Any], improved: bool) -> None:
     out, epoch = run.out, row["epoch"]
     meta = {**run.base_meta, "epoch": epoch}
     if improved:
-        save_checkpoint(out / MODEL_FILE, run.model, meta)
+        save_checkpoint(out / MODEL_FILE, model_to_save(run.ema, run.model), meta)
     state = {
         "epoch": epoch,
         "optimizer": run.optimizer.state_dict(),
@@ -811,6 +833,7 @@ def save_epoch(run: _Run, row: dict[str, Any], improved: bool) -> None:
         "best": {**run.best, "val_logits": run.best_logits, "val_labels": run.best_labels},
         "history": run.history,
         "rng": rng_state(),
+        "ema": ema_state(run.ema, run.ema_step),
         "finished": run.finished,
         "stop_reason": run.stop_reason,
     }
