@@ -30,7 +30,8 @@ Measured (README, "Deciding at 3% cracks", 2-core AMD EPYC): the default classif
 checkpoint of several members (``--set members=K``, members put in ``fold<k>/run/members/<i>/``
 from those runs and resumed): 0.741 (0.815) for seeds 0 + 1, 0.779 (0.812) for 1 + 2
 (``--set seed=1 --set split_seed=0 --set members=2``), 0.769 (0.812) for 0 + 1 + 2
-(``--set members=3``, ``--config survey_segment``).
+(``--set members=3``, ``--config survey_segment``); twelve epochs instead of eight (``--set
+epochs=12``, seed 0): 0.706 (0.776).
 
 Run:
     .venv/bin/python benchmarks/prior_cv.py --out DIR [--config default] [--folds 5]
