@@ -31,7 +31,8 @@ checkpoint of several members (``--set members=K``, members put in ``fold<k>/run
 from those runs and resumed): 0.741 (0.815) for seeds 0 + 1, 0.779 (0.812) for 1 + 2
 (``--set seed=1 --set split_seed=0 --set members=2``), 0.769 (0.812) for 0 + 1 + 2
 (``--set members=3``, ``--config survey_segment``); twelve epochs instead of eight (``--set
-epochs=12``, seed 0): 0.706 (0.776).
+epochs=12``, seed 0): 0.706 (0.776); two members of four epochs (``--set members=2 --set
+epochs=4``): 0.685 (0.778).
 
 Run:
     .venv/bin/python benchmarks/prior_cv.py --out DIR [--config default] [--folds 5]
