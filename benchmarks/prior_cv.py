@@ -32,7 +32,9 @@ from those runs and resumed): 0.741 (0.815) for seeds 0 + 1, 0.779 (0.812) for 1
 (``--set seed=1 --set split_seed=0 --set members=2``), 0.769 (0.812) for 0 + 1 + 2
 (``--set members=3``, ``--config survey_segment``); twelve epochs instead of eight (``--set
 epochs=12``, seed 0): 0.706 (0.776); two members of four epochs (``--set members=2 --set
-epochs=4``): 0.685 (0.778).
+epochs=4``): 0.685 (0.778); an image-level loss term (``--set seg_loss=bce_dice_image``) with
+seeds 0, 1, 2 on seed 0's split: 0.744 (0.785), 0.736 (0.769), 0.711 (0.801), and its seeds
+1 + 2 as one checkpoint 0.714 (0.802).
 
 Run:
     .venv/bin/python benchmarks/prior_cv.py --out DIR [--config default] [--folds 5]
