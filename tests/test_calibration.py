@@ -16,6 +16,7 @@ from fracturekit.calibration import (
     expected_calibration_error,
     fit_temperature,
     parse_prior,
+    prior_support,
     reliability_bins,
     threshold_at_prior,
     validation_scores,
@@ -228,6 +229,43 @@ def test_threshold_at_prior_rejects_bad_input() -> None:
         threshold_at_prior(y, proba, 1, 1.5)
     with pytest.raises(ValueError, match="only one class"):
         threshold_at_prior(np.ones(20, int), proba, 1, 0.1)
+
+
+def test_prior_support_counts_and_interval_by_hand() -> None:
+    from scipy.stats import beta
+
+    # 200 negatives, 2 of them at or above 0.9; 100 positives, 80 at or above it.
+    neg = np.r_[np.full(198, 0.1), 0.95, 0.9]
+    pos = np.r_[np.full(80, 0.99), np.full(20, 0.5)]
+    s = np.r_[neg, pos]
+    y = np.r_[np.zeros(200, int), np.ones(100, int)]
+    support = prior_support(y, np.stack([1 - s, s], 1), 1, 0.9, 0.03)
+    assert support["validation_negatives"] == 200 and support["negatives_at_or_above"] == 2
+    assert support["validation_positives"] == 100 and support["positives_at_or_above"] == 80
+    assert support["false_positive_rate"] == 0.01 and support["recall"] == 0.8
+    # Precision at 3 %: 0.03 * 0.8 / (0.03 * 0.8 + 0.97 * 0.01).
+    assert support["precision"] == pytest.approx(0.024 / (0.024 + 0.0097))
+    lo, hi = support["false_positive_range"]
+    assert lo == pytest.approx(beta.ppf(0.05, 2, 199)) and hi == pytest.approx(
+        beta.ppf(0.95, 3, 198)
+    )
+    assert lo < 0.01 < hi
+    p_lo, p_hi = support["precision_range"]
+    assert p_lo == pytest.approx(0.024 / (0.024 + 0.97 * hi))
+    assert p_lo < support["precision"] < p_hi and support["few"] is True and support["level"] == 0.9
+    # The positive column is honoured; many negatives above the threshold are not "few".
+    flipped = prior_support(1 - y, np.stack([s, 1 - s], 1), 0, 0.9, 0.03)
+    assert flipped == support
+    wide = prior_support(y, np.stack([1 - s, s], 1), 1, 0.05, 0.03)
+    assert wide["negatives_at_or_above"] == 200 and wide["false_positive_range"][1] == 1.0
+    assert wide["few"] is False
+    # No negative above the threshold: the interval starts at 0 and precision reaches 1.
+    top = prior_support(y, np.stack([1 - s, s], 1), 1, 0.98, 0.03)
+    assert top["false_positive_range"][0] == 0.0 and top["precision_range"][1] == 1.0
+    with pytest.raises(ValueError, match="only one class"):
+        prior_support(np.ones(5, int), np.full((5, 2), 0.5), 1, 0.5, 0.03)
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        prior_support(y, np.stack([1 - s, s], 1), 1, 0.9, 0.0)
 
 
 def test_validation_scores_from_meta() -> None:

@@ -515,13 +515,26 @@ def test_evaluate_checkpoint_decides_at_the_prior(tmp_path: Path, real_pipeline)
     m = evaluate_checkpoint(ckpt, data, out, prior=0.03, n_boot=0, cams=0)
     assert m["prior"] == 0.03 and m["threshold"] == pytest.approx(expected) and expected > 0.6
     assert m["source"]["threshold_from"] == "prior" and m["at_prior"]["prior"] == 0.03
-    assert "decided for 3% positives" in write_report(out).read_text()
+    page = write_report(out).read_text()
+    assert "decided for 3% positives" in page
+    support = m["prior_support"]
+    assert support["validation_negatives"] + support["validation_positives"] == len(
+        validation["labels"]
+    )
+    assert (
+        f"{support['negatives_at_or_above']} of {support['validation_negatives']} negatives" in page
+    )
     # train --prior stores the prior as the checkpoint's default: the same decisions.
     default = _checkpoint(
         tmp_path / "default" / "model.pt", validation=validation, config={"prior": 0.03}
     )
     m2 = evaluate_checkpoint(default, data, tmp_path / "eval2", n_boot=0, cams=0)
     assert m2["threshold"] == m["threshold"] and m2["prior"] == 0.03
+    # A given threshold is not the prior's: no support entry.
+    given = evaluate_checkpoint(
+        ckpt, data, tmp_path / "eval3", prior=0.03, threshold=0.5, n_boot=0, cams=0
+    )
+    assert "prior_support" not in given
 
 
 @pytest.mark.slow

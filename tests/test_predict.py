@@ -346,6 +346,16 @@ def test_prior_sets_the_threshold_from_stored_validation(tmp_path: Path) -> None
     rare = Predictor.from_checkpoint(ckpt, prior=0.03)
     assert rare.threshold == pytest.approx(expected) and rare.threshold > 0.5 > 0.4
     assert rare.prior == 0.03 and rare.describe()["prior"] == 0.03
+    # How firmly the stored validation scores set that threshold.
+    support = rare.prior_support
+    assert support is not None and support["validation_negatives"] + support[
+        "validation_positives"
+    ] == len(val["labels"])
+    assert support["negatives_at_or_above"] == sum(
+        1
+        for y, p in zip(val["labels"], val["probabilities"], strict=True)
+        if y == 1 and p[0] >= expected
+    )
     preds = rare.predict_images([noise_image(i) for i in range(4)])
     for pred in preds:
         assert pred.threshold == pytest.approx(expected)
@@ -353,6 +363,7 @@ def test_prior_sets_the_threshold_from_stored_validation(tmp_path: Path) -> None
     # CLASS=P means the same for a binary task; None restores the stored threshold.
     assert Predictor.from_checkpoint(ckpt, prior={"crack": 0.03}).threshold == rare.threshold
     assert rare.with_prior(None).threshold == pytest.approx(0.4) and rare.prior is None
+    assert rare.prior_support is None
     # A target recall does not depend on prevalence.
     screen = make_checkpoint(tmp_path / "s.pt", validation=val, config={"target_recall": 0.9})
     ts = {Predictor.from_checkpoint(screen, prior=p).threshold for p in (0.03, 0.5)}
@@ -366,7 +377,7 @@ def test_prior_needs_stored_validation(ckpt: Path, images: Path, capsys) -> None
     assert "pass no prior" in capsys.readouterr().err
 
 
-def test_checkpoint_default_prior_and_cli(tmp_path: Path, images: Path) -> None:
+def test_checkpoint_default_prior_and_cli(tmp_path: Path, images: Path, capsys) -> None:
     val = _validation()
     stored = make_checkpoint(tmp_path / "d.pt", validation=val, config={"prior": 0.1})
     explicit = Predictor.from_checkpoint(make_checkpoint(tmp_path / "e.pt", validation=val))
@@ -378,6 +389,13 @@ def test_checkpoint_default_prior_and_cli(tmp_path: Path, images: Path) -> None:
     rows = [r for r in csv.DictReader(out.open()) if not r["error"]]
     want = explicit.with_prior(0.03).threshold
     assert rows and all(float(r["threshold"]) == pytest.approx(want, abs=1e-6) for r in rows)
+    # The run says the threshold and how many validation cases set it.
+    support = explicit.prior_support
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"Decided for 3% positives: image threshold {want:.4f}." in err
+    assert (
+        f"{support['negatives_at_or_above']} of {support['validation_negatives']} negatives" in err
+    )
 
 
 def test_multiclass_prior_moves_the_probabilities(tmp_path: Path) -> None:
@@ -412,6 +430,7 @@ def test_onnx_metadata_carries_the_validation_scores(tmp_path: Path) -> None:
     onnx_prior = Predictor.from_checkpoint(tmp_path / "model.onnx", prior=0.03)
     assert onnx_prior.backend == "onnx"
     assert onnx_prior.threshold == Predictor.from_checkpoint(ckpt, prior=0.03).threshold
+    assert onnx_prior.prior_support == Predictor.from_checkpoint(ckpt, prior=0.03).prior_support
 
 
 def test_serve_decides_at_the_prior(tmp_path: Path, ckpt: Path, monkeypatch, capsys) -> None:
@@ -427,6 +446,9 @@ def test_serve_decides_at_the_prior(tmp_path: Path, ckpt: Path, monkeypatch, cap
     with TestClient(create_app_from_env(), base_url="http://127.0.0.1") as client:
         model = client.get("/model").json()
     assert model["prior"] == 0.03 and model["threshold"] == pytest.approx(want)
+    support = Predictor.from_checkpoint(with_val, prior=0.03).prior_support
+    assert model["prior_support"]["negatives_at_or_above"] == support["negatives_at_or_above"]
+    assert model["prior_support"]["precision_range"] == pytest.approx(support["precision_range"])
     # fracturekit serve refuses a prior the checkpoint cannot decide at, before starting.
     assert main(["serve", str(ckpt), "--prior", "0.03"]) == 2
     assert "stores no validation scores" in capsys.readouterr().err

@@ -168,6 +168,9 @@ def test_a_prior_moves_the_image_decision_never_the_pixel_threshold(
     negatives = list(np.linspace(0.05, 0.95, 40))
     _with_validation(predictor, negatives, [0.97, 0.98, 0.99, 0.995] * 10).with_prior(0.03)
     assert predictor.image_threshold > 0.95 and predictor.threshold == 0.5
+    support = predictor.prior_support
+    assert support["negatives_at_or_above"] == 0 and support["positives_at_or_above"] == 40
+    assert support["few"] and support["precision_range"][1] == 1.0
     rec = next(predictor.predict_paths([path], keep_masks=True))
     assert rec.label == "background" and not rec.mask.any() and rec.crack_fraction == 0.0
     assert rec.probabilities["crack"] == pytest.approx(plain.probabilities["crack"])
@@ -180,6 +183,8 @@ def test_a_prior_moves_the_image_decision_never_the_pixel_threshold(
     positives = list(np.linspace(0.2, 1.0, 40))
     _with_validation(predictor, list(np.linspace(0.0, 0.6, 40)), positives).with_prior(0.95)
     assert predictor.image_threshold == 0.5
+    # The support counts at the threshold used (0.5), not the rule's lower one.
+    assert predictor.prior_support["negatives_at_or_above"] == 7  # linspace(0, 0.6, 40) >= 0.5
     assert next(predictor.predict_paths([path])).label == "crack"
     # None restores the checkpoint's decision.
     assert predictor.with_prior(None).image_threshold == 0.5

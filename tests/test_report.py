@@ -156,6 +156,18 @@ def test_decision_in_words() -> None:
     m = _metrics(source={"threshold_from": "prior"})
     assert decision_text(m).startswith("Positive class crack, decided when its probability is at")
     assert "decided for 3% positives" in decision_text(m)
+    assert "validation split" not in decision_text(m)  # no prior_support: nothing said of it
+    support = {
+        "validation_negatives": 160, "negatives_at_or_above": 2, "validation_positives": 150,
+        "positives_at_or_above": 120, "precision": 0.75, "precision_range": [0.42, 0.97],
+        "level": 0.9, "few": True,
+    }  # fmt: skip
+    text = decision_text({**m, "prior_support": support})
+    assert "2 of 160 negatives and 120 of 150 positives score at or above it" in text
+    assert "precision 0.7500 at 3% positives, 0.4200–0.9700 over the 90% interval" in text
+    assert "another training may put it elsewhere" in text
+    steady = decision_text({**m, "prior_support": {**support, "few": False}})
+    assert "2 of 160 negatives" in steady and "another training" not in steady
     given = decision_text(_metrics(source={"threshold_from": "given"}))
     assert "threshold given" in given and "re-weighted to 3% positives" in given
     stored = _metrics(prior=None, source={"threshold_from": "checkpoint"})

@@ -289,6 +289,7 @@ def test_evaluate_segment_keys_and_plots(seg_run, tmp_path: Path) -> None:
     )
     assert rare["prior"] == pytest.approx(0.03) and rare["source"]["threshold_from"] == "prior"
     assert rare["threshold"] >= rare["segmentation"]["threshold"]
+    assert rare["prior_support"]["validation_negatives"] >= 1 and "prior_support" not in metrics
     assert rare["segmentation"] == metrics["segmentation"]
     assert rare["roc_auc"] == metrics["roc_auc"]
 

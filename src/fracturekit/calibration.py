@@ -9,7 +9,8 @@ checkpoint) and evaluation (which reports calibration) share one implementation.
 - ``threshold_at_prior``: the same rule on validation data re-weighted to another prevalence (a
   pavement survey with 3 % cracks, a model validated on a balanced split); ``adjust_to_priors``:
   multi-class posteriors moved to other class priors (Saerens et al. 2002); ``parse_prior`` reads
-  ``P`` or ``CLASS=P,...``.
+  ``P`` or ``CLASS=P,...``; ``prior_support``: how many validation cases set such a threshold,
+  and the precision at that prevalence that the validation split vouches for.
 - ``fit_temperature``: temperature scaling, one scalar ``T`` dividing the logits, fitted by
   minimising the validation negative log-likelihood (Guo et al. 2017, "On Calibration of Modern
   Neural Networks", ICML, section 4.2). It changes confidences, never the arg-max class.
@@ -252,6 +253,20 @@ def class_frequencies(labels: Any, n_classes: int) -> np.ndarray:
     return np.bincount(y, minlength=n_classes)[:n_classes] / max(y.size, 1)
 
 
+def _prior_inputs(
+    labels: Any, probabilities: Any, positive_index: int, prior: float, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation truth (True: positive) and positive-class scores for a prior's rule; refuses a
+    prior outside (0, 1) and data without both classes (the error says it cannot ``what``)."""
+    if not 0.0 < float(prior) < 1.0:
+        raise ValueError(f"prior={prior}: must lie in (0, 1)")
+    y = _to_numpy(labels).astype(np.int64).ravel() == positive_index
+    p = _to_numpy(probabilities).astype(float)[:, positive_index]
+    if y.all() or not y.any():
+        raise ValueError(f"cannot {what}: the validation data hold only one class")
+    return y, p
+
+
 def threshold_at_prior(
     labels: Any,
     probabilities: Any,
@@ -299,13 +314,8 @@ def threshold_at_prior(
     Raises:
         ValueError: ``prior`` outside (0, 1), or validation data without both classes.
     """
-    if not 0.0 < float(prior) < 1.0:
-        raise ValueError(f"prior={prior}: must lie in (0, 1)")
-    y = _to_numpy(labels).astype(np.int64).ravel() == positive_index
-    p = _to_numpy(probabilities).astype(float)[:, positive_index]
-    pi = float(y.mean()) if y.size else 0.0
-    if not 0.0 < pi < 1.0:
-        raise ValueError("cannot re-weight to a prior: the validation data hold only one class")
+    y, p = _prior_inputs(labels, probabilities, positive_index, prior, "re-weight to a prior")
+    pi = float(y.mean())
     if smooth and target_recall is None:
         scores, tp, fp, fn, tn = _smoothed_counts(y, p)
     else:
@@ -315,6 +325,70 @@ def threshold_at_prior(
         scores, tp * w_pos, fp * w_neg, fn * w_pos, tn * w_neg,
         metric=metric, target_recall=target_recall,
     )  # fmt: skip
+
+
+SUPPORT_LEVEL = 0.9  # the two-sided level of prior_support's interval
+FEW_NEGATIVES = 3  # prior_support: at most this many validation negatives above the threshold
+
+
+def prior_support(
+    labels: Any,
+    probabilities: Any,
+    positive_index: int,
+    threshold: float,
+    prior: float,
+    *,
+    level: float = SUPPORT_LEVEL,
+) -> dict[str, Any]:
+    """How firmly the validation split sets a threshold decided for prevalence ``prior``.
+
+    At a low prior the threshold of :func:`threshold_at_prior` sits just above the top one to
+    three validation negatives, so the false-positive rate it stands for, and with it the
+    precision at ``prior``, rests on those few cases: another training (or another validation
+    split) puts it elsewhere. This counts the validation cases at or above ``threshold`` and
+    turns the negatives' count into a Clopper-Pearson interval (two-sided ``level``) on the
+    false-positive rate; ``precision_range`` is the precision at ``prior`` over that interval,
+    with recall held at its validation value (the false-positive rate dominates at a low prior).
+
+    Returns:
+        ``validation_negatives``, ``negatives_at_or_above``, ``validation_positives``,
+        ``positives_at_or_above``, ``false_positive_rate`` (count / negatives) and its
+        ``false_positive_range``, ``recall``, ``precision`` (at ``prior``; None when nothing is
+        decided positive) and ``precision_range``, ``level``, and ``few``: at most
+        :data:`FEW_NEGATIVES` validation negatives at or above the threshold.
+
+    Raises:
+        ValueError: ``prior`` outside (0, 1), or validation data without both classes.
+    """
+    from scipy.stats import beta
+
+    y, p = _prior_inputs(labels, probabilities, positive_index, prior, "tell a prior's support")
+    n_neg, n_pos = int((~y).sum()), int(y.sum())
+    k = int((p[~y] >= threshold).sum())
+    m = int((p[y] >= threshold).sum())
+    tail = (1.0 - level) / 2
+    fpr_lo = 0.0 if k == 0 else float(beta.ppf(tail, k, n_neg - k + 1))
+    fpr_hi = 1.0 if k == n_neg else float(beta.ppf(1 - tail, k + 1, n_neg - k))
+    recall = m / n_pos
+
+    def precision(fpr: float) -> float | None:
+        hits = prior * recall
+        return None if hits + (1 - prior) * fpr <= 0 else hits / (hits + (1 - prior) * fpr)
+
+    low, high = precision(fpr_hi), precision(fpr_lo)
+    return {
+        "validation_negatives": n_neg,
+        "negatives_at_or_above": k,
+        "validation_positives": n_pos,
+        "positives_at_or_above": m,
+        "false_positive_rate": k / n_neg,
+        "false_positive_range": [fpr_lo, fpr_hi],
+        "recall": recall,
+        "precision": precision(k / n_neg),
+        "precision_range": None if low is None or high is None else [low, high],
+        "level": level,
+        "few": k <= FEW_NEGATIVES,
+    }
 
 
 def parse_prior(text: str) -> float | dict[str, float]:

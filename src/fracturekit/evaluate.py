@@ -604,7 +604,7 @@ def evaluate_checkpoint(
         # Files the loader itself left out (unreadable image or mask, row without a label).
         "dropped": [{"path": str(issue[0]), "error": str(issue[1])} for issue in splits.dropped],
     }
-    extra: dict[str, Any] = {"source": source}
+    extra: dict[str, Any] = {"source": source, **_support_entry(predictor, decided_by)}
     if predictor.model is not None:  # heat maps need the PyTorch model
         extra.update(
             _heat_map_outputs(
@@ -624,6 +624,13 @@ def evaluate_checkpoint(
         extra=extra,
         notes=_source_notes(source, data),
     )
+
+
+def _support_entry(predictor: Any, decided_by: str) -> dict[str, Any]:
+    """``{"prior_support": ...}`` when the prior set the threshold (``Predictor.prior_support``:
+    the validation cases at or above it), else nothing."""
+    support = predictor.prior_support if decided_by == "prior" else None
+    return {} if support is None else {"prior_support": support}
 
 
 def _load_samples(
@@ -908,6 +915,7 @@ def evaluate_segmenter(
         "localisation": {"pointing_game": pointing_game(pix_maps, pix_masks)},
         "image_score": "max pixel probability; below the pixel threshold when no piece of min_area",
         "min_area": predictor.min_area,
+        **_support_entry(predictor, decided_by),
     }
     y = truth.astype(int) if classes.index(positive) == 1 else 1 - truth.astype(int)
     proba = np.stack([1 - scores, scores], axis=1)

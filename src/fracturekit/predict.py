@@ -29,6 +29,7 @@ from fracturekit.calibration import (
     class_frequencies,
     class_priors,
     default_positive,
+    prior_support,
     threshold_at_prior,
     validation_scores,
 )
@@ -126,6 +127,7 @@ class Predictor:
         self._prior: float | dict[str, float] | None = None
         self._prior_threshold: float | None = None
         self._prior_shift: tuple[np.ndarray, np.ndarray] | None = None
+        self._prior_support: dict[str, Any] | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -252,6 +254,7 @@ class Predictor:
                 or the prior does not fit its classes.
         """
         self._prior, self._prior_threshold, self._prior_shift = None, None, None
+        self._prior_support = None
         if prior is None:
             return self
         labels, proba = validation_scores(self.meta, self.source or "checkpoint")
@@ -274,6 +277,7 @@ class Predictor:
                 threshold = max(threshold, self.threshold if self.threshold is not None else 0.5)
             self._prior_threshold = threshold
             self._prior = p_pos
+            self._prior_support = prior_support(labels, proba, pos, threshold, p_pos)
         else:
             new = class_priors(prior, classes, base)
             adjust_to_priors(proba[:1], base, new)  # refuses a class without validation sample
@@ -286,6 +290,13 @@ class Predictor:
     def prior(self) -> float | dict[str, float] | None:
         """The prevalence decisions are made for (see :meth:`with_prior`), or None."""
         return self._prior
+
+    @property
+    def prior_support(self) -> dict[str, Any] | None:
+        """A binary prior's threshold, as its validation split supports it
+        (``calibration.prior_support``: the validation cases at or above it, and the precision
+        at the prior they vouch for); None without a prior and for multi-class priors."""
+        return self._prior_support
 
     @property
     def classes(self) -> list[str]:
@@ -702,6 +713,7 @@ class Predictor:
             "std": list(self.meta.get("std", [])),
             "threshold": self.threshold,
             "prior": self.prior,
+            "prior_support": self.prior_support,
             "temperature": self.temperature,
             "tta": self.tta,
             "pretrained": self.meta.get("pretrained"),

@@ -188,9 +188,13 @@ def decision_text(metrics: dict[str, Any]) -> str:
             f"{_num(metrics.get('threshold'))}"
         )
         if isinstance(prior, int | float) and not given:
-            return text + (
-                f": decided for {_percent(prior)} positives (the checkpoint's threshold rule on "
-                "its validation scores re-weighted to that prevalence)."
+            return (
+                text
+                + (
+                    f": decided for {_percent(prior)} positives (the checkpoint's threshold rule on "
+                    "its validation scores re-weighted to that prevalence)."
+                )
+                + support_text(metrics.get("prior_support"), prior)
             )
         if isinstance(prior, int | float):
             return text + (
@@ -207,6 +211,35 @@ def decision_text(metrics: dict[str, Any]) -> str:
             "(Saerens et al. 2002), then the most probable class."
         )
     return ""
+
+
+def support_text(support: Any, prior: float) -> str:
+    """How firmly the validation split sets a prior's threshold, in words (the
+    ``prior_support`` entry of ``metrics.json``, ``calibration.prior_support``); empty without
+    one. Begins with a space, to follow :func:`decision_text`'s first sentence."""
+    if not isinstance(support, dict):
+        return ""
+    text = (
+        f" On the validation split {support['negatives_at_or_above']} of "
+        f"{support['validation_negatives']} negatives and {support['positives_at_or_above']} of "
+        f"{support['validation_positives']} positives score at or above it"
+    )
+    low_high = support.get("precision_range")
+    if support.get("precision") is not None and low_high:
+        text += (
+            f": precision {_num(support['precision'])} at {_percent(prior)} positives, "
+            f"{_num(low_high[0])}–{_num(low_high[1])} over the "
+            f"{100 * support['level']:.0f}% interval of the false-positive rate those negatives "
+            "give"
+        )
+    text += "."
+    if support.get("few"):
+        text += (
+            " So few validation negatives set it that another training may put it elsewhere "
+            "(a segmenter's threshold steadies when several trainings are averaged as one "
+            "checkpoint: train --members 3)."
+        )
+    return text
 
 
 def _ci(pair: Any) -> str:

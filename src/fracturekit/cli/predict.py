@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     elif prior is not None:
         source = Predictor.from_checkpoint(args.checkpoint, args.backend, prior=prior)
     err = Console(stderr=True)
+    if isinstance(source, Predictor) and source.prior_support is not None:
+        err.print(_prior_line(source), markup=False)
     # The bar starts with the first report, once inputs and model are fine: errors print alone.
     with progress_bar("predicting", eta=True, transient=False, console=err) as progress:
         result = predict_batch(
@@ -139,6 +141,17 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _prior_line(predictor: Any) -> str:
+    """A binary prior's threshold and how firmly the checkpoint's validation split sets it."""
+    from fracturekit.report import support_text
+
+    share = predictor.prior
+    return (
+        f"Decided for {100 * share:.3g}% positives: image threshold "
+        f"{predictor.image_threshold:.4f}." + support_text(predictor.prior_support, share)
+    )
 
 
 def _print_table(result) -> None:

@@ -44,6 +44,11 @@ class ModelResponse(BaseModel):
     prior: float | dict[str, float] | None = Field(
         None, description="prevalence decided for (--prior): positive share, or per class"
     )
+    prior_support: dict[str, Any] | None = Field(
+        None,
+        description="with a binary --prior: the validation cases at or above its threshold and "
+        "the precision at that prevalence they vouch for (calibration.prior_support)",
+    )
     temperature: float
     tta: int = Field(1, description="flipped views whose logits are averaged per image")
     pretrained: str | None
