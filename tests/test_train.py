@@ -408,13 +408,21 @@ def test_cli_evaluates_the_test_split(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     argv = ["train", str(root), "--out", str(run), "--backbone", "simple_cnn", "--img-size",
             "32", "--no-pretrained", "--epochs", "2", "--augment", "none", "--freeze",
-            "train-last", "--train-last", "1", "--device", "cpu"]  # fmt: skip
+            "train-last", "--train-last", "1", "--device", "cpu", "--prior", "0.2"]  # fmt: skip
     assert main(argv) == 0
     import json
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 12 and metrics["source"]["split"] == "all"
-    assert "test (12 images): accuracy" in capsys.readouterr().out
+    # train --prior: the test split is decided for that prevalence, and the run says so.
+    assert metrics["prior"] == 0.2 and metrics["source"]["threshold_from"] == "prior"
+    out = capsys.readouterr().out
+    assert "test (12 images): accuracy" in out and "decided for 20% positives" in out
+    support = metrics["prior_support"]
+    assert support["validation_negatives"] + support["validation_positives"] == 12
+    assert (
+        f"{support['negatives_at_or_above']} of {support['validation_negatives']} negatives" in out
+    )
     assert (run / "test.csv").is_file() and (run / "report.html").is_file()
 
 

@@ -188,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
 
         metrics = evaluate_run(out, batch_size=cfg.batch_size, log=print)
         print(_test_line(metrics))
+        if metrics.get("prior_support") is not None:  # train --prior: how it decides, in words
+            from fracturekit.report import decision_text
+
+            print(decision_text(metrics))
     from fracturekit.report import write_report
 
     report = write_report(out)
