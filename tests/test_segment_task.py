@@ -71,6 +71,24 @@ def test_flips_move_the_mask_with_the_image_and_crop_keeps_them_together() -> No
     assert moved
 
 
+def test_flips_color_keeps_the_mask_exact_and_moves_the_intensities() -> None:
+    rgb = np.full((64, 64, 3), 100, np.uint8)
+    rgb[5:30, 40:43] = 200  # a bright asymmetric bar on grey; the mask is exactly the bar
+    mask = rgb[..., 0] > 150
+    transform = build_transforms(64, [0.0] * 3, [1.0] * 3, augment="flips_color", crop=32)
+    backgrounds = set()
+    for _ in range(30):
+        x, m = transform(Image.fromarray(rgb), mask)
+        assert x.shape == (3, 32, 32) and m.shape == (1, 32, 32)
+        # brightness/contrast keep the bar brighter than the background: the mask still is it
+        assert torch.equal((x[0] > x[0].min() + 0.1).float(), m[0]) or m.sum() == 0
+        backgrounds.add(round(float(x[0][m[0] == 0].mean()), 3))
+    assert len(backgrounds) > 5  # the intensities vary; plain flips leave them at 100/255
+    plain = build_transforms(64, [0.0] * 3, [1.0] * 3, augment="flips", crop=32)
+    x, m = plain(Image.fromarray(rgb), mask)
+    assert float(x[0][m[0] == 0].mean()) == pytest.approx(100 / 255)
+
+
 def test_focused_tiles_hold_the_small_fracture_at_the_asked_share() -> None:
     rgb = np.zeros((128, 128, 3), np.uint8)
     rgb[110:113, 4:7] = 255  # a 3 x 3 "fracture" in a corner: 1.5% of random 32-px tiles hold it

@@ -20,7 +20,7 @@ from fracturekit._files import atomic_write_text
 FREEZE_POLICIES = ("none", "all-but-head", "train-last")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("cosine", "step", "none")
-AUGMENTS = ("none", "default", "strong", "flips")
+AUGMENTS = ("none", "default", "strong", "flips", "flips_color")
 TASKS = ("classify", "segment")
 # models.DECODERS and models.SEG_LOSSES keys (a test keeps them equal): flags and checks
 # without importing the models.
@@ -307,8 +307,9 @@ HELP: dict[str, str] = {
     "img_size": "input size in pixels (default: the backbone's)",
     "channels": "1 for grayscale models, 3 for colour/ImageNet backbones",
     "augment": "training augmentation: none, default (flips, rotation, shifts, zoom, brightness/"
-    "contrast), strong, or flips (mirrors and 90-degree turns only: the segmentation default); "
-    "anything but none trains end to end",
+    "contrast), strong, flips (mirrors and 90-degree turns only: the segmentation default) or "
+    "flips_color (flips plus brightness/contrast +-20%: masks stay exact); anything but none "
+    "trains end to end",
     "balance": "class imbalance: none, weights (class-weighted loss), sampler (class-balanced "
     "draws) or undersample:R (majority at most R x minority)",
     "workers": "DataLoader worker processes for decoding images (0: in the main process)",

@@ -12,7 +12,7 @@ from fracturekit.config import AUGMENTS
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-NONE, DEFAULT, STRONG, FLIPS = AUGMENTS
+NONE, DEFAULT, STRONG, FLIPS, FLIPS_COLOR = AUGMENTS
 
 
 def _resize(size: int, interpolation: str) -> Any:
@@ -86,6 +86,15 @@ def _flips_augmentation(size: int, interpolation: str) -> tuple[list, list]:
     ], []
 
 
+def _flips_color_augmentation(size: int, interpolation: str) -> tuple[list, list]:
+    from torchvision.transforms import v2
+
+    steps, after = _flips_augmentation(size, interpolation)
+    # The photometric range of the default set: another camera, another light. It changes
+    # the image only, so the mask stays exact.
+    return [*steps, v2.ColorJitter(brightness=0.2, contrast=0.2)], after
+
+
 class FocusedCrop:
     """A random ``size`` x ``size`` tile of the image and its mask that, with probability
     ``focus``, holds a positive pixel of the mask (one drawn uniformly from the positives, at a
@@ -128,6 +137,7 @@ _AUGMENT_STEPS = {
     DEFAULT: _default_augmentation,
     STRONG: _strong_augmentation,
     FLIPS: _flips_augmentation,
+    FLIPS_COLOR: _flips_color_augmentation,
 }
 
 
@@ -160,6 +170,7 @@ class ImageTransform:
       autocontrast and Gaussian noise.
     * ``flips``: resize, horizontal and vertical mirrors and 90-degree turns (the dihedral
       group of the square; nothing is interpolated, so thin masks stay exact).
+    * ``flips_color``: ``flips`` and brightness and contrast +-20% (the image only).
 
     ``crop`` cuts a random ``crop`` x ``crop`` tile out of the resized (augmented) image and its
     mask (training a segmenter on tiles at full resolution); with ``crop_focus`` p, a share p of
