@@ -13,7 +13,11 @@ Each tile is decided the way a user of its fold's checkpoint decides it: at the 
 stored threshold (chosen on its balanced validation split), and at the threshold its
 ``--prior`` picks from the validation scores stored in the checkpoint
 (``Predictor.with_prior``, the code of ``predict/evaluate/serve --prior``). The best single
-threshold in hindsight on the pooled scores is printed for scale. A segmentation set-up
+threshold in hindsight on the pooled scores is printed for scale. Per fold the table says how
+many validation ``no_crack`` tiles score at or above the ``--prior`` threshold and the
+precision at the prior they vouch for, with its 90% range (``Predictor.prior_support``, what
+``predict/evaluate --prior`` report), beside the precision the fold's held-out tiles give at
+that threshold (their crack and ``no_crack`` rates re-weighted to the prior). A segmentation set-up
 (``--config default_segment``) works the same way: its image score is the most probable pixel
 and the prior moves its image decision.
 
@@ -132,6 +136,21 @@ def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
         }
         for r, p in zip(test, preds, strict=True)
     ]
+
+
+def fold_support(run: Path, prior: float, held_crack: np.ndarray, held_scores: np.ndarray) -> dict:
+    """The fold checkpoint's ``Predictor.prior_support`` at ``prior`` (how firmly its validation
+    split sets the threshold, and the precision at ``prior`` it vouches for) with
+    ``held_out_precision``: the precision at ``prior`` of the fold's held-out tiles at that
+    threshold (their crack and no_crack rates re-weighted to ``prior``, no draws)."""
+    from fracturekit.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(run / "model.pt").with_prior(prior)
+    decided = held_scores >= predictor.image_threshold
+    tpr, fpr = decided[held_crack].mean(), decided[~held_crack].mean()
+    hits = prior * tpr
+    held = hits / (hits + (1 - prior) * fpr) if hits + fpr > 0 else float("nan")
+    return {**predictor.prior_support, "held_out_precision": float(held)}
 
 
 def cv_parser(doc: str, cv_help: str | None) -> argparse.ArgumentParser:
@@ -328,18 +347,28 @@ def main() -> None:
 
     con = Console(width=140)
     folds = Table(title=f"{args.folds} folds by source photo, config {args.config} {args.set}")
-    for col in ("fold", "tiles (cracks)", "ROC AUC", "stored threshold", "prior threshold"):
+    p = f"{args.prior:g}"
+    for col in ("fold", "tiles (cracks)", "ROC AUC", "stored threshold", "prior threshold",
+                "validation no_crack at or above", f"its precision at {p} (90% range)",
+                f"held-out precision at {p}"):  # fmt: skip
         folds.add_column(col, justify="right")
-    for k in range(args.folds):
+    supports = []
+    for k, manifest in enumerate(manifests):
         part = [r for r in rows if r["fold"] == f"fold{k}"]
-        y = [r["label"] == "crack" for r in part]
-        s = [r["p_crack"] for r in part]
+        y = np.array([r["label"] == "crack" for r in part])
+        s = np.array([r["p_crack"] for r in part])
+        support = fold_support(manifest.parent / "run", args.prior, y, s)
+        supports.append(support)
+        low, high = support["precision_range"] or (float("nan"), float("nan"))
         folds.add_row(
             str(k),
-            f"{len(part)} ({sum(y)})",
+            f"{len(part)} ({y.sum()})",
             f"{roc_auc_score(y, s):.3f}",
             f"{part[0]['stored_threshold']:.3f}",
             f"{part[0]['prior_threshold']:.3f}",
+            f"{support['negatives_at_or_above']} of {support['validation_negatives']}",
+            f"{support['precision'] or float('nan'):.3f} ({low:.3f}-{high:.3f})",
+            f"{support['held_out_precision']:.3f}",
         )
     con.print(folds)
     y = np.array([r["label"] == "crack" for r in rows])
@@ -373,6 +402,7 @@ def main() -> None:
         overrides=args.set,
         folds=args.folds,
         prevalence=args.prior,
+        fold_support=supports,
         machine=clock.line(),
         train_seconds=[
             float((m.parent / "run" / "train_seconds.txt").read_text())
