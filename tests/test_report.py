@@ -164,7 +164,8 @@ def test_decision_in_words() -> None:
     }  # fmt: skip
     text = decision_text({**m, "prior_support": support})
     assert "2 of 160 negatives and 120 of 150 positives score at or above it" in text
-    assert "precision 0.7500 at 3% positives, 0.4200–0.9700 over the 90% interval" in text
+    assert "precision 0.7500 at 3% positives (read on the scores that chose the" in text
+    assert "optimistic), 0.4200–0.9700 over the 90% interval" in text
     assert "another training may put it elsewhere" in text
     steady = decision_text({**m, "prior_support": {**support, "few": False}})
     assert "2 of 160 negatives" in steady and "another training" not in steady

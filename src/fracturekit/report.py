@@ -227,7 +227,8 @@ def support_text(support: Any, prior: float) -> str:
     low_high = support.get("precision_range")
     if support.get("precision") is not None and low_high:
         text += (
-            f": precision {_num(support['precision'])} at {_percent(prior)} positives, "
+            f": precision {_num(support['precision'])} at {_percent(prior)} positives (read on "
+            "the scores that chose the threshold, so optimistic), "
             f"{_num(low_high[0])}–{_num(low_high[1])} over the "
             f"{100 * support['level']:.0f}% interval of the false-positive rate those negatives "
             "give"
