@@ -280,6 +280,37 @@ def score_summary(rows: list[dict], prior: float, n_draws: int, seed: int) -> di
     return out
 
 
+def print_decided(
+    con,
+    rows: dict[str, list[dict]],
+    args: argparse.Namespace,
+    *,
+    title: str,
+    first: str,
+    out: Path,
+    clock,
+) -> dict:
+    """One table row per entry of ``rows`` (name -> :func:`decided_rows` rows): its
+    :func:`score_summary` over ``args``' draws; writes the summaries and the machine line to
+    ``out`` (JSON), prints the target line for the best, and returns the summaries."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in (first, *prior_columns(args.prior)):
+        table.add_column(col, justify="right")
+    summary: dict = {}
+    for name, decided in rows.items():
+        summary[name] = score_summary(decided, args.prior, args.draws, args.seed)
+        table.add_row(name, *prior_cells(summary[name]))
+    con.print(table)
+    best = best_prior_line({n: summary[n] for n in rows}, args.prior)
+    summary["machine"] = clock.line()
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    con.print(f"{summary['machine']}; written {out}")
+    con.print(best)
+    return summary
+
+
 def prior_columns(prior: float) -> list[str]:
     """The headers of :func:`prior_cells`."""
     return ["pooled ROC AUC", f"--prior {prior:g}: F1 (5-95%)", "precision", "recall",

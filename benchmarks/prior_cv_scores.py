@@ -19,21 +19,12 @@ Run:
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from _common import start_clock
-from prior_cv import (
-    best_prior_line,
-    cv_parser,
-    decided_rows,
-    prior_cells,
-    prior_columns,
-    score_summary,
-    trained_folds,
-)
+from prior_cv import cv_parser, decided_rows, print_decided, trained_folds
 
 TOP_K = (1, 4, 16, 64, 256, 1024)
 SCORES = [f"top {k}" if k > 1 else "max" for k in TOP_K] + ["area at 0.5", "sum"]
@@ -77,7 +68,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from rich.console import Console
-    from rich.table import Table
 
     folds = trained_folds(args.cv)
     clock = start_clock()
@@ -98,22 +88,14 @@ def main() -> None:
             v, t = d["val"][:, j], d["test"][:, j]
             rows[name] += decided_rows(fold.name, d["val_crack"], v, test, t, args.prior)
 
-    table = Table(
-        title=f"{len(folds)} folds, one view; every no_crack tile + {args.prior:.0%} cracks, "
+    title = (
+        f"{len(folds)} folds, one view; every no_crack tile + {args.prior:.0%} cracks, "
         f"{args.draws} draws; each score's threshold from its validation values"
     )
-    for col in ("image score", *prior_columns(args.prior)):
-        table.add_column(col, justify="right")
-    summary: dict = {}
-    for name in SCORES:
-        summary[name] = score_summary(rows[name], args.prior, args.draws, args.seed)
-        table.add_row(name, *prior_cells(summary[name]))
-    con = Console(width=140)
-    con.print(table)
-    summary["machine"] = clock.line()
-    (args.cv / "summary_scores.json").write_text(json.dumps(summary, indent=2) + "\n")
-    con.print(f"{summary['machine']}; written {args.cv / 'summary_scores.json'}")
-    con.print(best_prior_line({n: summary[n] for n in SCORES}, args.prior))
+    out = args.cv / "summary_scores.json"
+    print_decided(
+        Console(width=140), rows, args, title=title, first="image score", out=out, clock=clock
+    )
 
 
 if __name__ == "__main__":
