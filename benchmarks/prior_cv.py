@@ -38,7 +38,9 @@ from those runs and resumed): 0.741 (0.815) for seeds 0 + 1, 0.779 (0.812) for 1
 epochs=12``, seed 0): 0.706 (0.776); two members of four epochs (``--set members=2 --set
 epochs=4``): 0.685 (0.778); an image-level loss term (``--set seg_loss=bce_dice_image``) with
 seeds 0, 1, 2 on seed 0's split: 0.744 (0.785), 0.736 (0.769), 0.711 (0.801), and its seeds
-1 + 2 as one checkpoint 0.714 (0.802).
+1 + 2 as one checkpoint 0.714 (0.802); brightness and contrast augmentation (``--set
+augment=flips_color``, seed 0): 0.665 (0.788) against 0.718 (0.780) for seed 0 rerun from a
+fresh install.
 
 Run:
     .venv/bin/python benchmarks/prior_cv.py --out DIR [--config default] [--folds 5]
