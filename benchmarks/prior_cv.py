@@ -92,8 +92,9 @@ def fold_manifests(data: Path, out: Path, *, folds: int, seed: int, masks: bool)
     return manifests
 
 
-def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
-    """Train the fold's checkpoint (unless it exists) and score its held-out tiles."""
+def score_fold(manifest: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Train the fold's checkpoint (unless it exists) and score its held-out tiles; returns
+    their rows and the checkpoint's ``Predictor.prior_support`` at ``--prior``."""
     from fracturekit.config import resolve_config
     from fracturekit.predict import Predictor
     from fracturekit.train import train
@@ -121,13 +122,14 @@ def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
     predictor = Predictor.from_checkpoint(run / "model.pt")
     stored = predictor.image_threshold
     prior_threshold = predictor.with_prior(args.prior).image_threshold
+    support = predictor.prior_support
     with manifest.open(newline="") as fh:
         test = [r for r in csv.DictReader(fh) if r["split"] == "test"]
     preds = list(predictor.with_prior(None).predict_paths([r["path"] for r in test], 32))
     bad = [p.path for p in preds if p.error]
     if bad:
         raise SystemExit(f"unreadable tiles: {bad[:3]}")
-    return [
+    rows = [
         {
             "path": r["path"],
             "fold": manifest.parent.name,
@@ -138,21 +140,38 @@ def score_fold(manifest: Path, args: argparse.Namespace) -> list[dict]:
         }
         for r, p in zip(test, preds, strict=True)
     ]
+    return rows, support
 
 
-def fold_support(run: Path, prior: float, held_crack: np.ndarray, held_scores: np.ndarray) -> dict:
-    """The fold checkpoint's ``Predictor.prior_support`` at ``prior`` (how firmly its validation
-    split sets the threshold, and the precision at ``prior`` it vouches for) with
-    ``held_out_precision``: the precision at ``prior`` of the fold's held-out tiles at that
-    threshold (their crack and no_crack rates re-weighted to ``prior``, no draws)."""
-    from fracturekit.predict import Predictor
+def fold_splits(fold: Path) -> dict[str, list[dict]]:
+    """A fold's manifest rows by part: ``train`` and ``val`` in the order of its run's
+    ``splits.csv``, ``test`` (the fold's held-out photos) in manifest order."""
+    with (fold / "manifest.csv").open(newline="") as fh:
+        manifest = {r["path"]: r for r in csv.DictReader(fh)}
+    with (fold / "run" / "splits.csv").open(newline="") as fh:
+        carved = [(r["path"], r["split"]) for r in csv.DictReader(fh)]
+    parts = {
+        part: [manifest[path] for path, sp in carved if sp == part] for part in ("train", "val")
+    }
+    parts["test"] = [r for r in manifest.values() if r["split"] == "test"]
+    return parts
 
-    predictor = Predictor.from_checkpoint(run / "model.pt").with_prior(prior)
-    decided = held_scores >= predictor.image_threshold
+
+def held_out_pairs(paths, crack) -> list[tuple[str, str]]:
+    """``(path, label)`` of held-out tiles from their paths and truth (True: crack), as
+    :func:`decided_rows` takes them."""
+    return [(str(p), "crack" if y else "no_crack") for p, y in zip(paths, crack, strict=True)]
+
+
+def held_out_precision(
+    threshold: float, prior: float, held_crack: np.ndarray, held_scores: np.ndarray
+) -> float:
+    """The precision at ``prior`` of a fold's held-out tiles decided at ``threshold``: their
+    crack and no_crack rates re-weighted to ``prior`` (no draws); NaN when none is decided."""
+    decided = held_scores >= threshold
     tpr, fpr = decided[held_crack].mean(), decided[~held_crack].mean()
     hits = prior * tpr
-    held = hits / (hits + (1 - prior) * fpr) if hits + fpr > 0 else float("nan")
-    return {**predictor.prior_support, "held_out_precision": float(held)}
+    return float(hits / (hits + (1 - prior) * fpr)) if hits + fpr > 0 else float("nan")
 
 
 def cv_parser(doc: str, cv_help: str | None) -> argparse.ArgumentParser:
@@ -371,8 +390,11 @@ def main() -> None:
         args.data, args.out, folds=args.folds, seed=args.seed, masks=task == "segment"
     )
     rows: list[dict] = []
+    supports: list[dict] = []
     for manifest in manifests:
-        rows += score_fold(manifest, args)
+        fold_rows, support = score_fold(manifest, args)
+        rows += fold_rows
+        supports.append(support)
     with (args.out / "scores.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, list(rows[0]))
         writer.writeheader()
@@ -385,13 +407,13 @@ def main() -> None:
                 "validation no_crack at or above", f"its precision at {p} (90% range)",
                 f"held-out precision at {p}"):  # fmt: skip
         folds.add_column(col, justify="right")
-    supports = []
-    for k, manifest in enumerate(manifests):
+    for k, support in enumerate(supports):
         part = [r for r in rows if r["fold"] == f"fold{k}"]
         y = np.array([r["label"] == "crack" for r in part])
         s = np.array([r["p_crack"] for r in part])
-        support = fold_support(manifest.parent / "run", args.prior, y, s)
-        supports.append(support)
+        support["held_out_precision"] = held_out_precision(
+            part[0]["prior_threshold"], args.prior, y, s
+        )
         low, high = support["precision_range"] or (float("nan"), float("nan"))
         folds.add_row(
             str(k),

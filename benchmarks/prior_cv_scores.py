@@ -18,13 +18,19 @@ Run:
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from _common import start_clock
-from prior_cv import cv_parser, decided_rows, print_decided, trained_folds
+from prior_cv import (
+    cv_parser,
+    decided_rows,
+    fold_splits,
+    held_out_pairs,
+    print_decided,
+    trained_folds,
+)
 
 TOP_K = (1, 4, 16, 64, 256, 1024)
 SCORES = [f"top {k}" if k > 1 else "max" for k in TOP_K] + ["area at 0.5", "sum"]
@@ -45,13 +51,10 @@ def fold_scores(fold: Path, batch: int) -> dict[str, np.ndarray]:
     from fracturekit.predict import Predictor
 
     predictor = Predictor.from_checkpoint(fold / "run" / "model.pt")
-    with (fold / "manifest.csv").open(newline="") as fh:
-        manifest = {r["path"]: r for r in csv.DictReader(fh)}
-    with (fold / "run" / "splits.csv").open(newline="") as fh:
-        val = [manifest[r["path"]] for r in csv.DictReader(fh) if r["split"] == "val"]
-    test = [r for r in manifest.values() if r["split"] == "test"]
+    parts = fold_splits(fold)
     out: dict[str, np.ndarray] = {}
-    for part, rows in (("val", val), ("test", test)):
+    for part in ("val", "test"):
+        rows = parts[part]
         values = []
         for i in range(0, len(rows), batch):
             images = [read_image(r["path"]) for r in rows[i : i + batch]]
@@ -82,8 +85,7 @@ def main() -> None:
         np.savez(cache, **flat)
     rows: dict[str, list[dict]] = {name: [] for name in SCORES}
     for fold, d in zip(folds, per_fold, strict=True):
-        test = [(str(p), "crack" if y else "no_crack")
-                for p, y in zip(d["test_paths"], d["test_crack"], strict=True)]  # fmt: skip
+        test = held_out_pairs(d["test_paths"], d["test_crack"])
         for j, name in enumerate(SCORES):
             v, t = d["val"][:, j], d["test"][:, j]
             rows[name] += decided_rows(fold.name, d["val_crack"], v, test, t, args.prior)

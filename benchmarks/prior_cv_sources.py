@@ -23,13 +23,19 @@ Run:
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from _common import start_clock
-from prior_cv import cv_parser, decided_rows, print_decided, trained_folds
+from prior_cv import (
+    cv_parser,
+    decided_rows,
+    fold_splits,
+    held_out_pairs,
+    print_decided,
+    trained_folds,
+)
 
 PARTS = ("train", "val", "test")
 SOURCES = {
@@ -48,13 +54,10 @@ def split_scores(fold: Path, batch: int) -> dict[str, np.ndarray]:
     from fracturekit.predict import Predictor
 
     predictor = Predictor.from_checkpoint(fold / "run" / "model.pt").with_prior(None)
-    with (fold / "manifest.csv").open(newline="") as fh:
-        manifest = list(csv.DictReader(fh))
-    with (fold / "run" / "splits.csv").open(newline="") as fh:
-        carved = {r["path"]: r["split"] for r in csv.DictReader(fh)}
+    parts = fold_splits(fold)
     out: dict[str, np.ndarray] = {}
     for part in PARTS:
-        rows = [r for r in manifest if (r["split"] if r["split"] == "test" else carved[r["path"]]) == part]  # fmt: skip
+        rows = parts[part]
         preds = list(predictor.predict_paths([r["path"] for r in rows], batch))
         bad = [p.path for p in preds if p.error]
         if bad:
@@ -83,8 +86,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {name: [] for name in SOURCES}
     for fold in folds:
         d = split_scores(fold, args.batch_size)
-        test = [(str(p), "crack" if y else "no_crack")
-                for p, y in zip(d["test_paths"], d["test_y"], strict=True)]  # fmt: skip
+        test = held_out_pairs(d["test_paths"], d["test_y"])
         q99 = [f"{np.quantile(d[p][~d[f'{p}_y']], 0.99):.3f}" for p in PARTS]
         thresholds = []
         for name, parts in SOURCES.items():
