@@ -392,7 +392,7 @@ def test_checkpoint_default_prior_and_cli(tmp_path: Path, images: Path, capsys) 
     # The run says the threshold and how many validation cases set it.
     support = explicit.prior_support
     err = " ".join(capsys.readouterr().err.split())
-    assert f"Decided for 3% positives: image threshold {want:.4f}." in err
+    assert f"decided when its probability is at least {want:.4f}: decided for 3% positives" in err
     assert (
         f"{support['negatives_at_or_above']} of {support['validation_negatives']} negatives" in err
     )

@@ -144,13 +144,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prior_line(predictor: Any) -> str:
-    """A binary prior's threshold and how firmly the checkpoint's validation split sets it."""
-    from fracturekit.report import support_text
+    """A binary prior's threshold and how firmly the checkpoint's validation split sets it, in
+    the words ``evaluate``'s report and ``train --prior`` use."""
+    from fracturekit.report import decision_text
 
-    share = predictor.prior
-    return (
-        f"Decided for {100 * share:.3g}% positives: image threshold "
-        f"{predictor.image_threshold:.4f}." + support_text(predictor.prior_support, share)
+    index = predictor.positive_index
+    return decision_text(
+        {
+            "positive": predictor.classes[index] if index is not None else predictor.positive,
+            "threshold": predictor.image_threshold,
+            "prior": predictor.prior,
+            "prior_support": predictor.prior_support,
+        }
     )
 
 
