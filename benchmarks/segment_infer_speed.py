@@ -3,13 +3,16 @@
 Images per second of the one inference path, ``Predictor``: ``predict_proba_maps`` (pixel
 probabilities at 224 x 224, no resize to an image size) for an EfficientNet-Lite0 U-Net and
 ``predict_proba`` (class probabilities) for the EfficientNet-Lite0 classifier (and, for
-comparison, the FPN decoder: quarter resolution, upsampled 4x), each on PyTorch
-(channels-last, as ``Predictor`` runs it) and on ONNX Runtime (the file ``export_onnx`` writes,
+comparison, the FPN decoder: quarter resolution, upsampled 4x; and the three-member mean of
+``survey_segment``, once with members whose frozen first two encoder stages are equal, as
+``train --members`` leaves them, which ``SegmenterMean`` runs once for all members, and once
+with members that share nothing), each on PyTorch (channels-last, as ``Predictor`` runs it) and on ONNX Runtime (the file ``export_onnx`` writes,
 parity-checked), all fed the same preprocessed batch. Random initialisation (speed does not
 depend on the weights), 224 px, batch 16, 2 threads for both runtimes. The set-ups are timed in
 interleaved rounds (each once a round, the first round warm-up), so a shared machine's load
-hits them alike; a cell is the median round. The last column is the segmenter's time per image
-over the classifier's on the same runtime (target: within 2x).
+hits them alike; a cell is the median round. The fifth column is the segmenter's time per image
+over the classifier's on the same runtime (target: within 2x), the sixth a mean's over one U-Net
+small's (3x when nothing is shared).
 
 Run:
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/segment_infer_speed.py [--rounds 6]
@@ -29,6 +32,8 @@ from pathlib import Path
 BATCH = 16
 THREADS = 2
 IMG_SIZE = 224
+MEMBERS = 3  # survey_segment: train --members 3
+FROZEN = 2  # encoder stages default_segment leaves frozen (freeze: train-last, train_last: 3)
 
 
 def _predictors(root: Path) -> dict:
@@ -36,7 +41,7 @@ def _predictors(root: Path) -> dict:
     import onnxruntime as ort
 
     from fracturekit.export import export_onnx
-    from fracturekit.models import build_model, build_segmenter, save_checkpoint
+    from fracturekit.models import SegmenterMean, build_model, build_segmenter, save_checkpoint
     from fracturekit.predict import OrtGraph, Predictor
 
     with warnings.catch_warnings():
@@ -51,9 +56,23 @@ def _predictors(root: Path) -> dict:
             ),
             "classifier": build_model("efficientnet_lite0", 2, pretrained=False),
         }
+        for shared in (False, True):
+            members = [
+                build_segmenter("efficientnet_lite0", decoder="unet_small", pretrained=False)
+                for _ in range(MEMBERS)
+            ]
+            if shared:  # what train --members leaves: the frozen first stages equal
+                for member in members[1:]:
+                    for i in range(FROZEN):
+                        stage = members[0].encoder_stages()[i]
+                        member.encoder_stages()[i].load_state_dict(stage.state_dict())
+            mean = SegmenterMean(members).eval()
+            assert mean.shared_stages() == (FROZEN if shared else 0)
+            how = "first 2 stages run once" if shared else "each member whole"
+            models[f"segmenter mean ({MEMBERS} x U-Net small, {how})"] = mean
     setups = {}
     for name, model in models.items():
-        stem = name.replace(" ", "").replace("(", "_").replace(")", "").replace("-", "")
+        stem = "".join(c if c.isalnum() else "_" for c in name)
         ckpt = save_checkpoint(root / f"{stem}.pt", model, {"img_size": IMG_SIZE})
         onnx_path = export_onnx(ckpt, ckpt.with_suffix(".onnx")).path
         method = "predict_proba_maps" if name.startswith("segmenter") else "predict_proba"
@@ -101,12 +120,19 @@ def main() -> None:
         f"torch {torch.__version__}, onnxruntime {ort.__version__}; load average {load:.2f} "
         f"before, {os.getloadavg()[0]:.2f} after\n"
     )
-    print("| model | runtime | img/s | ms / image | segmenter / classifier time per image |")
-    print("|---|---|---:|---:|---:|")
+    print(
+        "| model | runtime | img/s | ms / image | segmenter / classifier time per image "
+        "| mean / one U-Net small |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
     for (name, runtime), seconds in per_image.items():
         ratio = seconds / per_image[("classifier", runtime)]
         cell = f"{ratio:.2f}x" if name.startswith("segmenter") else ""
-        print(f"| {name} | {runtime} | {1 / seconds:.1f} | {1000 * seconds:.1f} | {cell} |")
+        one = per_image[("segmenter (U-Net small)", runtime)]
+        mean = f"{seconds / one:.2f}x" if name.startswith("segmenter mean") else ""
+        print(
+            f"| {name} | {runtime} | {1 / seconds:.1f} | {1000 * seconds:.1f} | {cell} | {mean} |"
+        )
 
 
 if __name__ == "__main__":

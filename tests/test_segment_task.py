@@ -396,6 +396,63 @@ def test_segmenter_mean_averages_logits_and_survives_a_checkpoint(tmp_path: Path
     assert "members" not in read_checkpoint(single)["meta"]
 
 
+def test_segmenter_mean_runs_the_stages_its_members_share_once() -> None:
+    from fracturekit.models import SegmenterMean
+
+    members = _segmenters(3)
+    mean = SegmenterMean(members).eval()
+    assert mean.shared_stages() == 0  # three random initialisations share nothing
+    # What train --members leaves: the frozen stem and first stage equal in every member.
+    for member in members[1:]:
+        for i in range(2):
+            member.encoder_stages()[i].load_state_dict(members[0].encoder_stages()[i].state_dict())
+    assert mean.shared_stages() == 2
+    calls = [0, 0, 0]
+    for i, member in enumerate(members):
+        member.encoder_stages()[0].register_forward_hook(
+            lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)
+        )
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = sum(m(x) for m in members) / 3
+        calls[:] = [0, 0, 0]
+        got = mean(x)
+        assert calls == [1, 0, 0]  # the shared stem ran once, for all three
+        assert torch.allclose(got, expected, atol=1e-5)
+        mean.train()
+        calls[:] = [0, 0, 0]
+        mean(x)
+        assert calls == [1, 1, 1]  # training: each member whole, its own gradients
+    mean.eval()
+    # A later stage that differs stops the sharing there.
+    with torch.no_grad():
+        next(members[2].encoder_stages()[1].parameters()).add_(1.0)
+    assert mean.shared_stages() == 1
+
+
+@pytest.mark.slow
+def test_an_exported_segmenter_mean_holds_the_shared_stages_once(tmp_path: Path) -> None:
+    import onnx
+
+    from fracturekit.export import export_onnx
+    from fracturekit.models import SegmenterMean
+
+    members = _segmenters(2)
+    for i in range(2):
+        members[1].encoder_stages()[i].load_state_dict(members[0].encoder_stages()[i].state_dict())
+    mean = SegmenterMean(members).eval()
+    ckpt = save_checkpoint(tmp_path / "mean.pt", mean, {"img_size": 64, "threshold": 0.5})
+    report = export_onnx(ckpt, tmp_path / "mean.onnx")  # proves it computes the same
+    assert report.max_abs_diff <= 1e-4
+    convs = [n for n in onnx.load(report.path).graph.node if n.op_type == "Conv"]
+
+    def count(modules: list[torch.nn.Module]) -> int:
+        return sum(isinstance(m, torch.nn.Conv2d) for s in modules for m in s.modules())
+
+    shared = count(members[0].encoder_stages()[:2])
+    assert len(convs) == 2 * count([members[0]]) - shared
+
+
 def test_segmenter_mean_refuses_mixed_or_too_few_members() -> None:
     from fracturekit.models import SegmenterError, SegmenterMean
 

@@ -220,12 +220,46 @@ class SegmenterMean(nn.Module):
         """Refuse inputs whose height or width is not a multiple of the stride (32)."""
         self.members[0].check_input(x)
 
+    def shared_stages(self) -> int:
+        """How many leading encoder stages every member holds identically (equal parameters
+        and buffers): the stages training left frozen at their ImageNet weights. In eval mode
+        ``forward`` runs them once for all members; 0 when the members' encoders do not split
+        into stages."""
+        stages = [m._stages for m in self.members]
+        if any(s is None for s in stages):
+            return 0
+        shared = 0
+        for group in zip(*stages, strict=True):
+            first = list(group[0].state_dict().values())
+            for other in group[1:]:
+                values = list(other.state_dict().values())
+                if len(values) != len(first) or not all(
+                    a.shape == b.shape and torch.equal(a, b)
+                    for a, b in zip(first, values, strict=True)
+                ):
+                    return shared
+            shared += 1
+        return shared
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The members' mean pixel logits ``[N, 1, H, W]``."""
+        """The members' mean pixel logits ``[N, 1, H, W]``.
+
+        In eval mode the stages all members share (:meth:`shared_stages`; the frozen stem and
+        first stage of a ``train --members`` run, about a quarter of a member's time) run once
+        and feed every member; the result equals running each member whole. In training mode
+        each member runs whole, so each keeps its own gradients and BatchNorm statistics.
+        """
         self.check_input(x)
-        total = self.members[0](x)
+        start = 0 if self.training else self.shared_stages()
+        if start == 0:
+            total = self.members[0](x)
+            for member in self.members[1:]:
+                total = total + member(x)
+            return total / len(self.members)
+        feats = self.members[0].forward_until(x, start)
+        total = self.members[0].forward_from(feats, start)
         for member in self.members[1:]:
-            total = total + member(x)
+            total = total + member.forward_from(feats, start)
         return total / len(self.members)
 
 
