@@ -364,8 +364,8 @@ HELP: dict[str, str] = {
     "split_seed": "seed of the carved val/test split alone (default: --seed), so that runs "
     "with other seeds validate and test on the same images (seed spread, ensembles)",
     "members": "segmenters: train this many with seeds seed, seed+1, ... on one split and "
-    "average their pixel logits as one checkpoint (fewer false alarms; K times the training and "
-    "prediction time)",
+    "average their pixel logits as one checkpoint (fewer false alarms; K times the training "
+    "time; the frozen first stages run once for all, the rest K times a prediction)",
     "device": "auto, cpu, cuda or cuda:N",
     "resume": "continue the interrupted run in this folder from its last.pt",
     "max_train_batches": "smoke tests: stop each epoch after this many batches",
