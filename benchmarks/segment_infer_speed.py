@@ -6,8 +6,8 @@ probabilities at 224 x 224, no resize to an image size) for an EfficientNet-Lite
 comparison, the FPN decoder: quarter resolution, upsampled 4x; and the three-member mean of
 ``survey_segment``, once with members whose frozen first two encoder stages are equal, as
 ``train --members`` leaves them, which ``SegmenterMean`` runs once for all members, and once
-with members that share nothing), each on PyTorch (channels-last, as ``Predictor`` runs it) and on ONNX Runtime (the file ``export_onnx`` writes,
-parity-checked), all fed the same preprocessed batch. Random initialisation (speed does not
+with members that share nothing), each on PyTorch (channels-last, as ``Predictor`` runs it)
+and on ONNX Runtime (the file ``export_onnx`` writes, parity-checked), all fed the same preprocessed batch. Random initialisation (speed does not
 depend on the weights), 224 px, batch 16, 2 threads for both runtimes. The set-ups are timed in
 interleaved rounds (each once a round, the first round warm-up), so a shared machine's load
 hits them alike; a cell is the median round. The fifth column is the segmenter's time per image
@@ -68,7 +68,7 @@ def _predictors(root: Path) -> dict:
                         member.encoder_stages()[i].load_state_dict(stage.state_dict())
             mean = SegmenterMean(members).eval()
             assert mean.shared_stages() == (FROZEN if shared else 0)
-            how = "first 2 stages run once" if shared else "each member whole"
+            how = f"first {FROZEN} stages run once" if shared else "each member whole"
             models[f"segmenter mean ({MEMBERS} x U-Net small, {how})"] = mean
     setups = {}
     for name, model in models.items():

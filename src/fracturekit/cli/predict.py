@@ -148,10 +148,9 @@ def _prior_line(predictor: Any) -> str:
     the words ``evaluate``'s report and ``train --prior`` use."""
     from fracturekit.report import decision_text
 
-    index = predictor.positive_index
-    return decision_text(
+    return decision_text(  # a prior's support exists for binary models alone
         {
-            "positive": predictor.classes[index] if index is not None else predictor.positive,
+            "positive": predictor.classes[predictor.positive_index],
             "threshold": predictor.image_threshold,
             "prior": predictor.prior,
             "prior_support": predictor.prior_support,
