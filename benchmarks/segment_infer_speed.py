@@ -2,17 +2,17 @@
 
 Images per second of the one inference path, ``Predictor``: ``predict_proba_maps`` (pixel
 probabilities at 224 x 224, no resize to an image size) for an EfficientNet-Lite0 U-Net and
-``predict_proba`` (class probabilities) for the EfficientNet-Lite0 classifier (and, for
-comparison, the FPN decoder: quarter resolution, upsampled 4x; and the three-member mean of
-``survey_segment``, once with members whose frozen first two encoder stages are equal, as
-``train --members`` leaves them, which ``SegmenterMean`` runs once for all members, and once
-with members that share nothing), each on PyTorch (channels-last, as ``Predictor`` runs it)
-and on ONNX Runtime (the file ``export_onnx`` writes, parity-checked), all fed the same preprocessed batch. Random initialisation (speed does not
-depend on the weights), 224 px, batch 16, 2 threads for both runtimes. The set-ups are timed in
-interleaved rounds (each once a round, the first round warm-up), so a shared machine's load
-hits them alike; a cell is the median round. The fifth column is the segmenter's time per image
-over the classifier's on the same runtime (target: within 2x), the sixth a mean's over one U-Net
-small's (3x when nothing is shared).
+``predict_proba`` (class probabilities) for the EfficientNet-Lite0 classifier (and, for comparison,
+the FPN decoder: quarter resolution, upsampled 4x; and the three-member mean of ``survey_segment``,
+once with members whose frozen first two encoder stages are equal, as ``train --members`` leaves
+them, which ``SegmenterMean`` runs once for all members, and once with members that share nothing),
+each on PyTorch (channels-last, as ``Predictor`` runs it) and on ONNX Runtime (the file
+``export_onnx`` writes, parity-checked), all fed the same preprocessed batch. Random initialisation
+(speed does not depend on the weights), 224 px, batch 16, 2 threads for both runtimes. The set-ups
+are timed in interleaved rounds (each once a round, the first round warm-up), so a shared machine's
+load hits them alike; a cell is the median round. The fifth column is the segmenter's time per
+image over the classifier's on the same runtime (target: within 2x), the sixth a mean's over one
+U-Net small's (3x when nothing is shared).
 
 Run:
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/segment_infer_speed.py [--rounds 6]
